@@ -1,0 +1,210 @@
+"""``harmonize`` command line: a thin adapter over :func:`backend.pipeline.harmonize`.
+
+Only the standard library is imported at module level, so ``harmonize --version`` and
+``--help`` answer at once; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backend._version import __version__
+
+log = logging.getLogger("harmonize")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", type=Path, help="weights file (default: the installed default)")
+    p.add_argument("--variant", help="network variant the weights are for (checked)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (network and LUTs)")
+    p.add_argument(
+        "--lut-backend", default="auto", help="auto | torch | ... (see `harmonize info`)"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harmonize",
+        description="Recolour a pasted object so it fits the photo (AICT harmonization).",
+    )
+    parser.add_argument("--version", action="version", version=f"harmonize {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="harmonize one composite, or every pair in a folder",
+        description=(
+            "Harmonize COMPOSITE using MASK and write OUT. With a folder instead of a file, "
+            "harmonize every pair in it (iHarmony4 layout, or PCT-Net naming x.jpg + "
+            "x_mask.png) into the folder OUT as <name>_harm.<ext>."
+        ),
+    )
+    run.add_argument("composite", type=Path, help="composite image, or a folder of pairs")
+    run.add_argument("mask", type=Path, nargs="?", help="mask image (omit for a folder)")
+    run.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
+    run.add_argument("--strength", type=float, default=1.0, help="0 = unchanged .. 1 = full")
+    run.add_argument("--ext", help="output format for folders, e.g. png (default: the input's)")
+    run.add_argument("--max-pixels", type=int, help="largest image accepted (pixels)")
+    _add_model_options(run)
+    run.set_defaults(func=cmd_run)
+
+    info = sub.add_parser("info", help="show devices, variants, weights and file locations")
+    _add_model_options(info)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from backend.pipeline import load_model
+
+    model = load_model(args.weights, variant=args.variant, device=args.device)
+    log.info("weights %s (%s)", model.metadata.get("path"), model.metadata.get("variant"))
+    return model
+
+
+def _run_one(args: argparse.Namespace, model: Any, composite: Path, mask: Path, out: Path) -> None:
+    from backend.errors import InputError
+    from backend.imageio import read_image, read_mask, write_image
+    from backend.pipeline import harmonize
+
+    for source in (composite, mask):
+        if _same_file(out, source):
+            raise InputError(f"output {out} would overwrite the input {source}")
+    rgb, alpha = read_image(composite)
+    result = harmonize(
+        rgb,
+        read_mask(mask),
+        model=model,
+        strength=args.strength,
+        lut_backend=args.lut_backend,
+        max_pixels=args.max_pixels,
+    )
+    write_image(out, result, alpha)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from backend.errors import InputError
+
+    if args.composite.is_dir():
+        return _run_folder(args)
+    if args.mask is None:
+        raise InputError("MASK is required when COMPOSITE is a file")
+    model = _load(args)
+    start = time.perf_counter()
+    _run_one(args, model, args.composite, args.mask, args.output)
+    print(f"wrote {args.output} ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def _run_folder(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from backend.batch import find_pairs
+    from backend.errors import HarmonizeError, InputError
+
+    if args.mask is not None:
+        raise InputError("give no MASK with a folder: masks are found by name")
+    if _same_file(args.output, args.composite):
+        raise InputError("the output folder must differ from the input folder")
+    pairs, orphans = find_pairs(args.composite)
+    for path in orphans:
+        log.warning("no mask for %s; skipped", path)
+    if not pairs:
+        raise InputError(
+            f"{args.composite}: no (composite, mask) pairs found (expected composite_images/ + "
+            "masks/, or x.jpg beside x_mask.png)"
+        )
+    model = _load(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    failed, start = 0, time.perf_counter()
+    for pair in tqdm(pairs, desc="harmonize", unit="img", disable=None):
+        ext = f".{args.ext.lstrip('.')}" if args.ext else pair.composite.suffix
+        try:
+            _run_one(args, model, pair.composite, pair.mask, args.output / f"{pair.name}_harm{ext}")
+        except HarmonizeError as exc:
+            failed += 1
+            log.error("%s: %s", pair.composite, exc)
+    elapsed = time.perf_counter() - start
+    print(
+        f"harmonized {len(pairs) - failed} of {len(pairs)} images in {elapsed:.1f} s "
+        f"({len(orphans)} without mask, {failed} failed) -> {args.output}"
+    )
+    return 1 if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from backend import paths
+    from backend.errors import WeightsError
+    from backend.lut.backends import backend_choices
+    from backend.model import VARIANTS, AICTNet
+    from backend.model.weights import find_default_weights, load_weights
+
+    print(f"harmonize {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    print(f"CUDA device: {cuda}")
+    print(f"LUT backends: {', '.join(backend_choices())}")
+    print("variants:")
+    for name, cfg in VARIANTS.items():
+        count = sum(p.numel() for p in AICTNet(cfg).parameters())
+        print(
+            f"  {name:<11} {count / 1e6:5.2f} M params, {cfg.patch_size}px patches, "
+            f"{(cfg.input_size // cfg.patch_size) ** 2} tokens, depth {cfg.depth}, "
+            f"LUT grid {cfg.map_size}^2{', colour prior' if cfg.color_prior else ''}"
+        )
+    try:
+        path = args.weights or find_default_weights()
+        _, meta = load_weights(path, args.variant)
+        digest = str(meta.get("sha256", "?"))[:12]
+        print(f"weights: {path} (variant {meta.get('variant')}, sha256 {digest})")
+        if meta.get("trained_on"):
+            print(f"  trained on: {meta['trained_on']}")
+    except WeightsError as exc:
+        print(f"weights: none usable ({exc})")
+    for label, fn in (
+        ("weights dir", paths.weights_dir),
+        ("cache dir", paths.cache_dir),
+        ("log dir", paths.log_dir),
+        ("config dir", paths.config_dir),
+        ("runtime dir", paths.runtime_dir),
+    ):
+        print(f"{label + ':':<13}{fn()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from backend.errors import HarmonizeError
+
+    try:
+        return int(args.func(args))
+    except HarmonizeError as exc:
+        print(f"harmonize: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harmonize: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

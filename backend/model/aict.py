@@ -1,0 +1,224 @@
+"""AICT parameter network (Meng et al., "High-Resolution Image Harmonization with
+Adaptive-Interval Color Transformation", NeurIPS 2024).
+
+The network looks at a low-resolution composite plus its mask and predicts, for every colour
+channel and every position of a coarse spatial grid, two look-up tables:
+
+* an *interval* LUT with ``knots + 1`` monotone values in [0, 1] (softmax over ``knots`` logits,
+  cumulative sum, a leading zero), which redistributes the input value;
+* a *colour* LUT with ``knots`` output values, ``F = R * w``: per-position values ``R`` scaled by
+  image-level weights ``w`` from a small convolutional head.
+
+With the default arguments the module is the published architecture exactly: 4x4 patches,
+no positional encoding, a 9-layer post-norm transformer (width 256, 2 heads, MLP 512, GELU),
+a stride-4 transposed convolution back to 256x256 maps, and the state_dict keys of the official
+code, so official checkpoints load with ``strict=True``. Smaller variants change the patch size,
+width and depth, and may start the colour LUT from a classical colour-statistics prior
+(``color_prior=True``); the heads and the LUT semantics stay the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from backend.color_stats import reinhard_knots
+from backend.lut import LutMaps
+
+
+class PatchFlatten(nn.Module):
+    """``(B, C, H, W) -> (B, H/p * W/p, p * p * C)``; a pixel's channels stay contiguous.
+
+    Matches einops ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)`` of the official code.
+    """
+
+    def __init__(self, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        p = self.patch_size
+        x = x.reshape(b, c, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+class Encoder(nn.Module):
+    """Patch embedding + transformer; returns the token grid ``(B, dim, H/p, W/p)``."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.patch_to_embedding = nn.Sequential(
+            PatchFlatten(patch_size), nn.Linear(patch_size * patch_size * in_chans, dim)
+        )
+        layer = nn.TransformerEncoderLayer(
+            d_model=dim,
+            nhead=num_heads,
+            dim_feedforward=mlp_dim,
+            dropout=dropout,
+            activation="gelu",
+        )
+        self.transformer_enc = nn.TransformerEncoder(
+            layer, num_layers=depth, enable_nested_tensor=False
+        )
+        self.patch_size = patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        tokens = self.patch_to_embedding(x)  # (B, L, dim)
+        tokens = self.transformer_enc(tokens.transpose(0, 1))  # sequence-first, as the original
+        gh, gw = h // self.patch_size, w // self.patch_size
+        return tokens.permute(1, 2, 0).reshape(b, -1, gh, gw)
+
+
+class Decoder(nn.Module):
+    """Stride-4 transposed convolution: token grid -> 12-channel parameter maps (no activation)."""
+
+    def __init__(self, dim: int, out_chans: int = 12, stride: int = 4) -> None:
+        super().__init__()
+        self.dec = nn.ConvTranspose2d(dim, out_chans, kernel_size=stride, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dec(x)
+
+
+@dataclass(frozen=True)
+class AICTConfig:
+    """Hyper-parameters of one network variant (stored in weight files' metadata).
+
+    Args:
+        input_size: side of the square low-resolution input the network sees.
+        patch_size: side of the square patches that become tokens.
+        dim: token width.
+        depth: number of transformer layers.
+        num_heads: attention heads.
+        mlp_dim: hidden width of the transformer MLP.
+        knots: colour-LUT knots K (the interval LUT has K + 1).
+        head_width: channels of the first conv of the image-level weight head (second is half).
+        dropout: transformer dropout (training only).
+        color_prior: start the colour LUT at a foreground-to-background mean/std match
+            computed from the input, and predict a correction to it.
+    """
+
+    input_size: int = 256
+    patch_size: int = 4
+    dim: int = 256
+    depth: int = 9
+    num_heads: int = 2
+    mlp_dim: int = 512
+    knots: int = 8
+    head_width: int = 128
+    dropout: float = 0.1
+    color_prior: bool = False
+
+    @property
+    def map_size(self) -> int:
+        """Side of the predicted LUT maps (token grid x 4)."""
+        return self.input_size // self.patch_size * 4
+
+
+class AICTNet(nn.Module):
+    """Predicts AICT LUT maps from a low-resolution composite and mask.
+
+    Input: ``x`` of shape ``(B, 4, S, S)`` with S = ``config.input_size``; channels R, G, B in
+    [0, 1] and the soft mask in [0, 1]. Output: :class:`backend.lut.LutMaps` with
+    ``intervals`` ``(B, 3, M, M, K + 1)`` and ``colors`` ``(B, 3, M, M, K)``, M = ``map_size``.
+    """
+
+    def __init__(self, config: AICTConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or AICTConfig()
+        if cfg.input_size % cfg.patch_size:
+            raise ValueError(
+                f"input_size {cfg.input_size} is not a multiple of patch_size {cfg.patch_size}"
+            )
+        self.config = cfg
+        self.metadata: dict[str, object] = {}  # filled by the weights loader
+        k = cfg.knots
+        self.encoder = Encoder(
+            4, cfg.patch_size, cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.dropout
+        )
+        self.decoder = Decoder(cfg.dim, 12)
+        hw = cfg.head_width
+        self.bottom_convs = nn.Sequential(
+            nn.Conv2d(cfg.dim, hw, 3, padding=1),
+            nn.BatchNorm2d(hw),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(hw, hw // 2, 3, padding=1),
+            nn.BatchNorm2d(hw // 2),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(1),
+        )
+        self.class_layer = nn.Linear(hw // 2, 3 * k)
+        self.colors_layer = nn.Conv2d(12, 3 * k, 1)  # interval logits
+        self.params_layer = nn.Conv2d(12, 3 * k, 1)  # colour-LUT values R
+
+    def forward(self, x: Tensor) -> LutMaps:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != 4 or x.shape[2:] != (cfg.input_size, cfg.input_size):
+            raise ValueError(
+                f"expected input of shape (B, 4, {cfg.input_size}, {cfg.input_size}), "
+                f"got {tuple(x.shape)}"
+            )
+        b, k = x.shape[0], cfg.knots
+        t1 = self.encoder(x)
+        t2 = self.decoder(t1)
+        m = t2.shape[-1]
+        logits = self.colors_layer(t2).view(b, 3, k, m, m)
+        values = self.params_layer(t2).view(b, 3, k, m, m)
+        weights = self.class_layer(self.bottom_convs(t1).flatten(1)).view(b, 3, k, 1, 1)
+
+        steps = torch.softmax(logits, dim=2).cumsum(dim=2)
+        intervals = torch.cat([torch.zeros_like(steps[:, :, :1]), steps], dim=2)
+        colors = values * weights
+        if cfg.color_prior:
+            prior = reinhard_knots(x[:, :3], x[:, 3:], k)  # (B, 3, K)
+            colors = colors + prior[..., None, None]
+        # Knot axis last: (B, 3, M, M, knots), the layout the LUT kernels read.
+        return LutMaps(
+            intervals=intervals.permute(0, 1, 3, 4, 2).contiguous(),
+            colors=colors.permute(0, 1, 3, 4, 2).contiguous(),
+        )
+
+
+def init_weights(model: AICTNet, *, identity: bool = True) -> AICTNet:
+    """Initialise for training.
+
+    The official init (``identity=False``): conv/linear weights ~ N(0, 0.02), biases 0, BatchNorm
+    gamma ~ N(1, 0.02); the first output is then nearly black. With ``identity=True`` (our
+    default) the heads are additionally set so the first prediction is the identity mapping
+    (uniform intervals, colour knots k/(K-1), image weights 1), or the colour prior for
+    variants that have one: training then starts from "no change" instead of from black.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, 0.02)
+            nn.init.zeros_(module.bias)
+    if identity:
+        k = model.config.knots
+        with torch.no_grad():
+            for layer in (model.colors_layer, model.params_layer, model.class_layer):
+                layer.weight.mul_(0.01)
+            model.colors_layer.bias.zero_()
+            model.class_layer.bias.fill_(1.0)
+            if model.config.color_prior:
+                model.params_layer.bias.zero_()
+            else:
+                model.params_layer.bias.copy_(torch.linspace(0, 1, k).repeat(3))
+    return model
