@@ -67,6 +67,20 @@ def test_run_16_bit_png_stays_16_bit_and_keeps_alpha(tmp_path: Path, weights: Pa
     assert not list(out.parent.glob(".*"))  # no temporary file left behind
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_run_tiff_keeps_depth(tmp_path: Path, weights: Path, dtype: type) -> None:
+    rgb = random_image(21, 33, dtype)
+    comp = _write(tmp_path / "c.tif", rgb)
+    mask = tmp_path / "m.tif"
+    cv2.imwrite(str(mask), blob_mask(21, 33))
+    out = tmp_path / "o.tiff"
+    assert main(["run", str(comp), str(mask), "-o", str(out), "--weights", str(weights)]) == 0
+    got = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    assert got.dtype == np.dtype(dtype) and got.shape == rgb.shape
+    outside = blob_mask(21, 33) == 0
+    assert np.array_equal(got[outside], rgb[outside])
+
+
 def test_run_refuses_to_overwrite_input(
     tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -41,9 +41,10 @@ def test_low_res_input_is_the_official_preprocessing(reference_case: dict[str, n
 def test_cli_reproduces_official_output_within_one_level(
     tmp_path: Path, reference_ckpt: Path, reference_case: dict[str, np.ndarray]
 ) -> None:
-    comp, mask, out = tmp_path / "c.png", tmp_path / "m.tif", tmp_path / "o.png"
+    comp, mask, out = tmp_path / "c.png", tmp_path / "m.png", tmp_path / "o.png"
     cv2.imwrite(str(comp), reference_case["composite"][..., ::-1])
-    cv2.imwrite(str(mask), reference_case["mask"])  # float32 TIFF keeps the soft mask exactly
+    soft16 = (reference_case["mask"] * 65535).round().astype(np.uint16)
+    cv2.imwrite(str(mask), soft16)  # a 16-bit PNG keeps the soft mask to 1/65535
     cmd = [sys.executable, "-m", "backend", "run", str(comp), str(mask), "-o", str(out)]
     done = subprocess.run(
         [*cmd, "--weights", str(reference_ckpt), "--lut-backend", "torch"],
