@@ -51,13 +51,67 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strength", type=float, default=1.0, help="0 = unchanged .. 1 = full")
     run.add_argument("--ext", help="output format for folders, e.g. png (default: the input's)")
     run.add_argument("--max-pixels", type=int, help="largest image accepted (pixels)")
+    run.add_argument(
+        "--daemon",
+        action="store_true",
+        help="send the work to the running daemon (started if needed) instead of loading a model",
+    )
     _add_model_options(run)
     run.set_defaults(func=cmd_run)
 
     info = sub.add_parser("info", help="show devices, variants, weights and file locations")
     _add_model_options(info)
     info.set_defaults(func=cmd_info)
+    _add_daemon_commands(sub)
     return parser
+
+
+def _add_daemon_commands(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon the plugins talk to (foreground)",
+        description="Load the model once and answer plugin requests over ZeroMQ "
+        "(protocol: docs/protocol.md). Stops on SIGTERM/SIGINT.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port; 0 = any free port")
+    serve.add_argument(
+        "--allow-remote", action="store_true", help="allow a --host that is not loopback"
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="exit after this many idle seconds (0 = never)",
+    )
+    serve.add_argument("--log-level", default="INFO", help="DEBUG | INFO | WARNING | ERROR")
+    serve.add_argument(
+        "--log-file", type=Path, help="log file (default: daemon.log in the log dir)"
+    )
+    serve.add_argument(
+        "--quiet", action="store_true", help="once serving, log to the file only (for detached use)"
+    )
+    _add_model_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    for name, func, text in (
+        ("ping", cmd_ping, "show the running daemon's versions, device and weights"),
+        ("stop", cmd_stop, "ask the running daemon to shut down"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+        p.set_defaults(func=func)
+
+    service = sub.add_parser(
+        "install-service",
+        help="write a systemd user unit that runs the daemon (Linux)",
+        description="Write ~/.config/systemd/user/harmonize.service. Arguments after -- go to "
+        "`harmonize serve`, e.g. `harmonize install-service -- --device cuda`.",
+    )
+    service.add_argument("--print", action="store_true", help="print the unit, write nothing")
+    service.add_argument("--enable", action="store_true", help="systemctl --user enable --now")
+    service.add_argument("serve_args", nargs="*", help="extra `harmonize serve` arguments")
+    service.set_defaults(func=cmd_install_service)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -68,6 +122,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    if getattr(args, "daemon", False):
+        from backend.client import ensure_daemon
+
+        extra = [] if args.weights is None else ["--weights", str(args.weights)]
+        extra += [] if args.variant is None else ["--variant", args.variant]
+        return ensure_daemon(args=[*extra, "--device", args.device])
     from backend.pipeline import load_model
 
     model = load_model(args.weights, variant=args.variant, device=args.device)
@@ -84,15 +144,43 @@ def _run_one(args: argparse.Namespace, model: Any, composite: Path, mask: Path, 
         if _same_file(out, source):
             raise InputError(f"output {out} would overwrite the input {source}")
     rgb, alpha = read_image(composite)
-    result = harmonize(
-        rgb,
-        read_mask(mask),
-        model=model,
-        strength=args.strength,
-        lut_backend=args.lut_backend,
-        max_pixels=args.max_pixels,
-    )
+    if getattr(args, "daemon", False):
+        result = _harmonize_remote(model, rgb, read_mask(mask), args)
+    else:
+        result = harmonize(
+            rgb,
+            read_mask(mask),
+            model=model,
+            strength=args.strength,
+            lut_backend=args.lut_backend,
+            max_pixels=args.max_pixels,
+        )
     write_image(out, result, alpha)
+
+
+def _harmonize_remote(client: Any, rgb: Any, mask: Any, args: argparse.Namespace) -> Any:
+    """The whole composite through the daemon: layer = backdrop = composite and no crop, so
+    the result equals in-process :func:`backend.pipeline.harmonize`."""
+    import numpy as np
+
+    from backend.client import DaemonError
+    from backend.errors import InputError
+    from backend.images import check_image, check_mask
+    from backend.protocol import Pixels
+
+    image = check_image(rgb, max_pixels=args.max_pixels, what="composite")
+    alpha = check_mask(mask, image.shape[:2])
+    if args.strength == 0 or not alpha.any():
+        return image.copy()
+    pixels = Pixels.of(image)
+    try:
+        reply = client.harmonize(
+            pixels, Pixels.of(alpha), pixels, strength=args.strength, crop_margin=None, output="rgb"
+        )
+    except DaemonError as exc:
+        raise InputError(f"daemon: {exc.message}") from None
+    result = reply.pixels
+    return np.frombuffer(result.data, dtype=result.dtype).reshape(result.shape).copy()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,6 +271,87 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("runtime dir", paths.runtime_dir),
     ):
         print(f"{label + ':':<13}{fn()}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from backend.server import ServerConfig, serve
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        allow_remote=args.allow_remote,
+        idle_timeout=args.idle_timeout,
+        lut_backend=args.lut_backend,
+    )
+    return serve(
+        config,
+        weights=None if args.weights is None else str(args.weights),
+        variant=args.variant,
+        device=args.device,
+        log_level=args.log_level,
+        log_file=args.log_file,
+        quiet=args.quiet,
+    )
+
+
+def _daemon_client(args: argparse.Namespace) -> Any:
+    from backend.client import Client
+
+    return Client.from_endpoint_file(timeout=args.timeout, retries=0)
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    from backend.client import DaemonError
+
+    try:
+        with _daemon_client(args) as client:
+            info = client.hello()
+    except DaemonError as exc:
+        print(f"harmonize: {exc.message}", file=sys.stderr)
+        return 1
+    memory = info.get("free_memory")
+    print(
+        f"daemon {info.get('server_version')} (protocol "
+        f"{'.'.join(map(str, info.get('protocol_version', ())))}) at {client.endpoint}, "
+        f"pid {info.get('pid')}\n"
+        f"device {info.get('device')}, variant {info.get('variant')}, weights "
+        f"{info.get('weights_id')}, free memory "
+        f"{'?' if memory is None else f'{memory / 2**30:.1f} GiB'}, {info.get('queued')} queued"
+    )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from backend.client import DaemonError
+
+    try:
+        with _daemon_client(args) as client:
+            pid = client.ping().get("pid")
+            client.shutdown()
+    except DaemonError as exc:
+        print(f"harmonize: {exc.message}", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + max(args.timeout, 40.0)
+    while time.monotonic() < deadline and client.endpoint_file and client.endpoint_file.exists():
+        time.sleep(0.1)
+    print(f"stopped the daemon (pid {pid})")
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from backend import service
+
+    if args.print:
+        print(service.unit_text(args.serve_args), end="")
+        return 0
+    path = service.install(args.serve_args, enable=args.enable)
+    print(f"wrote {path}")
+    if not args.enable:
+        print(
+            f"start it with: systemctl --user daemon-reload && systemctl --user enable --now "
+            f"{service.UNIT_NAME}"
+        )
     return 0
 
 

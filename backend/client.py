@@ -1,0 +1,392 @@
+"""Client of the ``harmonize serve`` daemon: standard library + pyzmq + msgpack only.
+
+No numpy and no torch, so a plugin can carry this file and ``protocol.py`` side by side::
+
+    from backend.client import ensure_daemon
+    from backend.protocol import Pixels
+
+    with ensure_daemon() as client:          # finds a running daemon or starts one
+        result = client.harmonize(Pixels(layer_bytes, (h, w, 4), "uint8"),
+                                  Pixels(mask_bytes, (h, w), "uint8"),
+                                  Pixels(below_bytes, (h, w, 3), "uint8"), strength=0.8)
+        x, y = result.offset                 # paste result.pixels (h', w', 4) there
+
+Requests follow the Lazy Pirate pattern: wait ``timeout`` seconds of silence (progress events
+count as life), then drop the socket, re-read the endpoint file (the daemon may have restarted
+on another port with a new token) and send again, up to ``retries`` times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+try:  # inside the backend package, or vendored as a package beside protocol.py
+    from . import protocol as P
+except ImportError:  # vendored as a top-level module beside protocol.py (GIMP plug-in dir)
+    import protocol as P  # type: ignore[no-redef]
+
+APP = "harmonize"
+ENDPOINT_FILE = "daemon.json"
+DEFAULT_IDLE_TIMEOUT = 1800.0
+"""Seconds an auto-started daemon waits without requests before exiting."""
+
+
+class DaemonError(Exception):
+    """A structured failure: an ``error`` reply from the daemon, or a client-side one
+    (``code`` ``unreachable``, ``no_daemon``, ``unsupported_version``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+def runtime_dir() -> Path:
+    """Where the daemon's endpoint file lives; same rule as ``backend.paths.runtime_dir``.
+
+    ``$HARMONIZE_RUNTIME_DIR``, else platformdirs' user runtime dir when platformdirs is
+    importable, else the same location computed with the standard library.
+    """
+    env = os.environ.get("HARMONIZE_RUNTIME_DIR")
+    if env:
+        return Path(env).expanduser()
+    try:
+        import platformdirs
+    except ImportError:
+        return _fallback_runtime_dir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_runtime_dir(APP, appauthor=False))
+
+
+def _fallback_runtime_dir() -> Path:
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "Temp" / APP
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "TemporaryItems" / APP
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and Path(xdg).is_dir():
+        return Path(xdg) / APP
+    run = Path(f"/run/user/{os.getuid()}")
+    if run.is_dir():
+        return run / APP
+    return Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}" / APP
+
+
+def default_endpoint_file() -> Path:
+    return runtime_dir() / ENDPOINT_FILE
+
+
+def read_endpoint_file(path: Path | None = None) -> dict[str, Any]:
+    """The daemon's ``{endpoint, pid, protocol_version, server_version, token}``."""
+    path = Path(path) if path is not None else default_endpoint_file()
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DaemonError(
+            P.ErrorCode.NO_DAEMON, f"no daemon is running (no endpoint file at {path})"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DaemonError(
+            P.ErrorCode.NO_DAEMON, f"unreadable endpoint file {path}: {exc}"
+        ) from None
+    if not isinstance(info, dict) or not isinstance(info.get("endpoint"), str):
+        raise DaemonError(P.ErrorCode.NO_DAEMON, f"endpoint file {path} has no endpoint")
+    return info
+
+
+@dataclass
+class HarmonizeResult:
+    """A harmonized crop: ``pixels`` ``(h, w, 4|3)`` to paste at ``offset`` ``(x, y)``."""
+
+    pixels: P.Pixels
+    offset: tuple[int, int]
+    cached: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Client:
+    """One connection (a DEALER socket) to a daemon. Not thread-safe: one per thread.
+
+    Args:
+        endpoint: ``tcp://host:port``; with ``token``. Or leave both None and give
+            ``endpoint_file`` (default: the runtime dir's) to discover and re-discover them.
+        timeout: seconds of silence before a request is retried.
+        retries: extra attempts after the first.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        token: str | None = None,
+        *,
+        endpoint_file: Path | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint_file = endpoint_file
+        self.endpoint = endpoint or ""
+        self.token = token or ""
+        self.timeout = timeout
+        self.retries = retries
+        self.ctx = context or zmq.Context.instance()
+        self.server_info: dict[str, Any] = {}
+        self._socket: zmq.Socket | None = None
+        if endpoint is None:
+            self._discover()
+
+    @classmethod
+    def from_endpoint_file(cls, path: Path | None = None, **kwargs: Any) -> Client:
+        return cls(endpoint_file=Path(path) if path else default_endpoint_file(), **kwargs)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _discover(self) -> bool:
+        """Re-read the endpoint file; True if it names another endpoint or token."""
+        if self.endpoint_file is None and self.endpoint:
+            return False
+        info = read_endpoint_file(self.endpoint_file)
+        changed = (info["endpoint"], info.get("token", "")) != (self.endpoint, self.token)
+        self.endpoint, self.token = info["endpoint"], str(info.get("token", ""))
+        return changed
+
+    def _connect(self) -> zmq.Socket:
+        if self._socket is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def _reset(self) -> None:
+        """Lazy Pirate: throw the socket away; pick up a restarted daemon's new endpoint."""
+        self.close()
+        if self.endpoint_file is not None:
+            with contextlib.suppress(DaemonError):  # gone for now; a later attempt may find it
+                self._discover()
+
+    # -- requests --
+
+    def request(
+        self,
+        msg_type: str,
+        body: dict[str, Any] | None = None,
+        frames: dict[str, P.Pixels] | None = None,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> P.Message:
+        """Send one request and return its reply (``<action>_reply``).
+
+        Raises :class:`DaemonError` for an ``error`` reply or when no reply comes.
+        ``cancel`` (set from another thread) sends a ``cancel_request`` for this job.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        retries = self.retries if retries is None else retries
+        auth_retry = True
+        for _attempt in range(retries + 1):
+            msg_id = P.new_id()
+            sock = self._connect()
+            sock.send_multipart(
+                P.pack(msg_type, body, frames, token=self.token, msg_id=msg_id), copy=False
+            )
+            try:
+                reply = self._wait(sock, msg_id, timeout, on_progress, cancel)
+            except DaemonError as exc:
+                # a restarted daemon has a new token: re-read the endpoint file once
+                if exc.code == P.ErrorCode.UNAUTHORIZED and auth_retry and self.endpoint_file:
+                    auth_retry = False
+                    self._reset()
+                    continue
+                raise
+            if reply is not None:
+                return reply
+            self._reset()
+        raise DaemonError(
+            P.ErrorCode.UNREACHABLE,
+            f"no answer from the harmonize daemon at {self.endpoint} after {retries + 1} "
+            f"tries of {timeout:g} s; is `harmonize serve` running? (see its log file)",
+        )
+
+    def _wait(
+        self,
+        sock: zmq.Socket,
+        msg_id: str,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        cancel: threading.Event | None,
+    ) -> P.Message | None:
+        deadline = time.monotonic() + timeout
+        cancel_sent = False
+        while (remaining := deadline - time.monotonic()) > 0:
+            if cancel is not None and cancel.is_set() and not cancel_sent:
+                cancel_sent = True
+                sock.send_multipart(P.pack(P.CANCEL, {"id": msg_id}, token=self.token))
+            if not sock.poll(int(min(remaining, 0.1) * 1000) + 1):
+                continue
+            try:
+                msg = P.unpack(sock.recv_multipart(copy=False), local="client")
+            except P.ProtocolError as exc:
+                raise DaemonError(exc.code, exc.message) from None
+            if msg.parent != msg_id:
+                continue  # a late reply to an earlier attempt, or our cancel's reply
+            if msg.type == P.PROGRESS:
+                deadline = time.monotonic() + timeout
+                if on_progress is not None:
+                    on_progress(msg.body)
+                continue
+            if msg.type == P.ERROR:
+                raise DaemonError(str(msg.body.get("code")), str(msg.body.get("message")))
+            return msg
+        return None
+
+    def hello(self) -> dict[str, Any]:
+        """Handshake: the daemon's versions, device, variant, weights id and free memory."""
+        reply = self.request(P.HELLO, {"client": f"harmonize-client/{_version()}"})
+        P.check_version(tuple(reply.body.get("protocol_version", (0, 0))), local="client")
+        self.server_info = reply.body
+        return reply.body
+
+    def ping(self, *, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
+        return self.request(P.PING, timeout=timeout, retries=retries).body
+
+    def harmonize(
+        self,
+        layer: P.Pixels,
+        mask: P.Pixels,
+        backdrop: P.Pixels,
+        *,
+        strength: float = 1.0,
+        crop_margin: float | None = P.DEFAULT_CROP_MARGIN,
+        dtype: str | None = None,
+        output: str = "rgba",
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> HarmonizeResult:
+        """Harmonize a layer over its backdrop (see :class:`backend.protocol.HarmonizeOptions`).
+
+        Args:
+            layer: ``(H, W, 4)`` RGBA (or ``(H, W, 3)``) uint8/uint16/float32.
+            mask: ``(H, W)``: layer alpha x selection, soft.
+            backdrop: ``(H, W, 3)``: what is visible below the layer.
+        """
+        options = P.HarmonizeOptions(strength, crop_margin, dtype, output)
+        reply = self.request(
+            P.HARMONIZE,
+            {"options": options.to_wire()},
+            P.harmonize_frames(layer, mask, backdrop),
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+        result = reply.frames.get("result")
+        if result is None:
+            raise DaemonError(P.ErrorCode.BAD_MESSAGE, "harmonize reply without a result frame")
+        x, y = reply.body.get("offset", (0, 0))
+        return HarmonizeResult(
+            result, (int(x), int(y)), bool(reply.body.get("cached")), reply.body.get("timings", {})
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        return bool(self.request(P.CANCEL, {"id": job_id}).body.get("cancelled"))
+
+    def shutdown(self) -> None:
+        self.request(P.SHUTDOWN, retries=0)
+
+
+def _version() -> str:
+    try:
+        from ._version import __version__
+    except ImportError:
+        return "vendored"
+    return __version__
+
+
+def serve_command() -> list[str]:
+    """How to start the daemon: ``harmonize serve`` from PATH, else ``python -m backend``."""
+    exe = shutil.which("harmonize")
+    return [exe, "serve"] if exe else [sys.executable, "-m", "backend", "serve"]
+
+
+def ensure_daemon(
+    *,
+    command: Sequence[str] | None = None,
+    args: Sequence[str] = (),
+    endpoint_file: Path | None = None,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    start_timeout: float = 120.0,
+    timeout: float = 30.0,
+    retries: int = 3,
+) -> Client:
+    """A client of a running daemon, starting ``harmonize serve`` detached if none answers.
+
+    The started daemon gets ``--idle-timeout`` so it exits when nobody uses it; its output
+    goes to its log file. ``args`` are passed on (e.g. ``["--weights", path]``).
+    """
+    path = Path(endpoint_file) if endpoint_file else default_endpoint_file()
+    try:
+        client = Client.from_endpoint_file(path, timeout=timeout, retries=retries)
+        client.ping(timeout=2.0, retries=0)
+        return client
+    except DaemonError:
+        pass
+    cmd = [*(command or serve_command()), "--port", "0", "--idle-timeout", f"{idle_timeout:g}"]
+    cmd += ["--quiet", *args]
+    with tempfile.TemporaryFile() as errors:  # start-up errors only: --quiet drops stderr later
+        proc = subprocess.Popen(cmd, **_detached(), stdout=subprocess.DEVNULL, stderr=errors)
+        # reap the child when it exits (no zombie in a long-lived host application)
+        threading.Thread(target=proc.wait, name="harmonize-reaper", daemon=True).start()
+        deadline = time.monotonic() + start_timeout
+        while time.monotonic() < deadline:
+            try:
+                client = Client.from_endpoint_file(path, timeout=timeout, retries=retries)
+                client.ping(timeout=1.0, retries=0)
+                return client
+            except DaemonError:
+                pass
+            code = proc.poll()
+            if code is not None and code != 1:  # 1: another daemon won the race; keep looking
+                errors.seek(0)
+                tail = errors.read()[-2000:].decode(errors="replace").strip()
+                raise DaemonError(
+                    P.ErrorCode.NO_DAEMON,
+                    f"`{' '.join(cmd)}` exited with status {code}: {tail or 'no output'}",
+                )
+            time.sleep(0.2)
+    raise DaemonError(
+        P.ErrorCode.NO_DAEMON, f"the daemon did not answer within {start_timeout:g} s ({cmd})"
+    )
+
+
+def _detached() -> dict[str, Any]:
+    if sys.platform == "win32":
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
+        return {"creationflags": flags, "close_fds": True}
+    return {"start_new_session": True, "close_fds": True}
