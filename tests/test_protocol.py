@@ -1,0 +1,222 @@
+"""backend.protocol: envelope/body/frames round trips, limits, versions, torch-free import."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from backend import protocol as P
+from backend.images import DEFAULT_MAX_PIXELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def pair():
+    """A connected DEALER -> ROUTER pair over inproc (the daemon's socket types)."""
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.bind("inproc://protocol-test")
+    dealer.connect("inproc://protocol-test")
+    yield dealer, router
+    dealer.close(linger=0)
+    router.close(linger=0)
+    ctx.term()
+
+
+def _envelope(**overrides):
+    env = {"version": [1, 0], "id": "abc", "type": P.PING, "token": "t", "parent": None}
+    env.update(overrides)
+    return msgpack.packb(env)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_round_trip_over_zmq_keeps_frames_bit_exact(pair, dtype):
+    dealer, router = pair
+    rng = np.random.default_rng(0)
+    image = (rng.random((5, 7, 4)) * (255 if dtype == "uint8" else 1)).astype(dtype)
+    mask = rng.random((5, 7)).astype(np.float32)
+    parts = P.pack(
+        P.HARMONIZE,
+        {"options": {"strength": 0.5}},
+        {"layer": P.Pixels.of(image), "mask": P.Pixels.of(mask)},
+        token="secret",
+        msg_id="m1",
+    )
+    dealer.send_multipart(parts, copy=False)
+    identity, *received = router.recv_multipart(copy=False)
+    msg = P.unpack(received, token="secret")
+    assert (msg.type, msg.id, msg.token, msg.parent) == (P.HARMONIZE, "m1", "secret", None)
+    assert msg.version == P.PROTOCOL_VERSION
+    assert msg.body["options"] == {"strength": 0.5}
+    layer = msg.frames["layer"]
+    assert (layer.shape, layer.dtype) == ((5, 7, 4), dtype)
+    assert np.array_equal(np.frombuffer(layer.data, dtype=dtype).reshape(5, 7, 4), image)
+    assert np.frombuffer(msg.frames["mask"].data, np.float32).tobytes() == mask.tobytes()
+    # and the reply travels back with its parent id
+    router.send_multipart([identity, *P.pack(P.reply_type(P.HARMONIZE), {"ok": 1}, parent="m1")])
+    reply = P.unpack(dealer.recv_multipart(), local="client")
+    assert (reply.type, reply.parent, reply.body) == ("harmonize_reply", "m1", {"ok": 1})
+
+
+def test_pixels_of_needs_a_supported_contiguous_array():
+    assert P.Pixels.of(np.zeros((2, 3), np.uint16)).nbytes == 12
+    with pytest.raises(P.ProtocolError, match="dtype"):
+        P.Pixels.of(np.zeros((2, 3), np.float64))
+    with pytest.raises(P.ProtocolError, match="contiguous"):
+        P.Pixels.of(np.zeros((4, 6), np.uint8)[:, ::2])
+
+
+def _code(parts, **kw) -> str:
+    with pytest.raises(P.ProtocolError) as info:
+        P.unpack(parts, **kw)
+    return info.value.code
+
+
+def test_malformed_messages_get_named_errors():
+    ok_body = msgpack.packb({})
+    assert _code([b"\xc1garbage", ok_body]) == "bad_message"
+    assert _code([_envelope()[:-3], ok_body]) == "bad_message"  # truncated
+    assert _code([msgpack.packb([1, 2]), ok_body]) == "bad_message"  # not a map
+    assert _code([_envelope(id=7), ok_body]) == "bad_message"
+    assert _code([_envelope(version="1.0"), ok_body]) == "bad_message"
+    assert _code([_envelope(type=None), ok_body]) == "bad_message"
+    assert _code([_envelope()]) == "bad_message"  # no body
+    assert _code([_envelope(), b"\x92\x01"]) == "bad_message"  # truncated body
+    assert _code([_envelope(), msgpack.packb([1])]) == "bad_message"  # body not a map
+
+
+def test_limits_are_checked_before_decoding_or_allocating():
+    limits = P.Limits(max_pixels=1000)
+    big_env = _envelope(id="x" * 64, token="t" * 5000)
+    assert _code([big_env, msgpack.packb({})]) == "too_large"
+    big_body = msgpack.packb({"pad": "x" * (70 * 1024)})
+    assert _code([_envelope(), big_body]) == "too_large"
+    assert _code([_envelope(), msgpack.packb({}), *[b""] * 5]) == "too_large"  # frame count
+    # a "huge" declared shape is refused from the numbers alone
+    huge = {"frames": [{"name": "a", "shape": [100_000, 100_000, 4], "dtype": "float32"}]}
+    assert _code([_envelope(), msgpack.packb(huge), b"1234"], limits=limits) == "too_large"
+    five = {"frames": [{"name": "a", "shape": [2, 2, 5], "dtype": "uint8"}]}
+    assert _code([_envelope(), msgpack.packb(five), b"x" * 20]) == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("spec", "size"),
+    [
+        ({"name": "a", "shape": [4, 4, 3], "dtype": "uint8"}, 47),  # lying length
+        ({"name": "a", "shape": [4, 4, 3], "dtype": "uint16"}, 48),  # itemsize ignored
+        ({"name": "a", "shape": [4, 4, 3], "dtype": "float64"}, 384),  # dtype not allowed
+        ({"name": "a", "shape": [4, -4, 3], "dtype": "uint8"}, 48),
+        ({"name": "a", "shape": [4, 4, 3, 1], "dtype": "uint8"}, 48),
+        ({"name": "a", "shape": [4.0, 4], "dtype": "uint8"}, 16),
+        ({"name": "a", "shape": [True, 4], "dtype": "uint8"}, 4),
+        ({"shape": [4, 4], "dtype": "uint8"}, 16),  # no name
+    ],
+)
+def test_frame_declarations_must_match_the_bytes(spec, size):
+    body = msgpack.packb({"frames": [spec]})
+    assert _code([_envelope(), body, b"\0" * size]) == "bad_frames"
+
+
+def test_frame_count_and_names_must_match_the_declarations():
+    spec = {"name": "a", "shape": [2, 2], "dtype": "uint8"}
+    assert _code([_envelope(), msgpack.packb({"frames": [spec, spec]}), b"1234"]) == "bad_frames"
+    two = msgpack.packb({"frames": [spec, spec]})
+    assert _code([_envelope(), two, b"1234", b"1234"]) == "bad_frames"  # same name twice
+    assert _code([_envelope(), msgpack.packb({"frames": "a"}), b"1234"]) == "bad_frames"
+
+
+def test_token_is_compared_when_given():
+    parts = P.pack(P.PING, token="right")
+    assert P.unpack(parts, token="right").type == P.PING
+    assert _code(parts, token="wrong") == "unauthorized"
+    assert _code(P.pack(P.PING), token="right") == "unauthorized"
+
+
+def test_other_major_version_is_refused_naming_the_side_to_update():
+    with pytest.raises(P.ProtocolError, match="update the daemon") as newer:
+        P.unpack(P.pack(P.PING, version=(2, 0)))
+    assert newer.value.code == "unsupported_version" and newer.value.msg_id
+    with pytest.raises(P.ProtocolError, match="update the plugin"):
+        P.unpack(P.pack(P.PING, version=(0, 3)))
+    with pytest.raises(P.ProtocolError, match="update the daemon"):
+        P.check_version((0, 9), local="client")
+    # a newer minor version is accepted
+    assert P.unpack(P.pack(P.PING, version=(1, 7))).version == (1, 7)
+
+
+def test_harmonize_options_validation():
+    default = P.HarmonizeOptions.from_wire(None)
+    assert default == P.HarmonizeOptions()
+    assert P.HarmonizeOptions.from_wire(default.to_wire()) == default
+    whole = P.HarmonizeOptions(0.4, None, "uint16", "rgb")
+    assert P.HarmonizeOptions.from_wire(whole.to_wire()) == whole
+    for bad in (
+        {"strength": True},
+        {"strength": math.nan},
+        {"strength": 1.5},
+        {"strength": "1"},
+        {"crop_margin": -1},
+        {"dtype": "float64"},
+        {"output": "bgr"},
+        {"strenght": 0.5},
+        [],
+    ):
+        with pytest.raises(P.ProtocolError, match="options") as info:
+            P.HarmonizeOptions.from_wire(bad)
+        assert info.value.code == "invalid_input"
+
+
+def test_pixel_limit_matches_the_pipeline():
+    assert P.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS
+    assert P.reply_type(P.PING) == "ping_reply"
+
+
+def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
+    """The plugins' copies: import with numpy/torch blocked, in the package and vendored."""
+    vendored = tmp_path / "vendored"
+    vendored.mkdir()
+    for name in ("protocol.py", "client.py"):
+        shutil.copy(ROOT / "backend" / name, vendored / name)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        for name in ("numpy", "torch", "cv2", "platformdirs"):
+            sys.modules[name] = None  # any import of these now fails
+        import backend.client, backend.protocol
+        sys.path.insert(0, {str(vendored)!r})
+        import client, protocol
+        assert client.P is protocol
+        print(client.runtime_dir())
+        """
+    )
+    env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp_path / "rt")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "rt")
+
+
+def test_client_runtime_dir_matches_the_daemons(monkeypatch, tmp_path):
+    from backend import client, paths
+
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path))
+    assert client.runtime_dir() == paths.runtime_dir() == tmp_path
+    monkeypatch.delenv("HARMONIZE_RUNTIME_DIR")
+    assert client.runtime_dir() == paths.runtime_dir()
+    if sys.platform.startswith("linux"):  # the stdlib fallback agrees with platformdirs
+        xdg = tmp_path / "xdg"
+        xdg.mkdir(mode=0o700)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+        assert client._fallback_runtime_dir() == paths.runtime_dir() == xdg / "harmonize"

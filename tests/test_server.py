@@ -1,0 +1,353 @@
+"""backend.server in-process (a thread, tcp on 127.0.0.1 port 0) with a random aict-light model:
+request handling, crop, cache, progress, cancel, structured errors."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from backend import protocol as P
+from backend.client import Client, DaemonError
+from backend.compose import composite, crop_box
+from backend.errors import HarmonizeError
+from backend.model import create_model
+from backend.pipeline import apply_prediction, harmonize, predict
+from backend.server import Engine, Server, ServerConfig, check_host
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("aict-light").eval()
+
+
+class Running:
+    """A server thread plus a client; ``raw()`` gives a bare DEALER for hand-made messages."""
+
+    def __init__(self, engine: Engine, **config) -> None:
+        self.server = Server(engine, ServerConfig(**config))
+        self.endpoint = self.server.bind()
+        self.token = self.server.config.token
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.client = Client(self.endpoint, self.token, timeout=20, retries=0)
+        self.sockets: list[zmq.Socket] = []
+
+    def raw(self) -> zmq.Socket:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self.sockets.append(sock)
+        return sock
+
+    def close(self) -> None:
+        self.server.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.client.close()
+        for sock in self.sockets:
+            sock.close(linger=0)
+
+
+@pytest.fixture(scope="module")
+def running(model):
+    run = Running(Engine(model))
+    yield run
+    run.close()
+
+
+def recv(sock: zmq.Socket, timeout: float = 20.0) -> P.Message:
+    assert sock.poll(int(timeout * 1000)), "no reply"
+    return P.unpack(sock.recv_multipart(), local="client")
+
+
+def recv_final(sock: zmq.Socket, parent: str) -> P.Message:
+    while True:
+        msg = recv(sock)
+        if msg.parent == parent and msg.type != P.PROGRESS:
+            return msg
+
+
+def scene(h=96, w=128, dtype=np.uint8, alpha="opaque", seed=0):
+    """A layer (H, W, 4), a mask with a rectangular object, and a backdrop (H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    full = {np.uint8: 255, np.uint16: 65535}.get(dtype, 1.0)
+
+    def noise(*shape):
+        return (rng.random(shape) * full).astype(dtype)
+
+    layer = noise(h, w, 4)
+    mask = np.zeros((h, w), dtype)
+    mask[h // 3 : h // 3 + h // 4, w // 4 : w // 2] = full
+    if alpha == "opaque":
+        layer[..., 3] = full
+    elif alpha == "soft":
+        layer[..., 3] = noise(h, w)
+        mask = mask.astype(np.float64) * layer[..., 3] / full
+        mask = (mask * full).astype(dtype) if full != 1.0 else mask.astype(np.float32)
+    return layer, mask, noise(h, w, 3)
+
+
+def send_harmonize(client, layer, mask, back, **options):
+    return client.harmonize(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back), **options)
+
+
+def as_array(pix: P.Pixels) -> np.ndarray:
+    return np.frombuffer(pix.data, dtype=pix.dtype).reshape(pix.shape)
+
+
+def test_hello_reports_versions_device_and_weights(running):
+    info = running.client.hello()
+    assert info["protocol_version"] == list(P.PROTOCOL_VERSION)
+    assert info["device"] == "cpu" and info["variant"]
+    assert info["free_memory"] is None or info["free_memory"] > 0
+    assert running.client.ping()["pid"] == info["pid"]
+
+
+def test_opaque_layer_matches_in_process_harmonize_on_the_crop(running, model):
+    layer, mask, back = scene()
+    result = send_harmonize(running.client, layer, mask, back, strength=0.8)
+    x0, y0, x1, y1 = crop_box(mask, P.DEFAULT_CROP_MARGIN, P.MIN_CROP_MARGIN_PX)
+    assert result.offset == (x0, y0)
+    out = as_array(result.pixels)
+    assert out.shape == (y1 - y0, x1 - x0, 4) and out.dtype == np.uint8
+    rgb, m = layer[y0:y1, x0:x1, :3], mask[y0:y1, x0:x1]
+    # opaque layer + binary mask: composite == layer inside the mask, so the network input and
+    # the recoloured pixels are those of pipeline.harmonize on the composite crop
+    expected = harmonize(
+        composite(rgb, m / 255.0, back[y0:y1, x0:x1]), m, model=model, strength=0.8
+    )
+    inside = m > 0
+    assert np.array_equal(out[..., :3][inside], expected[inside])
+    assert np.array_equal(out[..., :3][~inside], rgb[~inside])  # outside: the layer, untouched
+    assert np.array_equal(out[..., 3], layer[y0:y1, x0:x1, 3])
+    assert not np.array_equal(out[..., :3][inside], rgb[inside])  # something did change
+
+
+def test_crop_box_pads_by_a_fraction_of_the_object_and_clamps():
+    mask = np.zeros((200, 300), np.float32)
+    mask[50:90, 100:180] = 0.5  # 80 x 40 object: margin max(16, ceil(0.25 * 80)) = 20
+    assert crop_box(mask, 0.25, 16) == (80, 30, 200, 110)
+    assert crop_box(mask, 0.0, 16) == (84, 34, 196, 106)
+    assert crop_box(mask, 3.0, 16) == (0, 0, 300, 200)
+    assert crop_box(mask, None, 16) == (0, 0, 300, 200)
+    assert crop_box(np.zeros((4, 4), np.float32), 0.25, 16) is None
+
+
+def test_soft_alpha_recolours_by_selection_and_keeps_alpha(running, model):
+    layer, mask, back = scene(dtype=np.float32, alpha="soft", seed=3)
+    result = send_harmonize(running.client, layer, mask, back, crop_margin=None)
+    assert result.offset == (0, 0)
+    out = as_array(result.pixels)
+    alpha = layer[..., 3]
+    comp = composite(layer[..., :3], mask, back)
+    maps = predict(comp, mask, model=model)
+    weight = np.divide(mask, alpha, out=np.zeros_like(mask), where=alpha > 0).clip(0, 1)
+    expected = apply_prediction(np.ascontiguousarray(layer[..., :3]), weight, maps)
+    np.testing.assert_allclose(out[..., :3], expected, atol=1e-6)
+    assert np.array_equal(out[..., 3], alpha)
+
+
+def test_new_strength_reuses_the_cached_prediction(running, model):
+    layer, mask, back = scene(seed=5)
+    first = send_harmonize(running.client, layer, mask, back, strength=1.0)
+    second = send_harmonize(running.client, layer, mask, back, strength=0.25)
+    assert not first.cached and second.cached
+    x0, y0, x1, y1 = crop_box(mask, P.DEFAULT_CROP_MARGIN, P.MIN_CROP_MARGIN_PX)
+    rgb, m = layer[y0:y1, x0:x1, :3], mask[y0:y1, x0:x1]
+    expected = harmonize(
+        composite(rgb, m / 255.0, back[y0:y1, x0:x1]), m, model=model, strength=0.25
+    )
+    assert np.array_equal(as_array(second.pixels)[..., :3][m > 0], expected[m > 0])
+    # another backdrop is another network input: no cache hit
+    third = send_harmonize(running.client, layer, mask, back[::-1].copy(), strength=0.25)
+    assert not third.cached
+
+
+def test_progress_events_in_order(running):
+    layer, mask, back = scene(seed=7)
+    events: list[dict] = []
+    send_harmonize(running.client, layer, mask, back, on_progress=events.append)
+    assert [e["stage"] for e in events] == ["received", "composed", "predicted", "applied"]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options", "channels", "out_dtype"),
+    [
+        (np.uint16, {}, 4, "uint16"),
+        (np.uint8, {"dtype": "float32"}, 4, "float32"),
+        (np.float32, {"dtype": "uint8", "output": "rgb"}, 3, "uint8"),
+    ],
+)
+def test_output_dtype_and_channels(running, dtype, options, channels, out_dtype):
+    layer, mask, back = scene(dtype=dtype, seed=11)
+    result = send_harmonize(running.client, layer, mask, back, **options)
+    assert result.pixels.dtype == out_dtype and result.pixels.shape[2] == channels
+
+
+def test_rgb_layer_is_treated_as_opaque(running):
+    layer, mask, back = scene(seed=12)
+    result = send_harmonize(running.client, np.ascontiguousarray(layer[..., :3]), mask, back)
+    assert np.all(as_array(result.pixels)[..., 3] == 255)
+
+
+def _spec(name, shape, dtype="uint8"):
+    return {"name": name, "shape": list(shape), "dtype": dtype}
+
+
+def test_errors_are_structured_and_the_daemon_keeps_serving(running):
+    sock, token = running.raw(), running.token
+    layer, mask, back = scene(seed=13)
+
+    def ask(parts):
+        sock.send_multipart(parts)
+        reply = recv(sock)
+        while reply.type == P.PROGRESS:
+            reply = recv(sock)
+        assert reply.type == P.ERROR and set(reply.body) == {"code", "message"}
+        return reply.body["code"], reply.body["message"], reply.parent
+
+    assert ask(P.pack(P.PING, token="nope", msg_id="q1"))[::2] == ("unauthorized", "q1")
+    assert ask(P.pack("frobnicate_request", token=token))[0] == "unknown_type"
+    code, text, _ = ask(P.pack(P.PING, token=token, version=(2, 0)))
+    assert code == "unsupported_version" and "update the daemon" in text
+    assert ask([b"\x00\xff", b"junk"])[0] == "bad_message"
+    assert ask([b"only one part"])[0] == "bad_message"
+    frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+    lying = P.pack(P.HARMONIZE, {}, frames, token=token)
+    env, body, *data = lying
+    spec = msgpack.unpackb(body)
+    spec["frames"][0]["shape"] = [96, 129, 4]
+    assert ask([env, msgpack.packb(spec), *data])[0] == "bad_frames"
+    small = P.Pixels.of(np.ascontiguousarray(mask[:50]))
+    other = P.harmonize_frames(P.Pixels.of(layer), small, P.Pixels.of(back))
+    code, text, _ = ask(P.pack(P.HARMONIZE, {}, other, token=token))
+    assert code == "bad_frames" and "same size" in text
+    only = {"layer": P.Pixels.of(layer)}
+    assert ask(P.pack(P.HARMONIZE, {}, only, token=token))[0] == "bad_frames"
+    empty = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask * 0), P.Pixels.of(back))
+    assert ask(P.pack(P.HARMONIZE, {}, empty, token=token))[0] == "empty_mask"
+    nan = layer.astype(np.float32) / 255
+    nan[40, 40, 0] = math.nan
+    bad = P.harmonize_frames(P.Pixels.of(nan), P.Pixels.of(mask), P.Pixels.of(back))
+    code, text, _ = ask(P.pack(P.HARMONIZE, {}, bad, token=token))
+    assert code == "invalid_input" and "NaN" in text
+    opts = {"options": {"strength": 2}}
+    assert ask(P.pack(P.HARMONIZE, opts, frames, token=token))[0] == "invalid_input"
+    assert ask(P.pack(P.CANCEL, {"id": "nothing"}, token=token))[0] == "not_found"
+    # the Client turns the same replies into DaemonError with the code
+    with pytest.raises(DaemonError) as info:
+        send_harmonize(running.client, layer, mask * 0, back)
+    assert info.value.code == "empty_mask"
+    assert running.client.ping()["pid"]
+
+
+def test_req_sockets_are_answered_too(running):
+    """A REQ peer adds an empty delimiter frame; replies must keep it."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(running.endpoint)
+        sock.send_multipart(P.pack(P.PING, token=running.token, msg_id="r1"))
+        assert sock.poll(10_000)
+        reply = P.unpack(sock.recv_multipart(), local="client")
+        assert (reply.type, reply.parent) == ("ping_reply", "r1")
+    finally:
+        sock.close(linger=0)
+
+
+class GatedEngine(Engine):
+    """An engine whose jobs wait at their first checkpoint until the test opens the gate."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.gate = threading.Event()
+
+    def run(self, frames, options, checkpoint):
+        def gated(stage, **info):
+            checkpoint(stage, **info)
+            assert self.gate.wait(20)
+            checkpoint(stage, **info)  # cancellation is seen here
+
+        return super().run(frames, options, gated)
+
+
+def test_cancel_queued_and_running_jobs_while_ping_is_answered(model):
+    run = Running(GatedEngine(model), max_queue=2)
+    try:
+        sock, token = run.raw(), run.token
+        layer, mask, back = scene(seed=17)
+        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        for job in ("a", "b", "c"):
+            sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=token, msg_id=job))
+        seen: dict[str, list] = {"a": [], "b": [], "c": []}
+        deadline = time.monotonic() + 20
+        while not (seen["c"] and any(e.get("stage") == "composed" for e in seen["a"])):
+            assert time.monotonic() < deadline
+            msg = recv(sock)
+            seen[msg.parent].append(msg.body if msg.type == P.PROGRESS else msg.body["code"])
+        assert seen["c"] == ["busy"]  # queue limit 2: a running + b queued
+        assert run.client.ping()["queued"] == 1  # answered while a job runs
+        assert run.client.cancel("b") is True
+        assert recv_final(sock, "b").body["code"] == "cancelled"
+        assert run.client.cancel("a") is True
+        run.server.engine.gate.set()
+        assert recv_final(sock, "a").body["code"] == "cancelled"
+        assert run.server.jobs == {}
+        # the worker is free again
+        result = send_harmonize(run.client, layer, mask, back)
+        assert result.pixels.shape[2] == 4
+    finally:
+        run.server.engine.gate.set()
+        run.close()
+
+
+def test_client_cancel_event_cancels_its_own_job(model):
+    run = Running(GatedEngine(model))
+    try:
+        layer, mask, back = scene(seed=19)
+        cancel = threading.Event()
+
+        def on_progress(event):
+            if event["stage"] == "composed":
+                cancel.set()
+                threading.Timer(0.3, run.server.engine.gate.set).start()
+
+        with pytest.raises(DaemonError) as info:
+            send_harmonize(run.client, layer, mask, back, on_progress=on_progress, cancel=cancel)
+        assert info.value.code == "cancelled"
+    finally:
+        run.server.engine.gate.set()
+        run.close()
+
+
+def test_shutdown_request_stops_the_loop(model):
+    run = Running(Engine(model))
+    run.client.shutdown()
+    run.thread.join(10)
+    assert not run.thread.is_alive()
+    run.close()
+
+
+def test_idle_timeout_stops_the_loop(model):
+    run = Running(Engine(model), idle_timeout=0.5)
+    run.thread.join(10)
+    assert not run.thread.is_alive()
+    run.close()
+
+
+def test_remote_hosts_need_allow_remote():
+    check_host("127.0.0.1", False)
+    check_host("::1", False)
+    check_host("localhost", False)
+    for host in ("0.0.0.0", "192.168.1.4", "*", "example.org"):
+        with pytest.raises(HarmonizeError, match="--allow-remote"):
+            check_host(host, False)
+    check_host("0.0.0.0", True)
