@@ -72,28 +72,82 @@ class TorchBackend:
         return out
 
 
-BACKENDS: dict[str, Callable[[str], LutBackend]] = {"torch": TorchBackend}
+def _cuda_backend(device: str) -> LutBackend:
+    from backend.lut.cuda_kernel import CudaBackend
+
+    return CudaBackend(device)
+
+
+def _cpu_kernel_backend(device: str) -> LutBackend:
+    from backend.lut.cpu_kernel import CpuKernelBackend
+
+    return CpuKernelBackend(device)
+
+
+BACKENDS: dict[str, Callable[[str], LutBackend]] = {
+    "cuda": _cuda_backend,
+    "cpu-kernel": _cpu_kernel_backend,
+    "torch": TorchBackend,
+}
 """Backend factories by name, each called with the torch device name ("cpu", "cuda")."""
 
-AUTO_ORDER: list[str] = ["torch"]
-"""Order in which ``auto`` tries backends; faster backends insert themselves in front."""
+AUTO_ORDER: list[str] = ["cuda", "cpu-kernel", "torch"]
+"""Order in which ``auto`` tries backends (``cuda`` only when the device is a CUDA device)."""
 
 
 def backend_choices() -> tuple[str, ...]:
     return ("auto", *BACKENDS)
 
 
+_AUTO: dict[str, tuple[LutBackend, str]] = {}
+"""``auto``'s choice per device, with the reason: decided once per process."""
+
+
+def _is_cuda(device: str) -> bool:
+    return device == "auto" or device.startswith("cuda")
+
+
+def _choose_auto(device: str) -> tuple[LutBackend, str]:
+    skipped: list[str] = []
+    for candidate in AUTO_ORDER:
+        if candidate == "cuda" and not _is_cuda(device):
+            skipped.append("cuda: the device is the CPU")
+            continue
+        try:
+            backend = BACKENDS[candidate](device)
+        except Exception as exc:
+            log.warning("LUT backend %s unavailable (%s); trying the next", candidate, exc)
+            skipped.append(f"{candidate}: {exc}")
+            continue
+        reason = "the fastest that works" if not skipped else "; ".join(skipped)
+        return backend, reason
+    return TorchBackend(device), "; ".join(skipped)
+
+
+def auto_backend(device: str = "cpu") -> tuple[LutBackend, str]:
+    """What ``auto`` picks for ``device`` and why (the skipped backends' reasons).
+
+    The choice is made once per device and process, so an unavailable backend is reported by
+    a single logged warning, not on every image.
+    """
+    key = "cuda" if _is_cuda(device) else "cpu"
+    if key not in _AUTO:
+        _AUTO[key] = _choose_auto(device)
+    return _AUTO[key]
+
+
 def get_backend(name: str = "auto", device: str = "cpu") -> LutBackend:
-    """Return the backend called ``name``, or the first that works for ``auto``."""
+    """Return the backend called ``name``, or the first that works for ``auto``.
+
+    Args:
+        name: ``auto`` or a key of :data:`BACKENDS`.
+        device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto``: where the maps live; ``auto`` tries
+            the CUDA kernel only for a CUDA device.
+    """
     if name != "auto":
         if name not in BACKENDS:
             raise HarmonizeError(
                 f"unknown LUT backend {name!r}; choose one of {', '.join(backend_choices())}"
             )
         return BACKENDS[name](device)
-    for candidate in AUTO_ORDER:
-        try:
-            return BACKENDS[candidate](device)
-        except Exception as exc:
-            log.warning("LUT backend %s unavailable (%s); trying the next", candidate, exc)
-    return TorchBackend(device)
+    return auto_backend(device)[0]
