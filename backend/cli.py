@@ -7,6 +7,7 @@ Only the standard library is imported at module level, so ``harmonize --version`
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import sys
 import time
@@ -127,7 +128,9 @@ def _load(args: argparse.Namespace) -> Any:
 
         extra = [] if args.weights is None else ["--weights", str(args.weights)]
         extra += [] if args.variant is None else ["--variant", args.variant]
-        return ensure_daemon(args=[*extra, "--device", args.device])
+        client = ensure_daemon(args=[*extra, "--device", args.device])
+        atexit.register(client.close)
+        return client
     from backend.pipeline import load_model
 
     model = load_model(args.weights, variant=args.variant, device=args.device)
@@ -275,9 +278,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from backend.images import max_pixels_default
+    from backend.protocol import Limits
     from backend.server import ServerConfig, serve
 
     config = ServerConfig(
+        limits=Limits(max_pixels=max_pixels_default()),
         host=args.host,
         port=args.port,
         allow_remote=args.allow_remote,

@@ -58,7 +58,7 @@ class ServerConfig:
     idle_timeout: float = 0.0  # seconds without requests before exiting; 0 = never
     lut_backend: str = "auto"
     limits: P.Limits = field(default_factory=P.Limits)
-    max_queue: int = 8
+    max_queue: int = 16
     cache_size: int = 4
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -474,14 +474,14 @@ class Server:
                 if job.state == "cancelled":
                     continue
                 job.state = "running"
-            try:
-                self._run(job)
-            finally:
-                with job.lock:
-                    job.state = "done"
-                self.jobs.pop(job.msg.id, None)
+            final = self._run(job)
+            with job.lock:
+                job.state = "done"
+            self.jobs.pop(job.msg.id, None)  # before the reply: the client may send the next job
+            self._emit(job.route, final)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> list[Any]:
+        """Run one job; returns its final message (reply or error)."""
         parent = job.msg.id
 
         def checkpoint(stage: str, **info: Any) -> None:
@@ -489,34 +489,36 @@ class Server:
                 raise Cancelled
             self._emit(job.route, P.pack(P.PROGRESS, {"stage": stage, **info}, parent=parent))
 
-        def error(code: str, text: str) -> None:
-            self._emit(job.route, P.pack(P.ERROR, P.error_body(code, text), parent=parent))
+        def error(code: str, text: str) -> list[Any]:
+            return P.pack(P.ERROR, P.error_body(code, text), parent=parent)
 
         try:
             arrays = {name: _array(pix) for name, pix in job.msg.frames.items()}
             out, (x, y), info = self.engine.run(arrays, job.options, checkpoint)
         except Cancelled:
             log.info("job %s cancelled", parent)
-            error(P.ErrorCode.CANCELLED, "cancelled")
+            return error(P.ErrorCode.CANCELLED, "cancelled")
         except EmptyMask:
-            error(P.ErrorCode.EMPTY_MASK, "the mask is empty (no pixel above 0): nothing to do")
+            return error(
+                P.ErrorCode.EMPTY_MASK, "the mask is empty (no pixel above 0): nothing to do"
+            )
         except HarmonizeError as exc:
-            error(P.ErrorCode.INVALID_INPUT, str(exc))
+            return error(P.ErrorCode.INVALID_INPUT, str(exc))
         except MemoryError:
-            error(P.ErrorCode.OUT_OF_MEMORY, "out of memory: try a smaller layer or selection")
+            return error(
+                P.ErrorCode.OUT_OF_MEMORY, "out of memory: try a smaller layer or selection"
+            )
         except Exception as exc:
             if "out of memory" in str(exc).lower():
-                error(P.ErrorCode.OUT_OF_MEMORY, f"out of memory on {self.engine.device}: {exc}")
-            else:
-                log.error("job %s failed:\n%s", parent, traceback.format_exc())
-                error(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        else:
-            h, w = out.shape[:2]
-            body = {"offset": [x, y], "size": [w, h], **info}
-            frames = {"result": P.Pixels.of(out)}
-            reply = P.pack(P.reply_type(P.HARMONIZE), body, frames, parent=parent)
-            self._emit(job.route, reply)
-            log.info("job %s: %d x %d at (%d, %d), cached=%s", parent, w, h, x, y, info["cached"])
+                return error(
+                    P.ErrorCode.OUT_OF_MEMORY, f"out of memory on {self.engine.device}: {exc}"
+                )
+            log.error("job %s failed:\n%s", parent, traceback.format_exc())
+            return error(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        h, w = out.shape[:2]
+        log.info("job %s: %d x %d at (%d, %d), cached=%s", parent, w, h, x, y, info["cached"])
+        body = {"offset": [x, y], "size": [w, h], **info}
+        return P.pack(P.reply_type(P.HARMONIZE), body, {"result": P.Pixels.of(out)}, parent=parent)
 
     # -- shutdown --
 

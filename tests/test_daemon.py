@@ -1,0 +1,428 @@
+"""A real ``harmonize serve`` subprocess over TCP: discovery, concurrency, hostile input,
+killed clients, killed and restarted daemons, SIGTERM, auto-start with idle timeout.
+
+Every daemon runs with its runtime/log/data dirs in tmp (HARMONIZE_*_DIR) and random
+aict-light weights, so nothing touches the user's files and no trained weights are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from backend import cli
+from backend import protocol as P
+from backend.client import Client, DaemonError, ensure_daemon
+from backend.model import create_model
+from backend.model.weights import save_weights
+from backend.pipeline import load_model
+from backend.server import Engine
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SERVE = [sys.executable, "-m", "backend", "serve"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / "random-light.pt"
+    save_weights(path, create_model("aict-light"), "aict-light", {"note": "random, tests only"})
+    return path
+
+
+def daemon_env(root: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    for name in ("RUNTIME", "LOG", "DATA", "CACHE", "CONFIG"):
+        env[f"HARMONIZE_{name}_DIR"] = str(root / name.lower())
+    env.pop("HARMONIZE_WEIGHTS", None)
+    return env
+
+
+class Daemon:
+    """A ``harmonize serve`` subprocess; output goes to files under ``root``."""
+
+    def __init__(self, root: Path, weights: Path, *args: str, **env: str) -> None:
+        self.root = root
+        self.env = daemon_env(root, **env)
+        self.endpoint_file = root / "runtime" / "daemon.json"
+        self.out = open(root / f"serve-{time.monotonic_ns()}.out", "wb")  # noqa: SIM115
+        cmd = [*SERVE, "--weights", str(weights), "--log-level", "DEBUG", *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.out, stderr=self.out)
+        deadline = time.monotonic() + 90
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"daemon did not start: {self.output()}")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            return json.loads(self.endpoint_file.read_text())["pid"] == self.proc.pid
+        except (OSError, ValueError, KeyError):
+            return False
+
+    @property
+    def info(self) -> dict:
+        return json.loads(self.endpoint_file.read_text())
+
+    def client(self, **kw) -> Client:
+        kw.setdefault("timeout", 60)
+        return Client.from_endpoint_file(self.endpoint_file, **kw)
+
+    def rss(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) << 10
+
+    def output(self) -> str:
+        self.out.flush()
+        return (Path(self.out.name).read_bytes()[-3000:]).decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.out.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, weights):
+    run = Daemon(tmp_path_factory.mktemp("daemon"), weights)
+    yield run
+    assert run.stop() == 0, run.output()
+    assert not run.endpoint_file.exists()
+
+
+@pytest.fixture(scope="module")
+def engine(weights):
+    """The same weights in this process: the reference every daemon reply must equal."""
+    return Engine(load_model(weights, device="cpu"))
+
+
+def payload(seed: int, h: int, w: int, dtype: str):
+    rng = np.random.default_rng(seed)
+    full = {"uint8": 255, "uint16": 65535}.get(dtype, 1.0)
+    layer = (rng.random((h, w, 4)) * full).astype(dtype)
+    mask = np.zeros((h, w), np.float32)
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    mask[y : y + h // 2, x : x + w // 3] = rng.uniform(0.3, 1.0)
+    back = (rng.random((h, w, 3)) * full).astype(dtype)
+    return {"layer": layer, "mask": mask, "backdrop": back}
+
+
+def remote(client: Client, frames: dict, **options) -> np.ndarray:
+    pix = {k: P.Pixels.of(v) for k, v in frames.items()}
+    result = client.harmonize(pix["layer"], pix["mask"], pix["backdrop"], **options)
+    out = np.frombuffer(result.pixels.data, result.pixels.dtype).reshape(result.pixels.shape)
+    return np.concatenate([np.array(result.offset, np.float64), out.ravel().astype(np.float64)])
+
+
+def local(engine: Engine, frames: dict, **options) -> np.ndarray:
+    out, offset, _ = engine.run(frames, P.HarmonizeOptions(**options), lambda *a, **k: None)
+    return np.concatenate([np.array(offset, np.float64), out.ravel().astype(np.float64)])
+
+
+def test_ping_cli_and_second_serve_says_so(daemon, weights, monkeypatch, capsys):
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(daemon.endpoint_file.parent))
+    assert cli.main(["ping"]) == 0
+    out = capsys.readouterr().out
+    assert f"pid {daemon.proc.pid}" in out and "variant aict-light" in out
+    assert oct(daemon.endpoint_file.stat().st_mode & 0o777) == "0o600"
+    second = subprocess.run(
+        [*SERVE, "--weights", str(weights)],
+        cwd=ROOT,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 1
+    assert f"already running at {daemon.info['endpoint']}" in second.stdout
+    assert daemon.info["pid"] == daemon.proc.pid  # the file was left alone
+
+
+def test_concurrent_clients_get_correct_replies(daemon, engine):
+    sizes = [
+        (24, 40, "uint8"),
+        (64, 48, "uint16"),
+        (130, 90, "float32"),
+        (200, 260, "uint8"),
+        (33, 300, "uint8"),
+        (256, 256, "uint16"),
+        (90, 70, "float32"),
+        (150, 120, "uint8"),
+    ]
+    cases = [payload(i, *size) for i, size in enumerate(sizes)]
+    strengths = (1.0, 0.6, 0.2)
+    expected = {
+        (i, s): local(engine, case, strength=s) for i, case in enumerate(cases) for s in strengths
+    }
+    failures: list[str] = []
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        try:
+            with daemon.client() as client:
+                for n in range(50):
+                    key = (rng.randrange(len(cases)), rng.choice(strengths))
+                    got = remote(client, cases[key[0]], strength=key[1])
+                    if not np.array_equal(got, expected[key]):
+                        failures.append(f"client {index} request {n} {key}: wrong result")
+        except Exception as exc:
+            failures.append(f"client {index}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not failures, failures[:5]
+
+
+def hostile(rng: random.Random, token: str, good: list) -> list:
+    """One generated message: a random kind of malformed, lying or unauthorised input."""
+    env = {"version": [1, 0], "id": rng.randbytes(6).hex(), "type": P.PING, "token": token}
+    env["parent"] = None
+    kind = rng.randrange(13)
+    if kind == 0:  # random frames
+        return [rng.randbytes(rng.randrange(0, 2000)) for _ in range(rng.randrange(1, 6))]
+    if kind == 1:  # truncated envelope
+        raw = msgpack.packb(env)
+        return [raw[: rng.randrange(len(raw))], b"\x80"]
+    if kind == 2:  # oversized envelope
+        return [msgpack.packb({**env, "token": "x" * rng.randrange(5000, 20000)}), b"\x80"]
+    if kind in (3, 4):  # lying shapes / huge declared sizes
+        env_b, body, *frames = good
+        spec = msgpack.unpackb(body)
+        frame = rng.randrange(len(frames))
+        if kind == 3:
+            spec["frames"][frame]["shape"][rng.randrange(2)] += rng.choice((-1, 1, 7))
+        else:
+            spec["frames"][frame]["shape"][:2] = [rng.randrange(1, 1 << 31)] * 2
+        if rng.random() < 0.5:
+            spec["frames"][frame]["dtype"] = rng.choice(["float64", "int8", "", None, 3])
+        return [env_b, msgpack.packb(spec), *frames]
+    if kind == 5:  # wrong token
+        return P.pack(P.PING, token=rng.randbytes(8).hex())
+    if kind == 6:  # other versions
+        return P.pack(P.PING, token=token, version=(rng.randrange(2, 9), 0))
+    if kind == 7:  # unknown type
+        return P.pack(rng.choice(["", "x" * 300, "hello", "harmonize"]), token=token)
+    if kind == 8:  # random msgpack values as envelope and body
+        value = rng.choice([1, -5, "s", [1, [2]], {"id": 5}, None, 1.5, b"b" * 40, {1: 2}])
+        return [msgpack.packb(value), msgpack.packb(value)]
+    if kind == 9:  # too many frames
+        return [msgpack.packb(env), msgpack.packb({}), *[b"\0" * 16] * rng.randrange(5, 12)]
+    if kind == 10:  # bodies that are not maps / not msgpack / bad options
+        body = rng.choice([b"\xc1", b"\x93\x01", msgpack.packb({"options": {"strength": "all"}})])
+        return [msgpack.packb({**env, "type": P.HARMONIZE}), body, *good[2:]]
+    if kind == 11:  # envelope fields of the wrong type or size
+        field = rng.choice(["id", "version", "type", "token", "parent"])
+        env[field] = rng.choice([None, 12, [1, 2, 3], "i" * 200, {"a": 1}, -1])
+        return [msgpack.packb(env), msgpack.packb({})]
+    return [b"", *P.pack(P.PING, token=token)]  # REQ-style delimiter before a valid ping
+
+
+def test_hostile_input_never_crashes_the_daemon(tmp_path, weights):
+    """10,000 generated messages (plus oversized frames) from several sockets: every one is
+    answered or dropped, RSS grows by less than 50 MB, and ping still works."""
+    run = Daemon(tmp_path, weights, HARMONIZE_MAX_PIXELS="1000000")  # 16 MB frame limit
+    ctx = zmq.Context.instance()
+    socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
+    try:
+        token, endpoint = run.info["token"], run.info["endpoint"]
+        for sock in socks:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+        layer, mask, back = (P.Pixels.of(v) for v in payload(0, 40, 30, "uint8").values())
+        good = P.pack(P.HARMONIZE, {}, P.harmonize_frames(layer, mask, back), token=token)
+        rng = random.Random(1234)
+        replies = 0
+
+        def blast(count: int) -> None:
+            nonlocal replies
+            for n in range(count):
+                socks[n % 4].send_multipart(hostile(rng, token, good))
+                for sock in socks:
+                    while sock.poll(0):
+                        sock.recv_multipart()
+                        replies += 1
+
+        blast(500)  # warm-up: allocator pools, first imports of error paths
+        time.sleep(0.5)
+        before = run.rss()
+        start = time.monotonic()
+        blast(10_000)
+        for _ in range(5):  # frames over MAXMSGSIZE: libzmq drops the connection
+            socks[0].send_multipart([msgpack.packb({}), b"\0" * (17 << 20)])
+        time.sleep(1.0)
+        for sock in socks:
+            while sock.poll(200):
+                sock.recv_multipart()
+                replies += 1
+        elapsed = time.monotonic() - start
+        growth = run.rss() - before
+        assert run.proc.poll() is None, run.output()
+        assert replies > 8_000  # nearly every message got a structured error (or a reply)
+        assert growth < 50 << 20, f"RSS grew by {growth >> 20} MB"
+        with run.client(timeout=10, retries=1) as client:
+            assert client.ping()["pid"] == run.proc.pid
+            assert client.harmonize(layer, mask, back).pixels.shape[2] == 4
+        print(
+            f"hostile: 10500 messages in {elapsed:.1f} s, {replies} replies, "
+            f"RSS {before >> 20} -> {(before + growth) >> 20} MB"
+        )
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        assert run.stop() == 0, run.output()
+
+
+CLIENT_SCRIPT = """
+import sys, numpy as np
+from backend.client import Client
+from backend.protocol import Pixels
+c = Client.from_endpoint_file(sys.argv[1], timeout=60)
+layer = np.random.default_rng(0).integers(0, 255, (1500, 1500, 4), dtype=np.uint8)
+mask = np.full((1500, 1500), 200, np.uint8)
+def progress(event):
+    print(event["stage"], flush=True)
+c.harmonize(Pixels.of(layer), Pixels.of(mask), Pixels.of(layer[..., :3].copy()),
+            crop_margin=None, on_progress=progress)
+"""
+
+
+def test_client_killed_mid_request(daemon, engine):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_SCRIPT, str(daemon.endpoint_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "received"
+    finally:
+        proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+    case = payload(42, 80, 60, "uint8")
+    with daemon.client() as client:
+        assert client.ping()["pid"] == daemon.proc.pid
+        assert np.array_equal(remote(client, case), local(engine, case))
+
+
+def test_run_daemon_matches_in_process_run(daemon, weights, tmp_path, monkeypatch):
+    import cv2
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    mask = np.zeros((70, 90), np.uint8)
+    mask[20:50, 30:70] = 255
+    cv2.imwrite(str(tmp_path / "c.png"), image)
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(daemon.endpoint_file.parent))
+    common = [str(tmp_path / "c.png"), str(tmp_path / "m.png"), "--strength", "0.7"]
+    assert cli.main(["run", *common, "-o", str(tmp_path / "d.png"), "--daemon"]) == 0
+    assert cli.main(["run", *common, "-o", str(tmp_path / "l.png"), "--weights", str(weights)]) == 0
+    remote_out, local_out = cv2.imread(str(tmp_path / "d.png")), cv2.imread(str(tmp_path / "l.png"))
+    assert np.array_equal(remote_out, local_out)
+    assert not np.array_equal(remote_out, cv2.imread(str(tmp_path / "c.png")))
+
+
+def test_daemon_killed_and_restarted_client_reconnects(tmp_path, weights, engine):
+    first = Daemon(tmp_path, weights)
+    client = first.client(timeout=2.0, retries=15)
+    try:
+        case = payload(7, 60, 50, "uint16")
+        assert np.array_equal(remote(client, case), local(engine, case))
+        old = first.info
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert first.endpoint_file.exists()  # stale: dead pid
+        second = Daemon(tmp_path, weights)  # replaces the stale file
+        try:
+            assert second.info["token"] != old["token"]
+            assert np.array_equal(
+                remote(client, case, strength=0.5), local(engine, case, strength=0.5)
+            )
+            assert client.endpoint == second.info["endpoint"]
+        finally:
+            assert second.stop() == 0
+    finally:
+        client.close()
+
+
+def test_sigterm_during_a_job_exits_cleanly(tmp_path, weights):
+    run = Daemon(tmp_path, weights)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(run.info["endpoint"])
+        frames = {k: P.Pixels.of(v) for k, v in payload(3, 2000, 2000, "uint8").items()}
+        request = P.pack(
+            P.HARMONIZE,
+            {"options": {"crop_margin": None}},
+            frames,
+            token=run.info["token"],
+            msg_id="big",
+        )
+        sock.send_multipart(request, copy=False)
+        assert sock.poll(30_000)
+        assert P.unpack(sock.recv_multipart(), local="client").body["stage"] == "received"
+        run.proc.send_signal(signal.SIGTERM)
+        final = None
+        while final is None and sock.poll(40_000):
+            msg = P.unpack(sock.recv_multipart(), local="client")
+            if msg.type != P.PROGRESS:
+                final = msg
+        assert final is not None and final.parent == "big"
+        assert final.type == "harmonize_reply" or final.body["code"] in (
+            "cancelled",
+            "shutting_down",
+        )
+        assert run.proc.wait(40) == 0
+        assert not run.endpoint_file.exists()
+        assert "received SIGTERM" in (tmp_path / "log" / "daemon.log").read_text()
+    finally:
+        sock.close(linger=0)
+        run.stop()
+
+
+def test_ensure_daemon_starts_one_that_exits_when_idle(tmp_path, weights, monkeypatch):
+    for key, value in daemon_env(tmp_path).items():
+        if key.startswith("HARMONIZE_"):
+            monkeypatch.setenv(key, value)
+    path = tmp_path / "runtime" / "daemon.json"
+    with pytest.raises(DaemonError) as info:
+        Client.from_endpoint_file(path)
+    assert info.value.code == "no_daemon"
+    start = ["--weights", str(weights)]
+    with ensure_daemon(command=SERVE, args=start, idle_timeout=3, timeout=10) as client:
+        pid = client.ping()["pid"]
+    with ensure_daemon(command=SERVE, args=start, idle_timeout=3) as again:  # found, not started
+        assert again.ping()["pid"] == pid
+    deadline = time.monotonic() + 30
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not path.exists(), "the idle daemon did not exit"
+    with pytest.raises(DaemonError) as info:
+        ensure_daemon(command=SERVE, args=["--weights", str(tmp_path / "missing.pt")])
+    assert info.value.code == "no_daemon" and "does not exist" in info.value.message
