@@ -1,0 +1,450 @@
+"""Krita-facing layer I/O: read a paint layer, its mask and backdrop; build the result layer.
+
+Everything here runs on Krita's main thread and only uses the libkis API (``krita`` module),
+so the real-Krita tests call these functions directly from ``kritarunner`` (no GUI needed).
+
+Coordinates are image pixels. The *region* is the layer's bounds grown by the daemon's context
+margin and clamped to the canvas (:func:`plugin_support.context_box`); every buffer sent to the
+daemon covers exactly that region:
+
+- ``layer``: ``(H, W, 4)`` RGBA of the wire dtype (Krita's BGRA swapped to RGBA);
+- ``mask``: ``(H, W)`` of the wire dtype: layer alpha x global selection (soft);
+- ``backdrop``: ``(H, W, 3)`` RGB: the image as it looks without the layer and everything
+  above it, read from a private clone of the document (the user's document is not touched).
+
+Pixels travel as perceptual (sRGB-encoded) RGBA at 8 bits, 16 bits or float32. Layers in other
+colour models (greyscale, CMYK, Lab, ...), at half-float depth or with a linear profile are
+converted through a hidden scratch document and the result converted back to the document's
+colour space. The result is a **new** paint layer built completely before it is inserted
+above the source, so the insertion is a single undo step and the source is never modified.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import pixels
+from .deps import plugin_support
+from .qt import QtGui, enum, to_qbytes
+
+WORK_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
+"""Krita's perceptual sRGB profile: what converted pixels travel in."""
+DEPTH_OF_DTYPE = {"uint8": "U8", "uint16": "U16", "float32": "F32"}
+HOST_PRECISION = {"U8": "U8", "U16": "U16", "F16": "HALF", "F32": "FLOAT"}
+"""Krita depth -> the precision names :func:`plugin_support.wire_format` knows."""
+
+
+@dataclass(frozen=True)
+class Space:
+    """A Krita colour space: model (``RGBA``, ``GRAYA``, ``CMYKA``...), depth, profile name."""
+
+    model: str
+    depth: str
+    profile: str
+
+    @classmethod
+    def of(cls, thing: Any) -> Space:
+        """The colour space of a ``Node`` or ``Document``."""
+        return cls(thing.colorModel(), thing.colorDepth(), thing.colorProfile())
+
+    @property
+    def linear(self) -> bool:
+        """True for linear-light profiles (Krita's ``*-g10.icc`` and "linear" built-ins)."""
+        name = self.profile.lower()
+        return "g10" in name or "linear" in name
+
+
+@dataclass
+class Inputs:
+    """What :func:`read_inputs` gathered for one request (all buffers cover ``region``).
+
+    Attributes:
+        source_id: the source layer's ``uniqueId`` (a string).
+        region: the context region in image coordinates.
+        fmt: the wire format (``plugin_support.WireFormat``); ``fmt.dtype`` is the item type.
+        layer: ``(H, W, 4)`` RGBA bytes; ``mask``: ``(H, W)``; ``backdrop``: ``(H, W, 3)``.
+        work: the colour space of those buffers (RGBA, perceptual, ``fmt``'s depth).
+        target: the document's colour space, which the new layer gets.
+        base_box: the layer's bounds on the canvas joined with ``region``.
+        base: the new layer's starting pixels over ``base_box`` in ``target`` (a copy of the
+            source), so pixels outside the harmonized crop stay exactly the source's.
+        timings: seconds spent reading (``layer``, ``mask``, ``backdrop``).
+    """
+
+    source_id: str
+    region: Any
+    fmt: Any
+    layer: bytes
+    mask: bytes
+    backdrop: bytes
+    work: Space
+    target: Space
+    base_box: Any
+    base: bytes
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _krita() -> Any:
+    from krita import Krita
+
+    return Krita.instance()
+
+
+def _error(message: str) -> Exception:
+    return plugin_support().PluginError(message)
+
+
+# ---- finding things ---------------------------------------------------------------------------
+
+
+def node_id(node: Any) -> str:
+    """A node's ``uniqueId`` as a string (``QUuid.toString()`` in Krita)."""
+    uid = node.uniqueId()
+    return uid.toString() if hasattr(uid, "toString") else str(uid)
+
+
+def find_node(root: Any, uid: str) -> Any | None:
+    """The node with ``uniqueId`` ``uid`` under ``root`` (depth first), or None."""
+    for child in root.childNodes():
+        if node_id(child) == uid:
+            return child
+        found = find_node(child, uid)
+        if found is not None:
+            return found
+    return None
+
+
+def active_layer(doc: Any) -> Any:
+    """The document's active node, checked to be a paint layer (PluginError otherwise)."""
+    if doc is None:
+        raise _error("Open an image first: Harmonize Layer works on the active document.")
+    node = doc.activeNode()
+    if node is None:
+        raise _error("Select the pasted layer in the Layers docker first.")
+    check_layer(node)
+    return node
+
+
+def check_layer(node: Any) -> None:
+    """Refuse what cannot be harmonized, with what to do instead."""
+    kind = node.type()
+    if kind != "paintlayer":
+        raise _error(
+            f"'{node.name()}' is a {kind or 'node of unknown type'}, not a paint layer. "
+            "Select the pasted paint layer, or convert it (Layer ▸ Convert ▸ to Paint Layer)."
+        )
+    if node.colorModel() not in ("RGBA", "GRAYA", "CMYKA", "LABA", "XYZA", "YCbCrA"):
+        raise _error(
+            f"'{node.name()}' uses the {node.colorModel()} colour model, which "
+            "Harmonize cannot convert; convert the image to RGB/Alpha first."
+        )
+
+
+# ---- colour conversion through a scratch document ---------------------------------------------
+
+
+def convert_pixels(data: bytes, width: int, height: int, src: Space, dst: Space) -> bytes:
+    """Convert raw ``width x height`` pixels between colour spaces using Krita's own engine.
+
+    A hidden scratch document (no view) holds the pixels, ``Document.setColorSpace`` converts
+    them, and the document is closed again. The user's documents are not touched.
+    """
+    if src == dst:
+        return bytes(data)
+    doc = _krita().createDocument(
+        width, height, "harmonize-scratch", src.model, src.depth, src.profile, 72.0
+    )
+    if doc is None:
+        raise _error(
+            f"Krita could not create a {src.model}/{src.depth} scratch image "
+            f"(profile {src.profile!r}) to convert the layer."
+        )
+    try:
+        node = doc.createNode("pixels", "paintlayer")
+        node.setPixelData(to_qbytes(data), 0, 0, width, height)
+        doc.rootNode().addChildNode(node, None)
+        if not doc.setColorSpace(dst.model, dst.depth, dst.profile):
+            raise _error(
+                f"Krita could not convert {src.model}/{src.depth} ({src.profile}) to "
+                f"{dst.model}/{dst.depth} ({dst.profile})."
+            )
+        doc.waitForDone()
+        return bytes(node.pixelData(0, 0, width, height))
+    finally:
+        doc.close()
+
+
+def work_space(layer_space: Any, fmt: Any) -> Space:
+    """The RGBA perceptual space the wire format stands for (the layer's own if it is one)."""
+    depth = DEPTH_OF_DTYPE[fmt.dtype]
+    native = layer_space.model == "RGBA" and layer_space.depth == depth and not layer_space.linear
+    return layer_space if native else Space("RGBA", depth, WORK_PROFILE)
+
+
+def wire_format_of(space: Space) -> Any:
+    """The wire format for a layer: 8 bit, 16 bit (also for linear 8 bit) or float32."""
+    precision = HOST_PRECISION.get(space.depth)
+    if precision is None:
+        raise _error(
+            f"Unsupported colour depth {space.depth}; convert the image to 8-bit, "
+            "16-bit or float (Image ▸ Convert Image Color Space)."
+        )
+    if space.linear:
+        precision += "_LINEAR"
+    return plugin_support().wire_format(precision)
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+
+def _bounds_box(qrect: Any) -> Any:
+    box = plugin_support().Box
+    return box(qrect.x(), qrect.y(), qrect.width(), qrect.height())
+
+
+def region_of(doc: Any, node: Any) -> Any:
+    """The context region for ``node`` (layer bounds x selection bounds, grown, clamped)."""
+    ps = plugin_support()
+    bounds = _bounds_box(node.bounds())
+    if bounds.empty:
+        raise _error(f"The layer '{node.name()}' is empty: paste something into it first.")
+    selection = doc.selection()
+    if selection is not None and selection.width() > 0 and selection.height() > 0:
+        sel = ps.Box(selection.x(), selection.y(), selection.width(), selection.height())
+        bounds = bounds.intersect(sel)
+        if bounds.empty:
+            raise _error(
+                "The selection does not touch the layer: select (part of) the "
+                "pasted object, or Select ▸ None to harmonize the whole layer."
+            )
+    return ps.context_box(bounds, doc.width(), doc.height())
+
+
+def read_layer(node: Any, region: Any, fmt: Any) -> tuple[bytes, Space]:
+    """The layer over ``region`` as BGRA of the work space; returns ``(bytes, work space)``."""
+    space = Space.of(node)
+    work = work_space(space, fmt)
+    raw = bytes(node.pixelData(region.x, region.y, region.w, region.h))
+    return convert_pixels(raw, region.w, region.h, space, work), work
+
+
+def _multiply_alpha8(alpha: bytes, selection: bytes, width: int, height: int) -> bytes:
+    """``alpha x selection / 255`` for two 8-bit planes, via Qt's DestinationIn compositing
+    (C++ speed); pure Python when Qt is absent (unit tests)."""
+    if QtGui is None:
+        return pixels.multiply_u8(alpha, selection)
+    fmt = enum(QtGui.QImage, "Format", "Format_Alpha8")
+    dest = QtGui.QImage(alpha, width, height, width, fmt).copy()
+    src = QtGui.QImage(selection, width, height, width, fmt)
+    painter = QtGui.QPainter(dest)
+    painter.setCompositionMode(
+        enum(QtGui.QPainter, "CompositionMode", "CompositionMode_DestinationIn")
+    )
+    painter.drawImage(0, 0, src)
+    painter.end()
+    stride = dest.bytesPerLine()
+    bits = dest.constBits()
+    raw = bits.asstring(stride * height)
+    if stride == width:
+        return raw
+    return b"".join(raw[r * stride : r * stride + width] for r in range(height))
+
+
+def _u8_to_dtype(plane: bytes, dtype: str) -> bytes:
+    """An 8-bit plane as ``dtype`` (uint16: x * 257; float32: x / 255)."""
+    if dtype == "uint8":
+        return plane
+    if dtype == "uint16":
+        out = bytearray(len(plane) * 2)
+        out[0::2] = plane
+        out[1::2] = plane
+        return bytes(out)
+    table = [i / 255.0 for i in range(256)]
+    return array("f", map(table.__getitem__, plane)).tobytes()
+
+
+def read_mask(doc: Any, layer_bgra: bytes, region: Any, dtype: str) -> bytes:
+    """``(H, W)`` mask of ``dtype``: the layer's alpha x the global selection (if any).
+
+    Without a selection the mask is the alpha channel at full precision. With one, the product
+    is computed at 8 bits (Krita's selections are 8-bit), then widened to ``dtype``.
+    """
+    alpha = pixels.channel(layer_bgra, dtype, 3)
+    selection = doc.selection()
+    if selection is None:
+        return alpha
+    sel = bytes(selection.pixelData(region.x, region.y, region.w, region.h))
+    if len(sel) != region.w * region.h:
+        raise _error(
+            f"Krita returned {len(sel)} selection bytes for a {region.w} x {region.h} "
+            "region; expected 8-bit selection data."
+        )
+    if sel.count(255) == len(sel):
+        return alpha
+    product = _multiply_alpha8(pixels.alpha_to_u8(alpha, dtype), sel, region.w, region.h)
+    return _u8_to_dtype(product, dtype)
+
+
+def _hide_source_and_above(root: Any, uid: str) -> bool:
+    """In ``root``'s tree, hide the node ``uid`` and everything stacked above it (at every
+    level up to the root). Returns True when the node was found."""
+    children = root.childNodes()  # bottom to top
+    for index, child in enumerate(children):
+        if node_id(child) == uid or _hide_source_and_above(child, uid):
+            child_is_source = node_id(child) == uid
+            if child_is_source:
+                child.setVisible(False)
+            for above in children[index + 1 :]:
+                above.setVisible(False)
+            return True
+    return False
+
+
+def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes:
+    """``(H, W, 3)`` RGB of ``work``'s dtype: what the image shows below ``node``.
+
+    A clone of the document (``Document.clone``: no view, never shown) has the source and all
+    layers above it hidden, is re-rendered, and its projection is read. The user's document
+    keeps its visibility flags and undo history.
+    """
+    clone = doc.clone()
+    if clone is None:
+        raise _error("Krita could not copy the document to read the layers below.")
+    try:
+        if not _hide_source_and_above(clone.rootNode(), node_id(node)):
+            raise _error(f"The layer '{node.name()}' was not found in the document copy.")
+        clone.refreshProjection()
+        clone.waitForDone()
+        raw = bytes(clone.pixelData(region.x, region.y, region.w, region.h))
+        space = Space.of(clone)
+        converted = convert_pixels(raw, region.w, region.h, space, work)
+    finally:
+        clone.close()
+    return pixels.bgra_to_rgb(converted, _dtype_of(work))
+
+
+def _dtype_of(space: Space) -> str:
+    return pixels.DEPTH_DTYPES[space.depth]
+
+
+def _hull(a: Any, b: Any) -> Any:
+    """The smallest box holding ``a`` and ``b`` (``b`` may be empty)."""
+    if b.empty:
+        return a
+    x0, y0 = min(a.x, b.x), min(a.y, b.y)
+    return type(a)(x0, y0, max(a.right, b.right) - x0, max(a.bottom, b.bottom) - y0)
+
+
+def read_inputs(doc: Any, node: Any) -> Inputs:
+    """Gather everything one harmonize request needs (main thread; the document is unchanged)."""
+    import time
+
+    check_layer(node)
+    region = region_of(doc, node)
+    fmt = wire_format_of(Space.of(node))
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    layer_bgra, work = read_layer(node, region, fmt)
+    times["layer"] = time.perf_counter() - start
+    start = time.perf_counter()
+    mask = read_mask(doc, layer_bgra, region, fmt.dtype)
+    times["mask"] = time.perf_counter() - start
+    if fmt.dtype == "uint8" and mask.count(0) == len(mask):
+        raise _error(
+            "Nothing to harmonize: the layer is fully transparent inside the "
+            "selection. Select the pasted object (or Select ▸ None) and try again."
+        )
+    start = time.perf_counter()
+    backdrop = read_backdrop(doc, node, region, work)
+    times["backdrop"] = time.perf_counter() - start
+    target = Space.of(doc)
+    base_box = _hull(
+        region,
+        _bounds_box(node.bounds()).intersect(plugin_support().Box(0, 0, doc.width(), doc.height())),
+    )
+    raw = bytes(node.pixelData(base_box.x, base_box.y, base_box.w, base_box.h))
+    base = convert_pixels(raw, base_box.w, base_box.h, Space.of(node), target)
+    return Inputs(
+        source_id=node_id(node),
+        region=region,
+        fmt=fmt,
+        layer=pixels.bgra_to_rgba(layer_bgra, fmt.dtype),
+        mask=mask,
+        backdrop=backdrop,
+        work=work,
+        target=target,
+        base_box=base_box,
+        base=base,
+        timings=times,
+    )
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+
+def result_patch(inputs: Inputs, rgba: bytes, box: Any) -> bytes:
+    """The daemon's RGBA crop as raw pixels of the document's colour space (``box`` size)."""
+    bgra = pixels.rgba_to_bgra(rgba, inputs.fmt.dtype)
+    return convert_pixels(bgra, box.w, box.h, inputs.work, inputs.target)
+
+
+def build_layer(doc: Any, source: Any, inputs: Inputs, rgba: bytes, box: Any) -> Any:
+    """A new paint layer (not yet in the image) = the source with the crop ``box`` (region
+    coordinates) replaced by the harmonized ``rgba``; same opacity and blending mode."""
+    ps = plugin_support()
+    layer = doc.createNode(ps.result_name(source.name()), "paintlayer")
+    if layer is None:
+        raise _error("Krita could not create a new paint layer.")
+    region, base = inputs.region, inputs.base_box
+    layer.setPixelData(to_qbytes(inputs.base), base.x, base.y, base.w, base.h)
+    patch = result_patch(inputs, rgba, box)
+    layer.setPixelData(to_qbytes(patch), region.x + box.x, region.y + box.y, box.w, box.h)
+    layer.setOpacity(source.opacity())
+    layer.setBlendingMode(source.blendingMode())
+    return layer
+
+
+def insert_above(doc: Any, source: Any, layer: Any) -> None:
+    """Add the finished ``layer`` just above ``source`` (one undo step) and make it active."""
+    parent = source.parentNode()
+    if parent is None or not parent.addChildNode(layer, source):
+        raise _error("Krita refused to add the harmonized layer (is the group locked?).")
+    doc.refreshProjection()
+    doc.setActiveNode(layer)
+
+
+def update_layer(doc: Any, layer: Any, inputs: Inputs, rgba: bytes, box: Any) -> None:
+    """Rewrite a result layer's crop in place (strength changes of the docker's preview)."""
+    patch = result_patch(inputs, rgba, box)
+    region = inputs.region
+    layer.setPixelData(to_qbytes(patch), region.x + box.x, region.y + box.y, box.w, box.h)
+    doc.refreshProjection()
+
+
+def harmonize_node(
+    doc: Any, node: Any, *, strength: float = 1.0, settings: Any = None, **call: Any
+) -> Any:
+    """Read, send, build and insert in one go (blocking); returns the new layer.
+
+    The GUI splits these steps across threads (see :mod:`.controller`); kritarunner tests and
+    scripts call this directly. ``call`` goes to :func:`plugin_support.harmonize`.
+    """
+    ps = plugin_support()
+    inputs = read_inputs(doc, node)
+    region = inputs.region
+    result = ps.harmonize(
+        inputs.layer,
+        inputs.mask,
+        inputs.backdrop,
+        region.w,
+        region.h,
+        inputs.fmt,
+        strength=strength,
+        settings=settings,
+        **call,
+    )
+    layer = build_layer(doc, node, inputs, result.pixels, result.box)
+    insert_above(doc, node, layer)
+    return layer

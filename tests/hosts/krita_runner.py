@@ -1,0 +1,127 @@
+"""kritarunner script for tests/test_krita_host.py: builds documents inside real Krita and runs
+the plugin's host-facing code (``harmonize.host``) against a real daemon.
+
+    HOME=$TMP PATH=/usr/bin:/bin QT_QPA_PLATFORM=offscreen HARMONIZE_KRITA_NO_REGISTER=1 \\
+      PYTHONPATH=tests/hosts:plugins/krita:. \\
+      timeout 300 kritarunner -s krita_runner -f main SPEC.json
+
+SPEC (JSON): ``{"cases": [{"name", "depth", "profile", "width", "height", "background",
+"layer", "selection", "convert_to", "strength", "out"}]}`` with raw little-endian RGBA files
+(``depth``'s item type; selection: 8-bit, one byte a pixel, or null). For each case the script writes into
+``out``: ``result.raw`` (the new layer, BGRA over the canvas), ``source_before.raw``,
+``source_after.raw``, ``backdrop.raw`` (the RGB the plugin read below the layer),
+``mask.raw`` and ``case.json`` (layer names, colour spaces, timings). kritarunner exits 0 even
+when a script raises, so this one ends with ``os._exit`` (0 = every case ran).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _build(case: dict[str, Any]) -> tuple[Any, Any]:
+    from harmonize import pixels
+    from harmonize.qt import to_qbytes
+    from krita import Krita, Selection
+
+    w, h, depth = case["width"], case["height"], case["depth"]
+    dtype = {"U8": "uint8", "U16": "uint16", "F16": "uint16", "F32": "float32"}[depth]
+    doc = Krita.instance().createDocument(w, h, case["name"], "RGBA", depth, case["profile"], 72.0)
+    root = doc.rootNode()
+    background = root.childNodes()[0]
+    background.setPixelData(
+        to_qbytes(pixels.rgba_to_bgra(Path(case["background"]).read_bytes(), dtype)), 0, 0, w, h
+    )
+    layer = doc.createNode("pasted", "paintlayer")
+    layer.setPixelData(
+        to_qbytes(pixels.rgba_to_bgra(Path(case["layer"]).read_bytes(), dtype)), 0, 0, w, h
+    )
+    root.addChildNode(layer, background)
+    if case.get("convert_to"):  # e.g. ["RGBA", "F16", "sRGB-elle-V2-g10.icc"]: Krita converts
+        doc.setColorSpace(*case["convert_to"])
+        doc.waitForDone()
+        layer = doc.rootNode().childNodes()[1]
+    if case.get("selection"):
+        selection = Selection()
+        selection.resize(w, h)
+        selection.setPixelData(to_qbytes(Path(case["selection"]).read_bytes()), 0, 0, w, h)
+        doc.setSelection(selection)
+    doc.refreshProjection()
+    doc.waitForDone()
+    return doc, layer
+
+
+def run_case(case: dict[str, Any]) -> None:
+    from harmonize import host
+    from harmonize.deps import plugin_support
+
+    out = Path(case["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    doc, source = _build(case)
+    w, h = case["width"], case["height"]
+    before = bytes(source.pixelData(0, 0, w, h))
+    start = time.perf_counter()
+    inputs = host.read_inputs(doc, source)
+    read_s = time.perf_counter() - start
+    (out / "backdrop.raw").write_bytes(inputs.backdrop)
+    (out / "mask.raw").write_bytes(inputs.mask)
+    start = time.perf_counter()
+    result = plugin_support().harmonize(
+        inputs.layer,
+        inputs.mask,
+        inputs.backdrop,
+        inputs.region.w,
+        inputs.region.h,
+        inputs.fmt,
+        strength=case["strength"],
+    )
+    call_s = time.perf_counter() - start
+    start = time.perf_counter()
+    layer = host.build_layer(doc, source, inputs, result.pixels, result.box)
+    host.insert_above(doc, source, layer)
+    doc.waitForDone()
+    write_s = time.perf_counter() - start
+    names = [n.name() for n in doc.rootNode().childNodes()]
+    (out / "result.raw").write_bytes(bytes(layer.pixelData(0, 0, w, h)))
+    (out / "source_before.raw").write_bytes(before)
+    (out / "source_after.raw").write_bytes(bytes(source.pixelData(0, 0, w, h)))
+    info = {
+        "layers": names,
+        "result_space": [layer.colorModel(), layer.colorDepth(), layer.colorProfile()],
+        "doc_space": [doc.colorModel(), doc.colorDepth(), doc.colorProfile()],
+        "wire_dtype": inputs.fmt.dtype,
+        "region": [inputs.region.x, inputs.region.y, inputs.region.w, inputs.region.h],
+        "box": [result.box.x, result.box.y, result.box.w, result.box.h],
+        "seconds": {"read": read_s, "daemon": call_s, "write": write_s, **inputs.timings},
+        "daemon_timings": result.timings,
+    }
+    (out / "case.json").write_text(json.dumps(info, indent=1))
+    doc.close()
+    print(f"case {case['name']}: ok {info['seconds']}", flush=True)
+
+
+def main(args: list[str]) -> None:
+    rc = 0
+    try:
+        from krita import Krita
+
+        Krita.instance().setBatchmode(True)
+        spec = json.loads(Path(args[0]).read_text())
+        for case in spec["cases"]:
+            try:
+                run_case(case)
+            except Exception:
+                traceback.print_exc()
+                rc = 1
+    except Exception:
+        traceback.print_exc()
+        rc = 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
