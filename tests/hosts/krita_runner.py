@@ -7,11 +7,11 @@ the plugin's host-facing code (``harmonize.host``) against a real daemon.
 
 SPEC (JSON): ``{"cases": [{"name", "depth", "profile", "width", "height", "background",
 "layer", "selection", "convert_to", "strength", "out"}]}`` with raw little-endian RGBA files
-(``depth``'s item type; selection: 8-bit, one byte a pixel, or null). For each case the script writes into
-``out``: ``result.raw`` (the new layer, BGRA over the canvas), ``source_before.raw``,
-``source_after.raw``, ``backdrop.raw`` (the RGB the plugin read below the layer),
-``mask.raw`` and ``case.json`` (layer names, colour spaces, timings). kritarunner exits 0 even
-when a script raises, so this one ends with ``os._exit`` (0 = every case ran).
+(``depth``'s item type; selection: 8-bit, one byte a pixel, or null). For each case the
+script writes into ``out``: ``result.raw`` (the new layer, BGRA over the canvas),
+``source_before.raw``, ``source_after.raw``, ``backdrop.raw`` (the RGB read below the
+layer), ``mask.raw`` and ``case.json`` (layer names, colour spaces, timings). kritarunner
+exits 0 even when a script raises, so this one ends with ``os._exit`` (0 = every case ran).
 """
 
 from __future__ import annotations
