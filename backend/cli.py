@@ -24,7 +24,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", help="network variant the weights are for (checked)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (network and LUTs)")
     p.add_argument(
-        "--lut-backend", default="auto", help="auto | torch | ... (see `harmonize info`)"
+        "--lut-backend",
+        default="auto",
+        help="auto | cuda | cpu-kernel | torch (`harmonize info` says what auto picks)",
     )
 
 
@@ -241,7 +243,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from backend import paths
     from backend.errors import WeightsError
-    from backend.lut.backends import backend_choices
+    from backend.lut.backends import auto_backend, backend_choices
     from backend.model import VARIANTS, AICTNet
     from backend.model.weights import find_default_weights, load_weights
 
@@ -249,6 +251,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"CUDA device: {cuda}")
     print(f"LUT backends: {', '.join(backend_choices())}")
+    lut_device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    picked, why = auto_backend(lut_device)
+    print(f"  auto picks {picked.name} for maps on the {lut_device} ({why})")
     print("variants:")
     for name, cfg in VARIANTS.items():
         count = sum(p.numel() for p in AICTNet(cfg).parameters())

@@ -68,6 +68,7 @@ class Encoder(nn.Module):
             dim_feedforward=mlp_dim,
             dropout=dropout,
             activation="gelu",
+            batch_first=True,  # same weights; in eval lets torch use its fused fast path
         )
         self.transformer_enc = nn.TransformerEncoder(
             layer, num_layers=depth, enable_nested_tensor=False
@@ -76,10 +77,9 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
-        tokens = self.patch_to_embedding(x)  # (B, L, dim)
-        tokens = self.transformer_enc(tokens.transpose(0, 1))  # sequence-first, as the original
+        tokens = self.transformer_enc(self.patch_to_embedding(x))  # (B, L, dim)
         gh, gw = h // self.patch_size, w // self.patch_size
-        return tokens.permute(1, 2, 0).reshape(b, -1, gh, gw)
+        return tokens.transpose(1, 2).reshape(b, -1, gh, gw)
 
 
 class Decoder(nn.Module):
