@@ -41,6 +41,11 @@ def register() -> bool:
             f"harmonize: Krita {app.version()} is too old; 5.1 or newer is needed", file=sys.stderr
         )
         return False
+    from .qt import QT_API
+
+    if QT_API is None:
+        print("harmonize: neither PyQt5 nor PyQt6 is importable in Krita's Python", file=sys.stderr)
+        return False
     from .docker import factory
     from .extension import HarmonizeExtension
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
 
-from .extension import ACTION_ID, controller
+from .extension import controller
+from .names import ACTION_ID, DOCKER_ID
 from .qt import QtCore, QtWidgets, enum
 
-DOCKER_ID = "harmonize_docker"
 TITLE = "Harmonize"
 SLIDER_STEPS = 100
 

@@ -9,14 +9,8 @@ from typing import Any
 from krita import Extension, Krita
 
 from .controller import Controller
+from .names import ACTION_ID, ACTION_TEXT, AUTORUN_ENV, DEFAULT_SHORTCUT, MENU
 from .qt import QtCore, QtWidgets
-
-ACTION_ID = "harmonize_layer"
-ACTION_TEXT = "Harmonize Layer"
-MENU = "filter"
-DEFAULT_SHORTCUT = "Ctrl+Alt+Shift+H"
-AUTORUN_ENV = "HARMONIZE_KRITA_AUTORUN"
-"""Test hook: a Python file whose ``run(extension)`` is called once Krita is up (CI only)."""
 
 _controller: Controller | None = None
 

@@ -1,0 +1,11 @@
+"""Names shared by the action, the docker, the .action file and the tests (no imports)."""
+
+ACTION_ID = "harmonize_layer"
+"""The QAction's name; ``harmonize.action`` (shortcut, texts) uses the same."""
+ACTION_TEXT = "Harmonize Layer"
+MENU = "filter"
+"""``Window.createAction`` menu location: the bottom of the Filter menu."""
+DEFAULT_SHORTCUT = "Ctrl+Alt+Shift+H"
+DOCKER_ID = "harmonize_docker"
+AUTORUN_ENV = "HARMONIZE_KRITA_AUTORUN"
+"""Test hook: a Python file whose ``run(extension)`` is called once Krita is up (CI only)."""

@@ -1,0 +1,376 @@
+"""Unit tests of the Krita plugin against the mocked ``krita`` module (tests/mock/krita.py).
+
+No Krita, no Qt and no daemon: the byte shuffling, the mask and backdrop reading, the layer
+building order (complete before insertion = one undo step) and the registration guard.
+The same code runs in real Krita in tests/test_krita_host.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MOCK = REPO / "tests" / "mock"
+
+
+@pytest.fixture
+def krita(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The mock ``krita`` module, fresh for each test, and the plugin imported against it."""
+    monkeypatch.syspath_prepend(str(MOCK))
+    for name in [m for m in sys.modules if m == "krita" or m.startswith("plugins.krita")]:
+        monkeypatch.delitem(sys.modules, name)
+    module = importlib.import_module("krita")
+    module.Krita.reset()
+    yield module
+    for name in [m for m in sys.modules if m == "krita" or m.startswith("plugins.krita")]:
+        sys.modules.pop(name, None)
+
+
+def plugin(name: str = "") -> ModuleType:
+    return importlib.import_module("plugins.krita.harmonize" + (f".{name}" if name else ""))
+
+
+# ---- pixels -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_swizzles_match_numpy(dtype: str) -> None:
+    from plugins.krita.harmonize import pixels
+
+    rng = np.random.default_rng(1)
+    if dtype == "float32":
+        bgra = rng.random((5, 7, 4), dtype=np.float32)
+    else:
+        bgra = rng.integers(0, np.iinfo(dtype).max, (5, 7, 4), endpoint=True).astype(dtype)
+    raw = bgra.tobytes()
+    rgba = np.frombuffer(pixels.bgra_to_rgba(raw, dtype), dtype).reshape(5, 7, 4)
+    np.testing.assert_array_equal(rgba, bgra[..., [2, 1, 0, 3]])
+    assert pixels.rgba_to_bgra(rgba.tobytes(), dtype) == raw
+    rgb = np.frombuffer(pixels.bgra_to_rgb(raw, dtype), dtype).reshape(5, 7, 3)
+    np.testing.assert_array_equal(rgb, bgra[..., [2, 1, 0]])
+    alpha = np.frombuffer(pixels.channel(raw, dtype, 3), dtype).reshape(5, 7)
+    np.testing.assert_array_equal(alpha, bgra[..., 3])
+
+
+def test_swizzle_refuses_partial_items() -> None:
+    from plugins.krita.harmonize import pixels
+
+    with pytest.raises(ValueError, match="whole number"):
+        pixels.bgra_to_rgba(b"\x00" * 7, "uint16")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        pixels.bgra_to_rgba(b"\x00" * 6, "uint8")
+
+
+def test_alpha_to_u8_and_multiply() -> None:
+    from plugins.krita.harmonize import pixels
+
+    a16 = np.array([0, 257, 32896, 65535], np.uint16)
+    assert list(pixels.alpha_to_u8(a16.tobytes(), "uint16")) == [0, 1, 128, 255]
+    af = np.array([0.0, 0.5, 1.0, 2.0, -1.0], np.float32)
+    assert list(pixels.alpha_to_u8(af.tobytes(), "float32")) == [0, 128, 255, 255, 0]
+    a, b = bytes([0, 255, 128, 200]), bytes([255, 255, 128, 100])
+    expected = np.round(np.array([0, 255 * 255, 128 * 128, 200 * 100]) / 255).astype(int)
+    assert np.abs(np.array(list(pixels.multiply_u8(a, b))) - expected).max() <= 1
+    with pytest.raises(ValueError, match="differ in size"):
+        pixels.multiply_u8(a, b[:2])
+
+
+def test_paste_rows() -> None:
+    from plugins.krita.harmonize import pixels
+
+    dest = bytearray(4 * 3 * 2)  # 4 wide, 3 rows, 2 bytes a pixel
+    pixels.paste(dest, 4, bytes(range(1, 9)), (1, 1, 2, 2), 2)
+    grid = np.frombuffer(bytes(dest), np.uint8).reshape(3, 4, 2)
+    assert grid[1, 1].tolist() == [1, 2] and grid[2, 2].tolist() == [7, 8]
+    assert grid[0].sum() == 0 and grid[:, 0].sum() == 0
+    with pytest.raises(ValueError, match="does not fit"):
+        pixels.paste(dest, 4, bytes(8), (3, 0, 2, 2), 2)
+
+
+# ---- a document with a pasted layer ------------------------------------------------------------
+
+W, H = 40, 30
+
+
+def make_doc(krita: ModuleType, depth: str = "U8", *, rim: bool = True) -> tuple[Any, Any, Any]:
+    """A gradient background and a half-transparent-rimmed pasted layer (not the whole canvas)."""
+    doc = krita.Krita.instance().createDocument(W, H, "t", "RGBA", depth, "sRGB", 72.0)
+    bg = doc.createNode("Background", "paintlayer")
+    for y in range(H):
+        for x in range(W):
+            bg.pixels[(x, y)] = (x / W, y / H, 0.5, 1.0)
+    doc.root.addChildNode(bg, None)
+    layer = doc.createNode("pasted", "paintlayer")
+    for y in range(10, 20):
+        for x in range(12, 26):
+            edge = rim and (y in (10, 19) or x in (12, 25))
+            layer.pixels[(x, y)] = (0.9, 0.4, 0.1, 0.5 if edge else 1.0)
+    doc.root.addChildNode(layer, bg)
+    top = doc.createNode("on top", "paintlayer")
+    top.pixels[(0, 0)] = (1.0, 1.0, 1.0, 1.0)
+    doc.root.addChildNode(top, layer)
+    doc.setActiveNode(layer)
+    krita.Krita.instance().active_document = doc
+    doc.log.clear()
+    return doc, bg, layer
+
+
+def test_read_inputs_u8(krita: ModuleType) -> None:
+    host = plugin("host")
+    doc, _bg, layer = make_doc(krita)
+    inputs = host.read_inputs(doc, layer)
+    r = inputs.region
+    # layer bounds 14 x 10 at (12, 10), grown by max(16, ceil(0.25 * 14)) = 16, clamped
+    assert (r.x, r.y, r.w, r.h) == (0, 0, W, 30)
+    assert inputs.fmt.dtype == "uint8"
+    rgba = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4)
+    assert rgba[15, 15].tolist() == [230, 102, 26, 255]  # RGBA order, not BGRA
+    mask = np.frombuffer(inputs.mask, np.uint8).reshape(r.h, r.w)
+    np.testing.assert_array_equal(mask, rgba[..., 3])
+    back = np.frombuffer(inputs.backdrop, np.uint8).reshape(r.h, r.w, 3)
+    assert back[15, 15].tolist() == [round(15 / W * 255), round(15 / H * 255), 128]
+    assert back[0, 0].tolist() == [0, 0, 128]  # the layer above is left out too
+    # the user's document was not touched: no visibility change, no refresh, no pixels
+    assert doc.log == []
+    assert all(n.visible() for n in doc.root.childNodes())
+    clones = [d for d in krita.Krita.instance().created if d is not doc]
+    assert clones and all(d.closed for d in clones)
+
+
+def test_selection_multiplies_alpha(krita: ModuleType) -> None:
+    host = plugin("host")
+    doc, _bg, layer = make_doc(krita)
+    sel = krita.Selection()
+    sel.select(0, 0, 18, H, 255)
+    sel.select(18, 0, 2, H, 100)
+    doc.setSelection(sel)
+    inputs = host.read_inputs(doc, layer)
+    r = inputs.region
+    assert r.x == 0 and r.w < W  # the region follows the selection
+    mask = np.frombuffer(inputs.mask, np.uint8).reshape(r.h, r.w)
+    alpha = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4)[..., 3].astype(int)
+    selection = np.frombuffer(sel.pixelData(r.x, r.y, r.w, r.h), np.uint8).reshape(r.h, r.w)
+    assert np.abs(mask - np.round(alpha * selection / 255)).max() <= 1
+    assert mask[15, 19] == round(255 * 100 / 255) and mask[15, 22] == 0
+
+
+@pytest.mark.parametrize("depth", ["U16", "F32"])
+def test_selection_mask_at_deeper_depths(krita: ModuleType, depth: str) -> None:
+    host = plugin("host")
+    doc, _bg, layer = make_doc(krita, depth)
+    sel = krita.Selection()
+    sel.select(0, 0, 18, H, 128)
+    doc.setSelection(sel)
+    inputs = host.read_inputs(doc, layer)
+    r = inputs.region
+    dtype = {"U16": np.uint16, "F32": np.float32}[depth]
+    scale = 65535.0 if depth == "U16" else 1.0
+    mask = np.frombuffer(inputs.mask, dtype).reshape(r.h, r.w) / scale
+    assert inputs.fmt.dtype == np.dtype(dtype).name
+    assert mask[15, 15] == pytest.approx(128 / 255, abs=1 / 255)
+    assert mask[15, 13] == 0 or mask[15, 13] == pytest.approx(mask[15, 15])
+
+
+def test_refusals_say_what_to_do(krita: ModuleType) -> None:
+    host = plugin("host")
+    support = plugin("deps").plugin_support()
+    doc, _bg, layer = make_doc(krita)
+    group = doc.createNode("group", "grouplayer")
+    with pytest.raises(support.PluginError, match="not a paint layer"):
+        host.read_inputs(doc, group)
+    empty = doc.createNode("empty", "paintlayer")
+    with pytest.raises(support.PluginError, match="is empty"):
+        host.read_inputs(doc, empty)
+    sel = krita.Selection()
+    sel.select(30, 0, 5, 5, 255)
+    doc.setSelection(sel)
+    with pytest.raises(support.PluginError, match="does not touch the layer"):
+        host.read_inputs(doc, layer)
+    with pytest.raises(support.PluginError, match="Open an image"):
+        host.active_layer(None)
+    doc.active = None
+    with pytest.raises(support.PluginError, match="Select the pasted layer"):
+        host.active_layer(doc)
+
+
+def test_transparent_inside_selection_is_refused(krita: ModuleType) -> None:
+    host = plugin("host")
+    support = plugin("deps").plugin_support()
+    doc, _bg, layer = make_doc(krita)
+    sel = krita.Selection()
+    sel.select(0, 0, 12, H, 255)  # left of the layer
+    sel.select(12, 0, 1, 1, 255)  # widens the selection's box onto the layer's column 12
+    doc.setSelection(sel)
+    with pytest.raises(support.PluginError, match="fully transparent"):
+        host.read_inputs(doc, layer)
+
+
+def fake_result(inputs: Any) -> tuple[bytes, Any]:
+    """Invert the RGB of the layer over a crop (what a daemon could answer)."""
+    support = plugin("deps").plugin_support()
+    r = inputs.region
+    rgba = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4).copy()
+    box = support.Box(10, 8, 18, 14)
+    crop = rgba[box.y : box.bottom, box.x : box.right].copy()
+    crop[..., :3] = 255 - crop[..., :3]
+    return crop.tobytes(), box
+
+
+def test_new_layer_is_complete_before_insertion(krita: ModuleType) -> None:
+    host = plugin("host")
+    doc, _bg, layer = make_doc(krita)
+    layer.setOpacity(200)
+    layer.setBlendingMode("multiply")
+    before = layer.pixelData(0, 0, W, H)
+    inputs = host.read_inputs(doc, layer)
+    rgba, box = fake_result(inputs)
+    new = host.build_layer(doc, layer, inputs, rgba, box)
+    assert [n.name() for n in doc.root.childNodes()] == ["Background", "pasted", "on top"]
+    host.insert_above(doc, layer, new)
+    assert [n.name() for n in doc.root.childNodes()] == [
+        "Background",
+        "pasted",
+        "pasted (harmonized)",
+        "on top",
+    ]
+    # one structural change (the undo step), after every pixel write to the detached layer
+    adds = [e for e in doc.log if e[0] == "addChildNode"]
+    assert len(adds) == 1 and adds[0][2] == new.pixels
+    writes = [e for e in doc.log if e[0] == "setPixelData"]
+    assert writes and not any(attached for _op, _name, attached in writes)
+    assert doc.activeNode() is new
+    assert layer.pixelData(0, 0, W, H) == before  # the source is untouched
+    assert (new.opacity(), new.blendingMode()) == (200, "multiply")
+    got = np.frombuffer(new.pixelData(0, 0, W, H), np.uint8).reshape(H, W, 4)
+    src = np.frombuffer(before, np.uint8).reshape(H, W, 4)
+    np.testing.assert_array_equal(got[..., 3], src[..., 3])
+    inside = np.zeros((H, W), bool)
+    inside[box.y : box.bottom, box.x : box.right] = True
+    np.testing.assert_array_equal(got[~inside], src[~inside])
+    np.testing.assert_array_equal(got[inside][:, :3], 255 - src[inside][:, :3])
+
+
+def test_update_layer_rewrites_the_crop_in_place(krita: ModuleType) -> None:
+    host = plugin("host")
+    doc, _bg, layer = make_doc(krita)
+    inputs = host.read_inputs(doc, layer)
+    rgba, box = fake_result(inputs)
+    new = host.build_layer(doc, layer, inputs, rgba, box)
+    host.insert_above(doc, layer, new)
+    src = np.frombuffer(inputs.layer, np.uint8).reshape(inputs.region.h, inputs.region.w, 4)
+    original = src[box.y : box.bottom, box.x : box.right].tobytes()
+    host.update_layer(doc, new, inputs, original, box)  # strength 0: the source's pixels
+    assert new.pixelData(0, 0, W, H) == layer.pixelData(0, 0, W, H)
+    assert len([n for n in doc.root.childNodes() if "harmonized" in n.name()]) == 1
+
+
+def test_harmonize_node_end_to_end(krita: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = plugin("host")
+    support = plugin("deps").plugin_support()
+    doc, _bg, layer = make_doc(krita)
+    seen: dict[str, Any] = {}
+
+    def daemon(layer_b: bytes, mask: bytes, back: bytes, w: int, h: int, fmt: Any, **kw: Any):
+        seen.update(
+            w=w,
+            h=h,
+            dtype=fmt.dtype,
+            strength=kw["strength"],
+            sizes=(len(layer_b), len(mask), len(back)),
+        )
+        inputs = type("I", (), {"layer": layer_b, "region": support.Box(0, 0, w, h)})
+        rgba, box = fake_result(inputs)
+        return support.Result(rgba, box, {})
+
+    monkeypatch.setattr(support, "harmonize", daemon)
+    new = host.harmonize_node(doc, layer, strength=0.4)
+    assert seen["strength"] == 0.4 and seen["dtype"] == "uint8"
+    assert seen["sizes"] == (W * H * 4, W * H, W * H * 3)
+    assert new.name() == "pasted (harmonized)" and new.parentNode() is doc.root
+
+
+def test_colour_space_helpers(krita: ModuleType) -> None:
+    host = plugin("host")
+    assert host.Space("RGBA", "F16", "sRGB-elle-V2-g10.icc").linear
+    assert not host.Space("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc").linear
+    u8 = host.wire_format_of(host.Space("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc"))
+    assert u8.dtype == "uint8"
+    assert host.wire_format_of(host.Space("RGBA", "U8", "sRGB-elle-V2-g10.icc")).dtype == "uint16"
+    assert host.wire_format_of(host.Space("RGBA", "F16", "x")).dtype == "float32"
+    assert host.wire_format_of(host.Space("GRAYA", "U16", "x")).dtype == "uint16"
+    native = host.Space("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
+    assert host.work_space(native, u8) is native
+    grey = host.work_space(host.Space("GRAYA", "U8", "Gray"), u8)
+    assert grey == host.Space("RGBA", "U8", host.WORK_PROFILE)
+    with pytest.raises(plugin("deps").plugin_support().PluginError, match="depth"):
+        host.wire_format_of(host.Space("RGBA", "U32", "x"))
+
+
+def test_depth_conversion_goes_through_a_scratch_document(krita: ModuleType) -> None:
+    host = plugin("host")
+    src = host.Space("RGBA", "U16", "p")
+    dst = host.Space("RGBA", "F32", "p")
+    raw = np.array([0, 65535, 32768, 65535], np.uint16).tobytes()
+    out = np.frombuffer(host.convert_pixels(raw, 1, 1, src, dst), np.float32)
+    np.testing.assert_allclose(out, [0, 1, 32768 / 65535, 1], atol=1e-6)
+    assert all(d.closed for d in krita.Krita.instance().created)
+    assert host.convert_pixels(raw, 1, 1, src, src) == raw  # no scratch document needed
+    support = plugin("deps").plugin_support()
+    with pytest.raises(support.PluginError, match="could not convert"):
+        host.convert_pixels(raw, 1, 1, src, host.Space("CMYKA", "U8", "p"))
+
+
+# ---- packaging glue ---------------------------------------------------------------------------
+
+
+def test_register_needs_qt_and_a_recent_krita(
+    krita: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if importlib.util.find_spec("PyQt5") or importlib.util.find_spec("PyQt6"):
+        pytest.skip("Qt is importable here; the refusal path needs a Python without it")
+    package = plugin()
+    app = krita.Krita.instance()
+    assert package.register() is False
+    assert "PyQt5" in capsys.readouterr().err and app.extensions == []
+    app.version_string = "4.4.8"
+    assert package.register() is False
+    assert "too old" in capsys.readouterr().err
+
+
+def test_register_is_off_in_runner_mode(krita: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARMONIZE_KRITA_NO_REGISTER", "1")
+    assert plugin().register() is False
+
+
+def test_wheel_tags_and_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    deps = plugin("deps")
+    tags = deps.wheel_tags()
+    py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    assert tags[0].startswith(py + "-") and tags[-1] == "any"
+    monkeypatch.setattr(deps, "WHEELS_DIR", tmp_path)
+    (tmp_path / tags[0]).mkdir()
+    (tmp_path / "cp27-nowhere").mkdir()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    added = deps.add_wheels_to_path()
+    assert added == [str(tmp_path / tags[0])] and sys.path[-1] == added[0]
+    assert deps.add_wheels_to_path() == []  # idempotent
+
+
+def test_plugin_files_are_consistent() -> None:
+    desktop = (REPO / "plugins" / "krita" / "harmonize.desktop").read_text()
+    assert "X-KDE-Library=harmonize" in desktop and "ServiceTypes=Krita/PythonPlugin" in desktop
+    action = (REPO / "plugins" / "krita" / "harmonize.action").read_text()
+    from plugins.krita.harmonize import names
+
+    assert f'name="{names.ACTION_ID}"' in action
+    assert f"<shortcut>{names.DEFAULT_SHORTCUT}</shortcut>" in action
+    assert f"<text>{names.ACTION_TEXT}</text>" in action
