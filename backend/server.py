@@ -36,7 +36,15 @@ import zmq
 
 from backend import protocol as P
 from backend._version import __version__
-from backend.compose import check_same_size, composite, convert, crop_box, selection_weight
+from backend.compose import (
+    check_same_size,
+    composite,
+    convert,
+    crop_box,
+    layer_rgb,
+    selection_weight,
+    with_alpha,
+)
 from backend.errors import HarmonizeError, InputError
 from backend.fileutil import atomic_open
 from backend.images import check_image, check_mask
@@ -160,41 +168,40 @@ class Engine:
 
         times: dict[str, float] = {}
         start = time.perf_counter()
-        layer, backdrop = frames["layer"], frames["backdrop"]
-        mask = check_mask(frames["mask"], layer.shape[:2])
-        box = crop_box(mask, options.crop_margin, P.MIN_CROP_MARGIN_PX)
+        layer, backdrop, raw_mask = frames["layer"], frames["backdrop"], frames["mask"]
+        box = crop_box(raw_mask, options.crop_margin, P.MIN_CROP_MARGIN_PX)
         if box is None:
             raise EmptyMask
         x0, y0, x1, y1 = box
-        rgb = check_image(layer[y0:y1, x0:x1, :3], what="layer RGB")
+        crop = layer[y0:y1, x0:x1]
+        mask = check_mask(raw_mask[y0:y1, x0:x1], crop.shape[:2])  # values outside are 0
+        rgb = check_image(layer_rgb(crop), what="layer RGB")
         back = check_image(backdrop[y0:y1, x0:x1], what="backdrop")
-        m = np.ascontiguousarray(mask[y0:y1, x0:x1])
         alpha = None
-        if layer.shape[2] == 4:
-            alpha = check_mask(np.ascontiguousarray(layer[y0:y1, x0:x1, 3]), m.shape, what="alpha")
-        comp = composite(rgb, m, back)
+        if crop.shape[2] == 4:  # an opaque layer (the common case) skips the division
+            a = crop[..., 3]
+            if a.dtype.kind == "f" or a.min() < _opaque(str(a.dtype)):
+                alpha = check_mask(np.ascontiguousarray(a), mask.shape, what="alpha")
+        comp = composite(rgb, mask, back)
         times["compose"] = time.perf_counter() - start
         checkpoint("composed")
         tick = time.perf_counter()
-        maps, cached = self._maps(comp, m)
+        maps, cached = self._maps(comp, mask)
         times["predict"] = time.perf_counter() - tick
         checkpoint("predicted", cached=cached)
         tick = time.perf_counter()
-        weight = selection_weight(m, alpha)
+        weight = selection_weight(mask, alpha)
         out = apply_prediction(
             rgb, weight, maps, strength=options.strength, lut_backend=self.lut_backend
         )
         times["apply"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        dtype = options.dtype or str(layer.dtype)
-        out = convert(out, dtype)
+        out = convert(out, options.dtype or str(layer.dtype))
         if options.output == "rgba":
-            a = layer[y0:y1, x0:x1, 3] if alpha is not None else None
-            a = convert(a, dtype) if a is not None else np.full(m.shape, _opaque(dtype), dtype)
-            out = np.concatenate([out, a[..., None]], axis=2)
+            out = with_alpha(out, crop)
         times["encode"] = time.perf_counter() - tick
         checkpoint("applied")
-        return np.ascontiguousarray(out), (x0, y0), {"cached": cached, "timings": times}
+        return out, (x0, y0), {"cached": cached, "timings": times}
 
 
 class EmptyMask(Exception):
