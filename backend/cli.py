@@ -57,7 +57,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--daemon",
         action="store_true",
-        help="send the work to the running daemon (started if needed) instead of loading a model",
+        help="send the work to the running daemon instead of loading a model (a daemon is "
+        "started with --weights/--device if none is running)",
     )
     _add_model_options(run)
     run.set_defaults(func=cmd_run)
@@ -66,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_options(info)
     info.set_defaults(func=cmd_info)
     _add_daemon_commands(sub)
+    _add_plugin_commands(sub)
     return parser
 
 
@@ -117,6 +119,40 @@ def _add_daemon_commands(sub: Any) -> None:
     service.set_defaults(func=cmd_install_service)
 
 
+def _add_plugin_commands(sub: Any) -> None:
+    install = sub.add_parser(
+        "install-plugin",
+        help="install the plugin for a host application (gimp)",
+        description="Copy the plugin and the daemon client into the host's plug-in folder and "
+        "make pyzmq + msgpack importable by the host's own Python (its packages when present, "
+        "else wheels for its Python version and platform, unpacked into the plugin folder).",
+    )
+    install.add_argument("host", help="gimp")
+    install.add_argument("--gimp-dir", type=Path, help="GIMP profile folder (.../GIMP/3.0)")
+    install.add_argument("--plugin-dir", type=Path, help="exact folder to install into")
+    install.add_argument(
+        "--deps",
+        default="auto",
+        help="auto (vendor pyzmq/msgpack only if the host lacks them) | host | vendor",
+    )
+    install.add_argument("--host-python", help="the host's Python interpreter (to probe)")
+    install.add_argument("--python-version", help="vendor wheels for this Python (X.Y)")
+    install.add_argument("--platform", help="...and this platform (e.g. win-amd64)")
+    install.add_argument("--wheel-dir", type=Path, help="use these wheels instead of PyPI")
+    install.add_argument(
+        "serve_args",
+        nargs="*",
+        help="arguments after -- go to `harmonize serve` when the "
+        "plugin starts the daemon, e.g. -- --weights my.pt",
+    )
+    install.set_defaults(func=cmd_install_plugin)
+    uninstall = sub.add_parser("uninstall-plugin", help="remove an installed plugin")
+    uninstall.add_argument("host", help="gimp")
+    uninstall.add_argument("--gimp-dir", type=Path, help="GIMP profile folder (.../GIMP/3.0)")
+    uninstall.add_argument("--plugin-dir", type=Path, help="exact folder to remove")
+    uninstall.set_defaults(func=cmd_uninstall_plugin)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
@@ -132,6 +168,8 @@ def _load(args: argparse.Namespace) -> Any:
         extra += [] if args.variant is None else ["--variant", args.variant]
         client = ensure_daemon(args=[*extra, "--device", args.device])
         atexit.register(client.close)
+        info = client.hello()  # --weights/--device only apply to a daemon started here
+        log.info("daemon pid %s: %s on %s", info["pid"], info["variant"], info["device"])
         return client
     from backend.pipeline import load_model
 
@@ -363,6 +401,46 @@ def cmd_install_service(args: argparse.Namespace) -> int:
             f"start it with: systemctl --user daemon-reload && systemctl --user enable --now "
             f"{service.UNIT_NAME}"
         )
+    return 0
+
+
+def cmd_install_plugin(args: argparse.Namespace) -> int:
+    import shlex
+
+    from backend import plugin_install
+
+    report = plugin_install.install_plugin(
+        args.host,
+        plugin_dir=args.plugin_dir,
+        host_dir=args.gimp_dir,
+        deps=args.deps,
+        host_python=shlex.split(args.host_python) if args.host_python else None,
+        python_version=args.python_version,
+        platform=args.platform,
+        serve_args=args.serve_args,
+        wheel_dir=args.wheel_dir,
+    )
+    print(f"installed the {args.host} plugin in {report.plugin_dir}")
+    if report.host_python is not None:
+        hp = report.host_python
+        print(f"host Python: {hp.version} ({hp.platform})")
+    if report.wheels:
+        print(f"vendored: {', '.join(report.wheels)}")
+    elif report.deps == "host":
+        print("pyzmq and msgpack: the host's own")
+    for note in report.notes:
+        print(f"note: {note}")
+    print("restart the host application, then use Filters > Harmonize Layer...")
+    return 0
+
+
+def cmd_uninstall_plugin(args: argparse.Namespace) -> int:
+    from backend import plugin_install
+
+    path = plugin_install.uninstall_plugin(
+        args.host, plugin_dir=args.plugin_dir, host_dir=args.gimp_dir
+    )
+    print(f"removed {path}" if path else f"no {args.host} plugin installed")
     return 0
 
 

@@ -42,6 +42,8 @@ except ImportError:  # vendored as a top-level module beside protocol.py (GIMP p
 
 APP = "harmonize"
 ENDPOINT_FILE = "daemon.json"
+REPLY_LIMITS = P.Limits(max_pixels=1 << 40)
+"""Replies come from the daemon we chose: only their structure is checked, not their size."""
 DEFAULT_IDLE_TIMEOUT = 1800.0
 """Seconds an auto-started daemon waits without requests before exiting."""
 
@@ -253,7 +255,7 @@ class Client:
             if not sock.poll(int(min(remaining, 0.1) * 1000) + 1):
                 continue
             try:
-                msg = P.unpack(sock.recv_multipart(copy=False), local="client")
+                msg = P.unpack(sock.recv_multipart(copy=False), REPLY_LIMITS, local="client")
             except P.ProtocolError as exc:
                 raise DaemonError(exc.code, exc.message) from None
             if msg.parent != msg_id:

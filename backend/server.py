@@ -66,7 +66,8 @@ class ServerConfig:
     idle_timeout: float = 0.0  # seconds without requests before exiting; 0 = never
     lut_backend: str = "auto"
     limits: P.Limits = field(default_factory=P.Limits)
-    max_queue: int = 16
+    max_queue: int = 16  # jobs queued or running
+    max_queued_bytes: int = 4 << 30  # their pixel frames together
     cache_size: int = 4
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -97,6 +98,7 @@ class Job:
     route: list[Any]  # ROUTER identity frames (+ empty delimiter for REQ peers)
     msg: P.Message
     options: P.HarmonizeOptions
+    nbytes: int = 0  # pixel bytes held by the job's frames
     state: str = "queued"  # queued -> running -> done | cancelled
     lock: threading.Lock = field(default_factory=threading.Lock)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -443,7 +445,16 @@ class Server:
                 f"{len(self.jobs)} jobs are queued (limit {self.config.max_queue}); retry later",
                 msg.id,
             )
-        job = Job(route, msg, options)
+        size = sum(pix.nbytes for pix in msg.frames.values())
+        queued = sum(job.nbytes for job in list(self.jobs.values()))
+        if self.jobs and queued + size > self.config.max_queued_bytes:
+            raise P.ProtocolError(
+                P.ErrorCode.BUSY,
+                f"queued jobs hold {queued >> 20} MiB of pixels (limit "
+                f"{self.config.max_queued_bytes >> 20} MiB); retry when they are done",
+                msg.id,
+            )
+        job = Job(route, msg, options, size)
         self.jobs[msg.id] = job
         self.stats["jobs"] += 1
         self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)

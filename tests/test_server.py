@@ -351,3 +351,19 @@ def test_remote_hosts_need_allow_remote():
         with pytest.raises(HarmonizeError, match="--allow-remote"):
             check_host(host, False)
     check_host("0.0.0.0", True)
+
+
+def test_queued_pixel_bytes_are_bounded(model):
+    run = Running(GatedEngine(model), max_queued_bytes=1 << 10)
+    try:
+        layer, mask, back = scene(seed=23)
+        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        sock = run.raw()
+        sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="one"))
+        assert recv(sock).body["stage"] == "received"  # one job always fits
+        sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="two"))
+        reply = recv_final(sock, "two")
+        assert reply.body["code"] == "busy" and "MiB" in reply.body["message"]
+    finally:
+        run.server.engine.gate.set()
+        run.close()
