@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""GIMP 3 plug-in: Filters ▸ Harmonize Layer… recolours the active layer to fit the scene.
+
+Wiring only: GIMP objects in, bytes out, bytes back into a new layer. Geometry, formats,
+settings, the daemon call and every user-facing message live in ``backend.plugin_support``
+(shared with the Krita plugin), which ``harmonize install-plugin gimp`` copies into
+``vendor/`` beside this file together with the daemon client.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+# Installed: <plug-ins>/harmonize/vendor holds backend/{client,protocol,plugin_support}.py and,
+# when GIMP's Python lacks them, pyzmq + msgpack. From a source checkout: the repository root.
+_VENDOR = _HERE / "vendor"
+sys.path.insert(0, str(_VENDOR if _VENDOR.is_dir() else _HERE.parents[2]))
+
+import gi  # noqa: E402
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+
+from backend import plugin_support as S  # noqa: E402
+
+MENU_LABEL = "_Harmonize Layer…"
+
+
+def _layer_box(layer: Gimp.Layer) -> S.Box:
+    _, x, y = layer.get_offsets()
+    return S.Box(x, y, layer.get_width(), layer.get_height())
+
+
+def _read(drawable: Gimp.Drawable, region: S.Box, babl_format: str) -> bytes:
+    """Pixels of ``region`` (image coordinates) in ``babl_format``; transparent/0 outside."""
+    _, ox, oy = drawable.get_offsets()
+    rect = Gegl.Rectangle.new(region.x - ox, region.y - oy, region.w, region.h)
+    return bytes(drawable.get_buffer().get(rect, 1.0, babl_format, Gegl.AbyssPolicy.NONE))
+
+
+def _path_of(item: Gimp.Item) -> list[int]:
+    """Positions from the top level down to ``item`` (to find its twin in a duplicate)."""
+    path = []
+    while item is not None:
+        path.insert(0, item.get_image().get_item_position(item))
+        item = item.get_parent()
+    return path
+
+
+def _item_at(image: Gimp.Image, path: list[int]) -> Gimp.Layer:
+    children = image.get_layers()
+    item = None
+    for pos in path:
+        item = children[pos]
+        children = item.get_children() if item.is_group() else []
+    return item
+
+
+def _mask_and_backdrop(
+    image: Gimp.Image, layer: Gimp.Layer, region: S.Box, fmt: S.WireFormat
+) -> tuple[bytes, bytes]:
+    """Mask (alpha x layer mask x selection) and backdrop (visible layers below, flattened),
+    both computed by GIMP in a throw-away duplicate so the user's image is never touched."""
+    dup = image.duplicate()
+    try:
+        dup.undo_disable()
+        twin = _item_at(dup, _path_of(layer))
+        if twin.get_mask() is not None:
+            twin.remove_mask(Gimp.MaskApplyMode.APPLY)
+        if not Gimp.Selection.is_empty(dup):
+            twin.add_alpha()
+            twin.add_mask(twin.create_mask(Gimp.AddMaskType.SELECTION))
+            twin.remove_mask(Gimp.MaskApplyMode.APPLY)
+        mask = _read(twin, region, fmt.alpha)
+        # hide the layer and everything above it, at every level of the layer tree
+        item = twin
+        while item is not None:
+            parent = item.get_parent()
+            siblings = parent.get_children() if parent is not None else dup.get_layers()
+            index = dup.get_item_position(item) + (1 if item is twin else 0)
+            for above in siblings[:index]:
+                above.set_visible(False)
+            item = parent
+        if not any(lay.get_visible() for lay in dup.get_layers()):
+            raise S.PluginError(
+                "Nothing is visible below the layer: Harmonize Layer matches the layer to what "
+                "is under it. Show or add the background layers and try again."
+            )
+        below = dup.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
+        backdrop = _read(below, region, fmt.rgb)
+        return mask, backdrop
+    finally:
+        dup.delete()
+
+
+def _write(drawable: Gimp.Drawable, data: bytes, box: S.Box, babl_format: str) -> None:
+    """Write ``data`` (``box.w x box.h`` pixels) at ``box`` (image coordinates)."""
+    _, ox, oy = drawable.get_offsets()
+    rect = Gegl.Rectangle.new(box.x - ox, box.y - oy, box.w, box.h)
+    buffer = drawable.get_buffer()
+    buffer.set(rect, babl_format, data)
+    buffer.flush()
+    drawable.update(box.x - ox, box.y - oy, box.w, box.h)
+
+
+def harmonize_layer(
+    image: Gimp.Image,
+    layer: Gimp.Layer,
+    strength: float,
+    replace: bool,
+    settings: S.Settings,
+) -> Gimp.Layer:
+    """Harmonize ``layer``; returns the new layer (inserted in one undo group)."""
+    fmt = S.wire_format(image.get_precision().value_name.removeprefix("GIMP_PRECISION_"))
+    layer_box = _layer_box(layer)
+    region = S.context_box(layer_box, image.get_width(), image.get_height())
+    Gimp.progress_init("Harmonize: reading the layer…")
+    pixels = _read(layer, region, fmt.rgba)
+    mask, backdrop = _mask_and_backdrop(image, layer, region, fmt)
+
+    def on_progress(fraction: float, stage: str) -> None:
+        Gimp.progress_set_text(S.progress_text(stage))
+        Gimp.progress_update(fraction)
+
+    result = S.harmonize(
+        pixels, mask, backdrop, region.w, region.h, fmt,
+        strength=strength, settings=settings, on_progress=on_progress,
+    )  # fmt: skip
+    # the daemon's crop may reach past the layer (context margin): keep the part on the layer
+    crop = result.box.shift(region.x, region.y)
+    target = crop.intersect(layer_box)
+    new = layer.copy()
+    new.set_name(S.result_name(layer.get_name()))
+    parent = layer.get_parent()
+    position = image.get_item_position(layer)
+    image.insert_layer(new, parent, position)  # directly above the source
+    if not target.empty:
+        local = target.shift(-crop.x, -crop.y)
+        data = S.crop_rows(result.pixels, crop.w, 4 * fmt.channel_bytes, local)
+        if not new.has_alpha():
+            new.add_alpha()
+        _write(new, data, target, fmt.rgba)
+    if replace:
+        name, visible = layer.get_name(), layer.get_visible()
+        image.remove_layer(layer)
+        new.set_name(name)
+        new.set_visible(visible)
+    Gimp.progress_update(1.0)
+    return new
+
+
+class HarmonizePlugIn(Gimp.PlugIn):
+    """Registers ``plug-in-harmonize-layer`` (Filters menu and the Layers dialog menu)."""
+
+    def do_query_procedures(self) -> list[str]:
+        return [S.PROCEDURE_NAME]
+
+    def do_set_i18n(self, _name: str) -> bool:
+        return False
+
+    def do_create_procedure(self, name: str) -> Gimp.Procedure:
+        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, self.run, None)
+        proc.set_image_types("RGB*")
+        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        proc.set_menu_label(MENU_LABEL)
+        proc.add_menu_path("<Image>/Filters")
+        proc.add_menu_path("<Layers>")
+        proc.set_documentation(
+            "Recolour the layer so it fits the scene below it",
+            "Sends the active layer, its mask (alpha x selection) and what is visible below it "
+            "to the local harmonize daemon and inserts the result as a new layer "
+            "'<name> (harmonized)' directly above (or replaces the layer). One undo step.",
+            name,
+        )
+        proc.set_attribution("harmonize contributors", "MIT", "2026")
+        proc.add_double_argument(
+            "strength", "_Strength", "0 = unchanged .. 1 = full harmonization",
+            0.0, 1.0, S.DEFAULT_STRENGTH, GObject.ParamFlags.READWRITE,
+        )  # fmt: skip
+        proc.add_boolean_argument(
+            "replace", "_Replace the layer", "Replace the layer instead of adding a new one",
+            False, GObject.ParamFlags.READWRITE,
+        )  # fmt: skip
+        return proc
+
+    def run(self, procedure, run_mode, image, drawables, config, _data):
+        def fail(text: str) -> Gimp.ValueArray:
+            if run_mode == Gimp.RunMode.INTERACTIVE:
+                Gimp.message(text)
+            error = GLib.Error.new_literal(GLib.quark_from_string("harmonize"), text, 0)
+            return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, error)
+
+        if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
+            return fail("Select exactly one layer (not a channel or mask) to harmonize.")
+        try:
+            settings = S.load_settings(_HERE)
+        except S.PluginError as exc:
+            return fail(str(exc))
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config, settings):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        layer = drawables[0]
+        image.undo_group_start()
+        try:
+            if layer.is_floating_sel():
+                Gimp.floating_sel_to_layer(layer)
+            harmonize_layer(
+                image, layer, config.get_property("strength"), config.get_property("replace"),
+                settings,
+            )  # fmt: skip
+        except S.PluginError as exc:
+            return fail(str(exc))
+        except Exception as exc:  # a bug: still a message, never a silent failure
+            return fail(S.explain(exc))
+        finally:
+            image.undo_group_end()
+            Gimp.progress_end()
+        Gimp.displays_flush()
+        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def _dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, settings: S.Settings) -> bool:
+    """The interactive dialog (strength slider, replace toggle); True on OK."""
+    from gi.repository import GimpUi
+
+    GimpUi.init(S.PROCEDURE_NAME)
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Harmonize Layer")
+    dialog.fill(None)
+    try:
+        return bool(dialog.run())
+    finally:
+        dialog.destroy()
+
+
+if __name__ == "__main__":
+    Gimp.main(HarmonizePlugIn.__gtype__, sys.argv)

@@ -1,0 +1,86 @@
+#!/bin/bash
+# GIMP 3.0 (Debian 13 "trixie" packages) in a debootstrap chroot, for the real-GIMP plugin test.
+#
+#   gimp3-trixie.sh provision
+#       Build the chroot once under ${HARMONIZE_CI_CACHE:-/var/cache/harmonize-ci}/gimp3-trixie
+#       (about 1 GB, ~2-4 min cold); later calls reuse it. Prints the chroot path last.
+#   gimp3-trixie.sh run JOB_DIR BATCH_PY [ENV=VALUE ...]
+#       Bind-mount the host folder JOB_DIR at /job in the chroot and run
+#       `gimp-console-3.0 -i` with the batch script /job/BATCH_PY (python-fu-eval), as
+#       HOME=/job/home, with a clean environment (env -i, PATH=/usr/bin:/bin) plus ENV=VALUE.
+#       The exit code is GIMP's: 0 ok, 64 when the batch script raised.
+#
+# Needs root and debootstrap (installed with apt when missing). Only /proc and the job folder are
+# mounted (never /dev), and both are unmounted on exit. Heavy steps run under `nice -n 10`.
+set -euo pipefail
+
+CACHE=${HARMONIZE_CI_CACHE:-/var/cache/harmonize-ci}
+ROOT=${GIMP3_ROOT:-$CACHE/gimp3-trixie}
+PACKAGES="gimp python3-zmq python3-msgpack"
+STAMP="trixie minbase: $PACKAGES"
+
+die() { echo "gimp3-trixie.sh: $*" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mount)"
+
+MOUNTS=()
+cleanup() {
+  local i
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+    mountpoint -q "${MOUNTS[$i]}" && umount "${MOUNTS[$i]}" || true
+  done
+}
+trap cleanup EXIT
+do_mount() { mount "$@"; MOUNTS+=("${!#}"); }
+
+provision() {
+  mkdir -p "$(dirname "$ROOT")"
+  exec 9>"$ROOT.lock"
+  flock 9                                 # one builder at a time; others wait, then reuse
+  if [ "$(cat "$ROOT/.harmonize-stamp" 2>/dev/null)" = "$STAMP" ] \
+     && [ -x "$ROOT/usr/bin/gimp-console-3.0" ]; then
+    echo "$ROOT"; return 0
+  fi
+  if ! command -v debootstrap >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap
+  fi
+  local tmp="$ROOT.building"
+  for m in "$tmp/proc" "$ROOT/proc" "$ROOT/job"; do mountpoint -q "$m" && umount "$m"; done
+  rm -rf --one-file-system "$tmp" "$ROOT"
+  nice -n 10 debootstrap --variant=minbase trixie "$tmp" >"$tmp.log" 2>&1 \
+    || { tail -20 "$tmp.log" >&2; die "debootstrap failed (log: $tmp.log)"; }
+  do_mount -t proc proc "$tmp/proc"
+  nice -n 10 chroot "$tmp" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $PACKAGES \
+    >>"$tmp.log" 2>&1 || { tail -20 "$tmp.log" >&2; die "apt-get in the chroot failed"; }
+  chroot "$tmp" apt-get clean
+  umount "$tmp/proc"
+  echo "$STAMP" >"$tmp/.harmonize-stamp"
+  mv "$tmp" "$ROOT"
+  rm -f "$tmp.log"
+  echo "$ROOT"
+}
+
+run() {
+  [ $# -ge 2 ] || die "usage: $0 run JOB_DIR BATCH_PY [ENV=VALUE ...]"
+  local job batch
+  job=$(realpath "$1"); batch=$2; shift 2
+  [ -x "$ROOT/usr/bin/gimp-console-3.0" ] || die "no chroot at $ROOT: run '$0 provision' first"
+  [ -f "$job/$batch" ] || die "no batch script $job/$batch"
+  exec 9>"$ROOT.lock"
+  flock -s 9                              # shared: a rebuild waits until this run is done
+  mkdir -p "$ROOT/job"
+  do_mount -t proc proc "$ROOT/proc"
+  do_mount --bind "$job" "$ROOT/job"
+  mkdir -p "$job/home"
+  # env -i: the host's PATH (pyenv shims, venvs) must not choose the plug-in's python3.
+  nice -n 10 chroot "$ROOT" env -i HOME=/job/home PATH=/usr/bin:/bin LANG=C.UTF-8 "$@" \
+    gimp-console-3.0 -i --batch-interpreter=python-fu-eval \
+    -b "exec(open('/job/$batch').read())" --quit
+}
+
+case "${1:-}" in
+  provision) provision ;;
+  run) shift; run "$@" ;;
+  *) die "usage: $0 provision | run JOB_DIR BATCH_PY [ENV=VALUE ...]" ;;
+esac

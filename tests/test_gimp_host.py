@@ -1,0 +1,328 @@
+"""The GIMP plug-in inside real GIMP 3 (Debian 13's 3.0.4 in a cached chroot), real daemon.
+
+``tests/hosts/gimp3-trixie.sh provision`` builds (once) a debootstrap chroot with GIMP 3 and
+python3-zmq/msgpack under ``$HARMONIZE_CI_CACHE``. The test then
+
+1. starts ``harmonize serve`` on the host (127.0.0.1, random weights saved from a seeded
+   ``aict-light``), its endpoint file in a runtime dir inside the job folder that the chroot
+   sees at /job/runtime (GIMP gets ``HARMONIZE_RUNTIME_DIR=/job/runtime``);
+2. installs the plug-in with ``harmonize install-plugin gimp --gimp-dir ... --deps host``
+   into the HOME GIMP uses inside the chroot;
+3. runs ``gimp-console-3.0`` with tests/hosts/gimp_batch.py, which builds the images (a real
+   paste = floating selection, a 16-bit image with a selection and a layer above, a replace,
+   a fully transparent layer), calls the procedure non-interactively through the PDB and
+   dumps the layers;
+4. checks here that the new layer equals ``harmonize run`` on the same composite and mask
+   (within 1 level, where the mask is full), that unmasked pixels and the source layer are
+   unchanged, the names, positions and the error message.
+
+Undo: GIMP 3.0's PDB has no procedure that performs an undo (only undo-group start/end,
+enable/disable, freeze/thaw), so it cannot be driven from batch mode. The unit tests check
+that every change happens inside one undo group; docs/gimp.md records the manual check
+under Xvfb (Ctrl+Z removes the result in one step).
+
+Skipped with a reason when the chroot cannot be provisioned (not root, no network for
+debootstrap), unless ``HARMONIZE_REQUIRE_HOSTS=1`` (CI) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backend import plugin_support as S
+from backend.compose import composite, crop_box
+from backend.protocol import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
+
+pytestmark = [pytest.mark.gimp, pytest.mark.host, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tests" / "hosts" / "gimp3-trixie.sh"
+BATCH = REPO / "tests" / "hosts" / "gimp_batch.py"
+W, H = 160, 120
+OBJ_W, OBJ_H = 60, 44
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail when CI demands the hosts (HARMONIZE_REQUIRE_HOSTS=1)."""
+    if os.environ.get("HARMONIZE_REQUIRE_HOSTS") == "1":
+        pytest.fail(f"HARMONIZE_REQUIRE_HOSTS=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def gimp_chroot() -> None:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        unavailable("the GIMP 3 chroot needs Linux and root (debootstrap, chroot, mount)")
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "provision"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    if proc.returncode != 0:
+        unavailable(f"could not provision the GIMP 3 chroot: {proc.stderr.strip()[-800:]}")
+
+
+# ---- the scene --------------------------------------------------------------------------------
+
+
+def scene() -> dict[str, np.ndarray]:
+    """8-bit RGB(A): a gradient photo with texture, and an object with a soft rim."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    bg = np.stack([40 + 150 * xx / W, 60 + 100 * yy / H, 170 - 90 * xx / W], -1)
+    bg = np.clip(bg + rng.normal(0, 6, bg.shape), 0, 255).round().astype(np.uint8)
+    oy, ox = np.mgrid[0:OBJ_H, 0:OBJ_W].astype(np.float64)
+    dist = np.hypot((ox - OBJ_W / 2) / (OBJ_W / 2 - 2), (oy - OBJ_H / 2) / (OBJ_H / 2 - 2))
+    alpha = np.clip((1.0 - dist) * 8.0, 0.0, 1.0)  # opaque core, soft anti-aliased rim
+    obj = np.stack(
+        [230 - 40 * oy / OBJ_H, 120 + 60 * np.sin(ox / 6), 30 + 20 * ox / OBJ_W, 255 * alpha], -1
+    )
+    return {"bg": bg, "obj": np.clip(obj, 0, 255).round().astype(np.uint8)}
+
+
+def write_png(path: Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> str:
+    from backend.imageio import write_image
+
+    write_image(path, rgb, alpha)
+    return str(path)
+
+
+CASES: list[dict[str, Any]] = [
+    # a fresh paste (floating selection), 8-bit, a hidden layer below that must not count
+    {"name": "u8_paste", "precision": "U8_NON_LINEAR", "paste": True, "offset": [70, 40],
+     "hidden_below": True, "strength": 1.0, "dtype": "uint8"},
+    # 16-bit, a selection cutting the object, a half-transparent layer above it
+    {"name": "u16_selection", "precision": "U16_NON_LINEAR", "paste": False, "offset": [20, 30],
+     "selection": [10, 20, 55, 80], "cover": [0, 0, 90, 60], "strength": 0.7,
+     "dtype": "uint16"},
+    # replace in place
+    {"name": "u8_replace", "precision": "U8_NON_LINEAR", "paste": False, "offset": [50, 50],
+     "replace": True, "strength": 1.0, "dtype": "uint8"},
+    # nothing to harmonize: a message, no new layer
+    {"name": "empty", "precision": "U8_NON_LINEAR", "paste": False, "offset": [10, 10],
+     "transparent": True, "strength": 1.0, "dtype": "uint8"},
+]  # fmt: skip
+
+
+# ---- daemon + GIMP run ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from backend.model import create_model
+    from backend.model.weights import save_weights
+
+    torch.manual_seed(11)
+    path = tmp_path_factory.mktemp("weights") / "random-aict-light.pt"
+    save_weights(path, create_model("aict-light"), "aict-light", {"note": "random, tests only"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def daemon(gimp_chroot: None, weights: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Path]:  # fmt: skip
+    """A real daemon on 127.0.0.1; yields the job folder whose runtime/ holds its endpoint."""
+    job = tmp_path_factory.mktemp("gimp-job")
+    env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(job / "runtime"),
+           "HARMONIZE_LOG_DIR": str(job / "log")}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend", "serve", "--weights", str(weights), "--device", "cpu",
+         "--port", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    endpoint = job / "runtime" / "daemon.json"
+    deadline = time.monotonic() + 120
+    while not endpoint.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the daemon did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    try:
+        yield job
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def gimp_run(daemon: Path) -> dict[str, Any]:
+    """Install the plug-in with the installer, run every case in one GIMP; returns the reports."""
+    job = daemon
+    pictures = scene()
+    write_png(job / "bg.png", pictures["bg"])
+    obj = pictures["obj"]
+    write_png(job / "obj.png", obj[..., :3], obj[..., 3])
+    write_png(job / "clear.png", obj[..., :3], np.zeros_like(obj[..., 3]))
+    cases = []
+    for case in CASES:
+        chroot_case = {
+            **case,
+            "background": "/job/bg.png",
+            "object": "/job/clear.png" if case.get("transparent") else "/job/obj.png",
+            "format": "R'G'B'A " + ("u8" if case["dtype"] == "uint8" else "u16"),
+        }
+        cases.append(chroot_case)  # fmt: skip
+    (job / "job.json").write_text(json.dumps(cases))
+    (job / "batch.py").write_text(BATCH.read_text())
+    install = subprocess.run(
+        [sys.executable, "-m", "backend", "install-plugin", "gimp",
+         "--gimp-dir", str(job / "home" / ".config" / "GIMP" / "3.0"), "--deps", "host"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "run", str(job), "batch.py", "HARMONIZE_RUNTIME_DIR=/job/runtime"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    print(f"GIMP run: {time.monotonic() - start:.1f} s\n{log[-3000:]}")
+    assert proc.returncode == 0, f"gimp-console failed (rc {proc.returncode}):\n{log[-4000:]}"
+    reports = {c["name"]: json.loads((job / "out" / f"{c['name']}.json").read_text())
+               for c in CASES}  # fmt: skip
+    return {"job": job, "reports": reports, "scene": pictures, "log": log}
+
+
+# ---- the reference ----------------------------------------------------------------------------
+
+
+def scale(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """8-bit values in the case's dtype (GIMP converts u8 -> u16 as v * 257)."""
+    return arr.astype(np.uint16) * 257 if dtype == "uint16" else arr.copy()
+
+
+def expected_inputs(case: dict[str, Any], pictures: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What the plug-in sends for ``case``: layer, mask, backdrop over the context region."""
+    dtype = case["dtype"]
+    full = np.iinfo(dtype).max
+    ox, oy = case["offset"]
+    layer_box = S.Box(ox, oy, OBJ_W, OBJ_H)
+    region = S.context_box(layer_box, W, H)
+    layer = np.zeros((region.h, region.w, 4), dtype)
+    x, y = ox - region.x, oy - region.y
+    layer[y : y + OBJ_H, x : x + OBJ_W] = scale(pictures["obj"], dtype)
+    selection = np.ones((H, W), bool)
+    if case.get("selection"):
+        sx, sy, sw, sh = case["selection"]
+        selection[:] = False
+        selection[sy : sy + sh, sx : sx + sw] = True
+    sel = selection[region.y : region.bottom, region.x : region.right]
+    mask = np.where(sel, layer[..., 3], 0).astype(dtype)
+    backdrop = scale(pictures["bg"], dtype)[region.y : region.bottom, region.x : region.right]
+    return {"region": region, "layer": layer, "mask": mask, "backdrop": backdrop, "full": full}
+
+
+def harmonize_run(job: Path, weights: Path, name: str, comp: np.ndarray, mask: np.ndarray,
+                  strength: float) -> np.ndarray:  # fmt: skip
+    """``harmonize run`` (the CLI, a fresh process) on a composite and a mask."""
+    from backend.imageio import read_image
+
+    comp_png = write_png(job / f"{name}.comp.png", comp)
+    mask_png = write_png(job / f"{name}.mask.png", np.repeat(mask[..., None], 3, axis=2))
+    out = job / f"{name}.expected.png"
+    subprocess.run(
+        [sys.executable, "-m", "backend", "run", comp_png, mask_png, "-o", str(out),
+         "--weights", str(weights), "--device", "cpu", "--strength", str(strength)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return read_image(out)[0]
+
+
+def dumped(job: Path, name: str, part: str, dtype: str) -> np.ndarray:
+    raw = (job / "out" / f"{name}.{part}.raw").read_bytes()
+    return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(OBJ_H, OBJ_W, 4)
+
+
+# ---- tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["u8_paste", "u16_selection", "u8_replace"])
+def test_new_layer_equals_harmonize_run(gimp_run: dict[str, Any], weights: Path, name: str):
+    case = next(c for c in CASES if c["name"] == name)
+    job, report = gimp_run["job"], gimp_run["reports"][name]
+    assert report["status"] == "success", report["error"]
+    assert "<Image>/Filters" in report["menu_paths"]
+    dtype, full = case["dtype"], np.iinfo(case["dtype"]).max
+    assert report["precision"] == f"GIMP_PRECISION_{case['precision']}"
+    inputs = expected_inputs(case, gimp_run["scene"])
+    region = inputs["region"]
+    mask_f = inputs["mask"].astype(np.float32) / full
+    box = crop_box(mask_f, DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX)  # the daemon's crop
+    assert box is not None
+    x0, y0, x1, y1 = box
+    rgb = np.ascontiguousarray(inputs["layer"][y0:y1, x0:x1, :3])
+    comp = composite(rgb, mask_f[y0:y1, x0:x1], inputs["backdrop"][y0:y1, x0:x1])
+    expected = harmonize_run(job, weights, name, comp, inputs["mask"][y0:y1, x0:x1],
+                             case["strength"])  # fmt: skip
+
+    new = dumped(job, name, "new", dtype)
+    before = dumped(job, name, "src_before", dtype)
+    # the new layer over the source layer's bounds vs the reference over the crop
+    lx, ly = case["offset"][0] - region.x, case["offset"][1] - region.y  # layer in region
+    ref = np.zeros((OBJ_H, OBJ_W, 3), np.int64)
+    in_crop = np.zeros((OBJ_H, OBJ_W), bool)
+    cx0, cy0 = max(x0, lx), max(y0, ly)
+    cx1, cy1 = min(x1, lx + OBJ_W), min(y1, ly + OBJ_H)
+    in_crop[cy0 - ly : cy1 - ly, cx0 - lx : cx1 - lx] = True
+    ref[cy0 - ly : cy1 - ly, cx0 - lx : cx1 - lx] = expected[
+        cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0
+    ]
+    layer_mask = inputs["mask"][ly : ly + OBJ_H, lx : lx + OBJ_W]
+    full_mask = (layer_mask == full) & in_crop
+    assert full_mask.sum() > 300, "the case must have fully masked pixels to compare"
+    diff = np.abs(new[..., :3].astype(np.int64) - ref)[full_mask]
+    assert diff.max() <= 1, f"new layer vs harmonize run: max diff {diff.max()} levels"
+    changed = np.abs(new[..., :3].astype(np.int64) - before[..., :3])[full_mask]
+    assert (changed > 2 * (full // 255)).mean() > 0.5, "the harmonization changed nothing"
+    # alpha is the source's; unmasked pixels are untouched (RGB where alpha > 0)
+    np.testing.assert_array_equal(new[..., 3], before[..., 3])
+    untouched = (layer_mask == 0) & (before[..., 3] > 0)
+    np.testing.assert_array_equal(new[..., :3][untouched], before[..., :3][untouched])
+    assert report["background_unchanged"]
+
+
+def test_names_positions_and_source(gimp_run: dict[str, Any]):
+    reports, job = gimp_run["reports"], gimp_run["job"]
+    paste = reports["u8_paste"]
+    assert paste["source_valid"] and paste["source_is_floating"] is False  # became a layer
+    tree = paste["tree_after"]
+    pos = paste["source_position"]
+    assert tree[pos - 1]["name"] == S.result_name(tree[pos]["name"]) == paste["new"]["name"]
+    assert len(tree) == len(paste["tree_before"]) + 1  # floating sel -> layer, + the new one
+    sel = reports["u16_selection"]
+    names = [lay["name"] for lay in sel["tree_after"]]
+    assert names == ["cover", "object (harmonized)", "object", "Background"], names
+    assert sel["new"]["offsets"] == CASES[1]["offset"]
+    for name in ("u8_paste", "u16_selection"):
+        before = (job / "out" / f"{name}.src_before.raw").read_bytes()
+        assert (job / "out" / f"{name}.src_after.raw").read_bytes() == before, name
+    replace = reports["u8_replace"]
+    assert [lay["name"] for lay in replace["tree_after"]] == ["object", "Background"]
+    assert not replace["source_valid"]  # replaced: the source layer is gone, the new one named
+
+
+def test_empty_mask_is_a_message(gimp_run: dict[str, Any]):
+    report = gimp_run["reports"]["empty"]
+    assert report["status"] == "execution-error"
+    assert "Nothing to harmonize" in report["error"], report["error"]
+    assert [lay["name"] for lay in report["tree_after"]] == ["object", "Background"]
