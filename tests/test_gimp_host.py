@@ -111,6 +111,9 @@ CASES: list[dict[str, Any]] = [
     # replace in place
     {"name": "u8_replace", "precision": "U8_NON_LINEAR", "paste": False, "offset": [50, 50],
      "replace": True, "strength": 1.0, "dtype": "uint8"},
+    # 32-bit float, stored linear (the plug-in reads and writes perceptual float)
+    {"name": "float_linear", "precision": "FLOAT_LINEAR", "paste": True, "offset": [90, 60],
+     "strength": 0.5, "dtype": "float32"},
     # nothing to harmonize: a message, no new layer
     {"name": "empty", "precision": "U8_NON_LINEAR", "paste": False, "offset": [10, 10],
      "transparent": True, "strength": 1.0, "dtype": "uint8"},
@@ -179,7 +182,7 @@ def gimp_run(daemon: Path) -> dict[str, Any]:
             **case,
             "background": "/job/bg.png",
             "object": "/job/clear.png" if case.get("transparent") else "/job/obj.png",
-            "format": "R'G'B'A " + ("u8" if case["dtype"] == "uint8" else "u16"),
+            "format": "R'G'B'A " + BABL[case["dtype"]],
         }
         cases.append(chroot_case)  # fmt: skip
     (job / "job.json").write_text(json.dumps(cases))
@@ -206,15 +209,27 @@ def gimp_run(daemon: Path) -> dict[str, Any]:
 # ---- the reference ----------------------------------------------------------------------------
 
 
+BABL = {"uint8": "u8", "uint16": "u16", "float32": "float"}
+TOLERANCE = {"uint8": 1, "uint16": 1, "float32": 1e-3}
+"""'Within 1 level': one level of the integer formats; 1e-3 (a quarter 8-bit level) for float,
+where GIMP's u8 -> linear float -> perceptual float round trip moves inputs by ~1e-7."""
+
+
+def full_scale(dtype: str) -> float:
+    return 1.0 if dtype == "float32" else float(np.iinfo(dtype).max)
+
+
 def scale(arr: np.ndarray, dtype: str) -> np.ndarray:
-    """8-bit values in the case's dtype (GIMP converts u8 -> u16 as v * 257)."""
+    """8-bit values in the case's dtype (GIMP converts u8 -> u16 as v * 257, float as v/255)."""
+    if dtype == "float32":
+        return (arr / np.float32(255)).astype(np.float32)
     return arr.astype(np.uint16) * 257 if dtype == "uint16" else arr.copy()
 
 
 def expected_inputs(case: dict[str, Any], pictures: dict[str, np.ndarray]) -> dict[str, Any]:
     """What the plug-in sends for ``case``: layer, mask, backdrop over the context region."""
     dtype = case["dtype"]
-    full = np.iinfo(dtype).max
+    full = full_scale(dtype)
     ox, oy = case["offset"]
     layer_box = S.Box(ox, oy, OBJ_W, OBJ_H)
     region = S.context_box(layer_box, W, H)
@@ -237,9 +252,10 @@ def harmonize_run(job: Path, weights: Path, name: str, comp: np.ndarray, mask: n
     """``harmonize run`` (the CLI, a fresh process) on a composite and a mask."""
     from backend.imageio import read_image
 
-    comp_png = write_png(job / f"{name}.comp.png", comp)
-    mask_png = write_png(job / f"{name}.mask.png", np.repeat(mask[..., None], 3, axis=2))
-    out = job / f"{name}.expected.png"
+    ext = ".tiff" if comp.dtype == np.float32 else ".png"  # PNG: 8/16 bit; TIFF keeps float
+    comp_png = write_png(job / f"{name}.comp{ext}", comp)
+    mask_png = write_png(job / f"{name}.mask{ext}", np.repeat(mask[..., None], 3, axis=2))
+    out = job / f"{name}.expected{ext}"
     subprocess.run(
         [sys.executable, "-m", "backend", "run", comp_png, mask_png, "-o", str(out),
          "--weights", str(weights), "--device", "cpu", "--strength", str(strength)],
@@ -256,13 +272,13 @@ def dumped(job: Path, name: str, part: str, dtype: str) -> np.ndarray:
 # ---- tests ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["u8_paste", "u16_selection", "u8_replace"])
+@pytest.mark.parametrize("name", ["u8_paste", "u16_selection", "u8_replace", "float_linear"])
 def test_new_layer_equals_harmonize_run(gimp_run: dict[str, Any], weights: Path, name: str):
     case = next(c for c in CASES if c["name"] == name)
     job, report = gimp_run["job"], gimp_run["reports"][name]
     assert report["status"] == "success", report["error"]
     assert "<Image>/Filters" in report["menu_paths"]
-    dtype, full = case["dtype"], np.iinfo(case["dtype"]).max
+    dtype, full = case["dtype"], full_scale(case["dtype"])
     assert report["precision"] == f"GIMP_PRECISION_{case['precision']}"
     inputs = expected_inputs(case, gimp_run["scene"])
     region = inputs["region"]
@@ -279,7 +295,7 @@ def test_new_layer_equals_harmonize_run(gimp_run: dict[str, Any], weights: Path,
     before = dumped(job, name, "src_before", dtype)
     # the new layer over the source layer's bounds vs the reference over the crop
     lx, ly = case["offset"][0] - region.x, case["offset"][1] - region.y  # layer in region
-    ref = np.zeros((OBJ_H, OBJ_W, 3), np.int64)
+    ref = np.zeros((OBJ_H, OBJ_W, 3), np.float64)
     in_crop = np.zeros((OBJ_H, OBJ_W), bool)
     cx0, cy0 = max(x0, lx), max(y0, ly)
     cx1, cy1 = min(x1, lx + OBJ_W), min(y1, ly + OBJ_H)
@@ -290,10 +306,11 @@ def test_new_layer_equals_harmonize_run(gimp_run: dict[str, Any], weights: Path,
     layer_mask = inputs["mask"][ly : ly + OBJ_H, lx : lx + OBJ_W]
     full_mask = (layer_mask == full) & in_crop
     assert full_mask.sum() > 300, "the case must have fully masked pixels to compare"
-    diff = np.abs(new[..., :3].astype(np.int64) - ref)[full_mask]
-    assert diff.max() <= 1, f"new layer vs harmonize run: max diff {diff.max()} levels"
-    changed = np.abs(new[..., :3].astype(np.int64) - before[..., :3])[full_mask]
-    assert (changed > 2 * (full // 255)).mean() > 0.5, "the harmonization changed nothing"
+    diff = np.abs(new[..., :3].astype(np.float64) - ref)[full_mask]
+    print(f"{name}: {full_mask.sum()} pixels compared, max diff {diff.max():.3g}")
+    assert diff.max() <= TOLERANCE[dtype], f"new layer vs harmonize run: max diff {diff.max()}"
+    changed = np.abs(new[..., :3].astype(np.float64) - before[..., :3])[full_mask]
+    assert (changed > 2 * full / 255).mean() > 0.5, "the harmonization changed nothing"
     # alpha is the source's; unmasked pixels are untouched (RGB where alpha > 0)
     np.testing.assert_array_equal(new[..., 3], before[..., 3])
     untouched = (layer_mask == 0) & (before[..., 3] > 0)
