@@ -54,6 +54,9 @@ log = logging.getLogger("harmonize.daemon")
 ENDPOINT_FILE = "daemon.json"
 LOCK_FILE = "daemon.lock"
 POLL_MS = 200
+HEARTBEAT_S = 2.0
+"""While a job is queued or running, its client gets an ``alive`` event this often, so a long
+stage never looks like a dead daemon to a client's timeout."""
 
 
 @dataclass
@@ -293,7 +296,7 @@ class Server:
         self.endpoint = ""
         self.stats = {"received": 0, "errors": 0, "jobs": 0}
         self._stopping = False  # a plain flag: set from signal handlers
-        self._last_activity = time.monotonic()
+        self._last_activity = self._last_heartbeat = time.monotonic()
         self._worker = threading.Thread(target=self._work, name="harmonize-worker", daemon=True)
 
     # -- setup --
@@ -341,6 +344,7 @@ class Server:
                             break
                         self._handle(parts)
                 self._check_idle()
+                self._heartbeat()
         finally:
             self._shutdown()
 
@@ -354,6 +358,15 @@ class Server:
         elif timeout > 0 and time.monotonic() - self._last_activity > timeout:
             log.info("no requests for %.0f s: exiting (idle timeout)", timeout)
             self.stop()
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_S:
+            return
+        self._last_heartbeat = now
+        for job in list(self.jobs.values()):
+            body = {"stage": "alive", "state": job.state}
+            self._reply(job.route, P.PROGRESS, body, job.msg.id)
 
     def _forward_outgoing(self) -> None:
         while True:

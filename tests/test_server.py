@@ -175,7 +175,31 @@ def test_progress_events_in_order(running):
     layer, mask, back = scene(seed=7)
     events: list[dict] = []
     send_harmonize(running.client, layer, mask, back, on_progress=events.append)
-    assert [e["stage"] for e in events] == ["received", "composed", "predicted", "applied"]
+    stages = [e["stage"] for e in events if e["stage"] != "alive"]  # heartbeats may interleave
+    assert stages == ["received", "composed", "predicted", "applied"]
+
+
+def test_long_jobs_send_heartbeats(model, monkeypatch):
+    from backend import server
+
+    monkeypatch.setattr(server, "HEARTBEAT_S", 0.1)
+    run = Running(GatedEngine(model))
+    try:
+        layer, mask, back = scene(seed=29)
+        events: list[dict] = []
+
+        def on_progress(event):
+            events.append(event)
+            if event["stage"] == "alive" and event["state"] == "running":
+                run.server.engine.gate.set()
+
+        run.client.timeout = 1.0  # shorter than the job: only heartbeats keep it waiting
+        result = send_harmonize(run.client, layer, mask, back, on_progress=on_progress)
+        assert result.pixels.shape[2] == 4
+        assert {"stage": "alive", "state": "running"} in events
+    finally:
+        run.server.engine.gate.set()
+        run.close()
 
 
 @pytest.mark.parametrize(
