@@ -43,6 +43,18 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this program's own memory.
+    (``ru_maxrss`` is not used there: a child started with vfork/posix_spawn inherits the
+    parent's peak in it.) Elsewhere: ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

@@ -3,6 +3,7 @@ backend choice, nvcc/NVRTC compile checks, and the CuPy backend where a CUDA dev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -220,6 +221,14 @@ def test_build_is_cached_by_source_compiler_and_flags(
     assert list(kernel.path.parent.glob("*.tmp")) == []  # no half-written leftovers
 
 
+def test_cpu_build_is_warning_free(kernel: ck.CompiledKernel) -> None:
+    """Users' builds do not use -Werror (a newer compiler must still build); CI checks here."""
+    command = [kernel.compiler, "-std=c++17", "-fsyntax-only", *ck.OPENMP_FLAGS]
+    command += [*ck.WARNING_FLAGS, str(ck.KERNEL_DIR / "cpu_entry.cpp")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 def test_unusable_compiler_raises_build_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,6 +342,118 @@ def test_nvrtc_compiles_the_kernel_text() -> None:
             assert len(nvrtc.getCUBIN(prog)) > 1000
         finally:
             nvrtc.destroyProgram(prog)
+
+
+# ---- CudaBackend glue on the CPU: a stand-in for CuPy that launches the CPU build ----------
+
+
+class _HostArray(np.ndarray):
+    """A numpy array posing as a CuPy device array (``.get()`` copies it back)."""
+
+    def get(self) -> np.ndarray:
+        return np.array(self)
+
+
+class FakeCupy:
+    """Just enough of CuPy for :class:`CudaBackend`: "device" arrays are host arrays and a
+    kernel launch runs the CPU build of the same entry point, checking the launch arguments."""
+
+    __version__ = "14.0.0"
+    float32 = np.float32
+
+    class OutOfMemoryError(Exception):
+        pass
+
+    def __init__(self, kernel: ck.CompiledKernel, limit_bytes: int | None = None) -> None:
+        self.kernel, self.limit, self.launches = kernel, limit_bytes, []
+        fake = self
+        self.cuda = type(
+            "cuda",
+            (),
+            {
+                "Device": staticmethod(lambda index: contextlib.nullcontext()),
+                "is_available": staticmethod(lambda: True),
+                "memory": type("memory", (), {"OutOfMemoryError": FakeCupy.OutOfMemoryError}),
+            },
+        )
+        self.RawModule = lambda code, options: type(
+            "Module", (), {"get_function": lambda _, name: fake._launcher(code, name)}
+        )()
+
+    def _check(self, arr: np.ndarray) -> np.ndarray:
+        if self.limit is not None and arr.nbytes > self.limit:
+            raise FakeCupy.OutOfMemoryError(f"{arr.nbytes} bytes")
+        return arr.view(_HostArray)
+
+    def asarray(self, arr: np.ndarray) -> np.ndarray:
+        return self._check(np.ascontiguousarray(arr))
+
+    def zeros(self, n: int, dtype: type) -> np.ndarray:
+        return self._check(np.zeros(n, dtype))
+
+    def empty_like(self, arr: np.ndarray) -> np.ndarray:
+        return self._check(np.empty_like(arr))
+
+    def get_default_memory_pool(self) -> object:
+        return type("Pool", (), {"free_all_blocks": lambda _: None})()
+
+    def _launcher(self, code: str, name: str) -> object:
+        assert code == KERNEL.read_text(encoding="utf-8")
+        fn = getattr(self.kernel.library, name.replace("lut_apply_", "lut_cpu_"))
+
+        def launch(grid: tuple[int, int], block: tuple[int, int], args: tuple) -> None:
+            assert isinstance(args[2], np.int32) and isinstance(args[-1], np.float32)
+            assert all(isinstance(a, np.int32) for a in args[6:13])
+            band, width = int(args[6]), int(args[7])
+            assert grid[0] * block[0] >= width and grid[1] * block[1] >= band
+            assert (grid[0] - 1) * block[0] < width and (grid[1] - 1) * block[1] < band
+            self.launches.append((band, width))
+            raw = [a.ctypes.data if isinstance(a, np.ndarray) else a.item() for a in args]
+            assert fn(*raw, block[0], block[1], 1) == 0
+
+        return launch
+
+
+def _cuda_with(
+    monkeypatch: pytest.MonkeyPatch, kernel: ck.CompiledKernel, limit: int | None = None
+) -> tuple[object, FakeCupy]:
+    from backend.lut import cuda_kernel
+
+    fake = FakeCupy(kernel, limit)
+    monkeypatch.setattr(cuda_kernel, "import_cupy", lambda: fake)
+    monkeypatch.setattr(ck, "_LOADED", kernel)
+    return cuda_kernel.CudaBackend("cuda"), fake  # runs the self-test through the fake
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_cuda_backend_launch_arguments_match_the_kernel(
+    monkeypatch: pytest.MonkeyPatch, kernel: ck.CompiledKernel, dtype: type
+) -> None:
+    backend, fake = _cuda_with(monkeypatch, kernel)
+    image = random_image(41, 70, dtype, seed=8)
+    mask = blob_mask(41, 70)
+    maps = random_maps(grid=(8, 8))
+    for m in (mask, None):
+        got = backend.apply(image, m, maps, 0.8)  # type: ignore[attr-defined]
+        assert np.array_equal(got, ck.run(kernel, image, m, maps, 0.8))
+    assert fake.launches[-1] == (41, 70)
+
+
+def test_cuda_out_of_memory_bands_then_cpu(
+    monkeypatch: pytest.MonkeyPatch, kernel: ck.CompiledKernel, caplog: pytest.LogCaptureFixture
+) -> None:
+    image = random_image(64, 50, np.float32, seed=6)
+    maps = random_maps(grid=(8, 8))
+    want = ck.run(kernel, image, None, maps, 1.0)
+    backend, fake = _cuda_with(monkeypatch, kernel)
+    fake.limit = 16 * 50 * 3 * 4  # room for 16 rows of the image
+    with caplog.at_level(logging.WARNING, logger="backend.lut.cuda_kernel"):
+        assert np.array_equal(backend.apply(image, None, maps, 1.0), want)  # type: ignore[attr-defined]
+    assert {band for band, _ in fake.launches[-4:]} == {16}
+    assert "bands of 16 rows" in caplog.text
+    fake.limit = 10  # not even one row: the CPU does it
+    assert np.array_equal(backend.apply(image, None, maps, 1.0), want)  # type: ignore[attr-defined]
+    assert "on the CPU" in caplog.text
 
 
 # ---- CuPy on a real CUDA device ---------------------------------------------------------------

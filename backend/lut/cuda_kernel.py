@@ -55,6 +55,8 @@ def import_cupy() -> ModuleType:
         raise CudaUnavailable(
             "CuPy is not installed (pip install 'harmonize[cuda12]' or 'harmonize[cuda13]')"
         ) from exc
+    except Exception as exc:  # a broken CUDA install can fail the import in other ways
+        raise CudaUnavailable(f"CuPy cannot be imported: {exc}") from exc
     try:
         major = int(cupy.__version__.split(".")[0])
     except ValueError:
@@ -64,7 +66,11 @@ def import_cupy() -> ModuleType:
         raise CudaUnavailable(
             f"CuPy {cupy.__version__} is outside the supported range >={low},<{high}"
         )
-    if not cupy.cuda.is_available():
+    try:
+        available = cupy.cuda.is_available()
+    except Exception as exc:
+        raise CudaUnavailable(f"CuPy cannot query CUDA devices: {exc}") from exc
+    if not available:
         raise CudaUnavailable("CuPy sees no CUDA device (no GPU or no driver)")
     return cupy
 
