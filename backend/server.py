@@ -139,6 +139,19 @@ class Engine:
             "pid": os.getpid(),
         }
 
+    def warm_up(self) -> float:
+        """Run one small job so the first real request does not pay for lazy initialisation
+        (kernel loading, allocator pools); returns the seconds it took."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        layer = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:48, 16:48] = 255
+        frames = {"layer": layer, "mask": mask, "backdrop": layer[..., :3].copy()}
+        self.run(frames, P.HarmonizeOptions(), lambda *a, **k: None)
+        self.cache.clear()
+        return time.perf_counter() - start
+
     def _maps(self, comp: np.ndarray, mask: np.ndarray) -> tuple[Any, bool]:
         from backend.pipeline import low_res_input, predict
 
@@ -753,6 +766,7 @@ def serve(
         model = load_model(weights, variant=variant, device=device)
         engine = Engine(model, lut_backend=config.lut_backend, cache_size=config.cache_size)
         _log_versions(engine, str(model.metadata.get("path")))
+        log.info("warm-up job took %.2f s", engine.warm_up())
         server = Server(engine, config)
         endpoint = server.bind()
         if path.exists():

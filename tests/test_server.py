@@ -391,3 +391,14 @@ def test_queued_pixel_bytes_are_bounded(model):
     finally:
         run.server.engine.gate.set()
         run.close()
+
+
+def test_warm_up_runs_a_real_job_and_leaves_the_cache_empty(model, monkeypatch):
+    engine = Engine(model)
+    results = []
+    real_run = engine.run
+    monkeypatch.setattr(engine, "run", lambda *a: results.append(real_run(*a)))
+    engine.warm_up()
+    ((out, offset, info),) = results
+    assert out.shape == (64, 64, 4) and offset == (0, 0) and not info["cached"]
+    assert not engine.cache
