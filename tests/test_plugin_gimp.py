@@ -1,0 +1,406 @@
+"""The GIMP plug-in's wiring against a mocked ``gi.repository`` (tests/mock/gimp.py) and a fake
+daemon client: what it sends (layer, mask = alpha x layer mask x selection, backdrop = visible
+layers below), where the result goes, undo grouping, floating pastes, precisions, messages."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backend import plugin_support as S
+from backend import protocol as P
+from backend.compose import crop_box
+from tests.mock import gimp as mock
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "plugins" / "gimp" / "harmonize" / "harmonize.py"
+
+
+@pytest.fixture
+def gi() -> Iterator[types.SimpleNamespace]:
+    modules, restore = mock.install()
+    spec = importlib.util.spec_from_file_location("harmonize_gimp_plugin", PLUGIN)
+    assert spec is not None and spec.loader is not None
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    modules.plugin = plugin
+    try:
+        yield modules
+    finally:
+        restore()
+
+
+class FakeDaemon:
+    """Stands in for :mod:`backend.client`: records the frames, inverts the masked crop."""
+
+    class DaemonError(Exception):
+        def __init__(self, code: str, message: str) -> None:
+            super().__init__(message)
+            self.code, self.message = code, message
+
+    def __init__(self, error: tuple[str, str] | None = None, running: bool = True) -> None:
+        self.error, self.running = error, running
+        self.requests: list[dict[str, Any]] = []
+        self.started: list[list[str]] = []
+        daemon = self
+
+        class Client:
+            def __init__(self) -> None:
+                self.closed = False
+
+            @classmethod
+            def from_endpoint_file(cls, path: Path, **_kw: Any) -> Client:
+                if not daemon.running:
+                    raise FakeDaemon.DaemonError("no_daemon", f"no endpoint file at {path}")
+                return cls()
+
+            def ping(self, **_kw: Any) -> dict[str, Any]:
+                return {}
+
+            def hello(self) -> dict[str, Any]:
+                return {"protocol_version": list(P.PROTOCOL_VERSION)}
+
+            def close(self) -> None:
+                self.closed = True
+
+            def __enter__(self) -> Client:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.close()
+
+            def harmonize(self, layer: P.Pixels, mask: P.Pixels, backdrop: P.Pixels,
+                          **options: Any) -> Any:  # fmt: skip
+                return daemon.answer(layer, mask, backdrop, options)
+
+        self.Client = Client
+
+    def ensure_daemon(self, *, command: list[str], **_kw: Any) -> Any:
+        self.started.append(command)
+        self.running = True
+        return self.Client()
+
+    def answer(self, layer: P.Pixels, mask: P.Pixels, backdrop: P.Pixels, options: dict) -> Any:
+        arrays = {
+            name: np.frombuffer(bytes(pix.data), dtype=np.dtype(pix.dtype).newbyteorder("<"))
+            .reshape(pix.shape)
+            .copy()
+            for name, pix in (("layer", layer), ("mask", mask), ("backdrop", backdrop))
+        }
+        self.requests.append({**arrays, "options": options, "dtypes": (layer.dtype, mask.dtype)})
+        for stage in ("received", "composed", "predicted", "applied"):
+            options["on_progress"]({"stage": stage})
+        if self.error:
+            raise FakeDaemon.DaemonError(*self.error)
+        full = 1.0 if layer.dtype == "float32" else np.iinfo(layer.dtype).max
+        m = arrays["mask"].astype(np.float64) / full
+        x0, y0, x1, y1 = crop_box(m, P.DEFAULT_CROP_MARGIN, P.MIN_CROP_MARGIN_PX)
+        out = arrays["layer"][y0:y1, x0:x1].copy()
+        out[..., :3] = (full - out[..., :3]).astype(out.dtype)  # "harmonized" = inverted
+        return types.SimpleNamespace(
+            pixels=P.Pixels.of(np.ascontiguousarray(out)), offset=(x0, y0), timings={}
+        )
+
+
+@pytest.fixture
+def daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeDaemon:
+    fake = FakeDaemon()
+    monkeypatch.setattr(S, "_client_module", lambda: fake)
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path / "runtime"))
+    return fake
+
+
+# ---- scenes -----------------------------------------------------------------------------------
+
+
+def scene(gi: Any, precision: Any = None, *, size: tuple[int, int] = (80, 60)) -> dict[str, Any]:
+    """Background gradient, a hidden magenta layer, the object (soft alpha) and a cover above."""
+    Gimp = gi.Gimp
+    w, h = size
+    image = Gimp.Image(w, h, precision or Gimp.Precision.U8_NON_LINEAR)
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    bg = np.stack([xx, yy, 1 - xx, np.ones_like(xx)], -1)
+    background = Gimp.Layer(image, "Background", bg, alpha=False)
+    hidden = Gimp.Layer(image, "hidden", np.tile([1.0, 0, 1, 1], (h, w, 1)))
+    hidden.visible = False
+    oy, ox = np.mgrid[0:20, 0:30]
+    alpha = np.clip(1.2 - np.hypot(ox - 15, oy - 10) / 10, 0, 1)
+    obj_px = np.stack([0.9 + 0 * ox, 0.5 + ox / 100, 0.2 + oy / 100, alpha], -1)
+    obj = Gimp.Layer(image, "object", obj_px, x=30, y=20)
+    cover = Gimp.Layer(image, "cover", np.tile([0, 0, 1.0, 0.5], (h, w, 1)))
+    image.layers = [cover, obj, hidden, background]
+    for layer in image.layers:
+        layer.parent = None
+    return {"image": image, "obj": obj, "bg": background, "cover": cover}
+
+
+def run(gi: Any, image: Any, layer: Any, *, strength: float = 1.0, replace: bool = False,
+        mode: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    plugin = gi.plugin.HarmonizePlugIn()
+    proc = plugin.do_create_procedure(S.PROCEDURE_NAME)
+    config = mock.Config(strength=strength, replace=replace)
+    return plugin.run(proc, mode or gi.Gimp.RunMode.NONINTERACTIVE, image, [layer], config, None)
+
+
+def level(dtype: str) -> float:
+    return 1.0 if dtype == "float32" else float(np.iinfo(dtype).max)
+
+
+# ---- registration -----------------------------------------------------------------------------
+
+
+def test_registers_filters_and_layers_menus(gi: Any):
+    plugin = gi.plugin.HarmonizePlugIn()
+    assert plugin.do_query_procedures() == [S.PROCEDURE_NAME]
+    proc = plugin.do_create_procedure(S.PROCEDURE_NAME)
+    assert proc.menu_paths == ["<Image>/Filters", "<Layers>"]
+    assert "Harmonize Layer" in proc.label.replace("_", "")
+    kind, *_, low, high, default, _flags = proc.arguments["strength"]
+    assert (kind, low, high, default) == ("double", 0.0, 1.0, 1.0)
+    assert proc.arguments["replace"][0] == "boolean"
+
+
+# ---- what is sent -----------------------------------------------------------------------------
+
+
+def test_sends_layer_alpha_mask_and_visible_backdrop_below(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    status, error = run(gi, s["image"], s["obj"])
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    (req,) = daemon.requests
+    region = S.context_box(S.Box(30, 20, 30, 20), 80, 60)
+    assert req["layer"].shape == (region.h, region.w, 4) and req["dtypes"] == ("uint8", "uint8")
+    obj = np.round(s["obj"].pixels * 255).astype(np.uint8)
+    lx, ly = 30 - region.x, 20 - region.y
+    np.testing.assert_array_equal(req["layer"][ly : ly + 20, lx : lx + 30], obj)
+    assert req["layer"][:ly].sum() == 0  # transparent outside the layer
+    # no selection: mask = alpha
+    np.testing.assert_array_equal(req["mask"][ly : ly + 20, lx : lx + 30], obj[..., 3])
+    assert req["mask"].sum() == obj[..., 3].sum()
+    # backdrop: the background only (the hidden layer and the cover above are left out)
+    bg = np.round(s["bg"].pixels[..., :3] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(
+        req["backdrop"], bg[region.y : region.bottom, region.x : region.right]
+    )
+    assert req["options"]["strength"] == 1.0 and req["options"]["dtype"] == "uint8"
+
+
+def test_mask_is_alpha_times_selection_and_layer_mask(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    image.selection[:, :40] = 1.0
+    image.selection[:, 40:45] = 0.5  # feathered edge
+    obj.mask = gi.Gimp.Drawable(image, "mask", np.ones((20, 30, 4)), 30, 20)
+    obj.mask.pixels[15:] = 0.25
+    status, error = run(gi, image, obj)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    region = S.context_box(S.Box(30, 20, 30, 20), 80, 60)
+    sel = image.selection[20:40, 30:60]
+    expected = np.round(obj.pixels[..., 3] * sel * obj.mask.pixels[..., 0] * 255)
+    lx, ly = 30 - region.x, 20 - region.y
+    got = daemon.requests[0]["mask"][ly : ly + 20, lx : lx + 30]
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert obj.mask is not None  # the user's layer keeps its layer mask
+    assert image.duplicates and all(d.deleted for d in image.duplicates)
+
+
+def test_backdrop_inside_groups_is_what_is_below(gi: Any, daemon: FakeDaemon):
+    """Layer inside a group: siblings above it and layers above the group are left out."""
+    Gimp = gi.Gimp
+    s = scene(gi)
+    image, obj, cover = s["image"], s["obj"], s["cover"]
+    red = Gimp.Layer(image, "red", np.tile([1.0, 0, 0, 1], (60, 80, 1)))
+    above = Gimp.Layer(image, "above in group", np.tile([0, 1.0, 0, 1], (60, 80, 1)))
+    group = Gimp.Layer(image, "group", np.zeros((60, 80, 4)), children=[above, obj, red])
+    for child in group.children:
+        child.parent = group
+    image.layers = [cover, group, s["bg"]]
+    status, error = run(gi, image, obj)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert (daemon.requests[0]["backdrop"] == [255, 0, 0]).all()  # only the red layer below
+    assert group.children[0] is above and group.children[1].name == "object (harmonized)"
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"),
+    [("U8_NON_LINEAR", "uint8"), ("U8_LINEAR", "uint16"), ("U16_NON_LINEAR", "uint16"),
+     ("U32_LINEAR", "float32"), ("HALF_LINEAR", "float32"), ("FLOAT_LINEAR", "float32"),
+     ("DOUBLE_PERCEPTUAL", "float32")],
+)  # fmt: skip
+def test_every_precision_round_trips(gi: Any, daemon: FakeDaemon, precision: str, dtype: str):
+    s = scene(gi, getattr(gi.Gimp.Precision, precision))
+    status, error = run(gi, s["image"], s["obj"])
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert daemon.requests[0]["dtypes"] == (dtype, dtype)
+    new = s["image"].layers[1]
+    assert new.name == "object (harmonized)"
+    # the fake daemon inverts the crop (which covers the whole layer here)
+    tol = 1 / level(dtype) + 1e-7
+    np.testing.assert_allclose(new.pixels[..., :3], 1 - s["obj"].pixels[..., :3], atol=tol)
+
+
+# ---- the result -------------------------------------------------------------------------------
+
+
+def test_result_is_a_new_layer_above_in_one_undo_group(gi: Any, daemon: FakeDaemon):
+    s = scene(gi, size=(200, 150))
+    image, obj = s["image"], s["obj"]
+    before = obj.pixels.copy()
+    status, error = run(gi, image, obj, strength=0.4)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert [lay.name for lay in image.layers] == [
+        "cover", "object (harmonized)", "object", "hidden", "Background"
+    ]  # fmt: skip
+    new = image.layers[1]
+    assert (new.x, new.y, new.get_width(), new.get_height()) == (30, 20, 30, 20)
+    np.testing.assert_array_equal(obj.pixels, before)  # the source is untouched
+    np.testing.assert_allclose(new.pixels[..., 3], before[..., 3], atol=0.5 / 255 + 1e-9)
+    assert daemon.requests[0]["options"]["strength"] == 0.4
+    # every change to the user's image is inside exactly one undo group
+    kinds = [k for k, _ in image.log]
+    assert kinds[0] == "undo-group-start" and kinds[-1] == "undo-group-end"
+    assert kinds.count("undo-group-start") == kinds.count("undo-group-end") == 1
+    assert image.undo_depth == 0
+    progress = [c for c in gi.Gimp.calls if c[0] == "progress_update"]
+    assert progress and progress[-1][1] == (1.0,)
+    assert ("progress_end", ()) in gi.Gimp.calls
+
+
+def test_result_outside_the_crop_keeps_the_source_pixels(gi: Any, daemon: FakeDaemon):
+    s = scene(gi, size=(300, 200))
+    image, obj = s["image"], s["obj"]
+    obj.pixels = np.concatenate([obj.pixels, np.zeros((20, 200, 4))], axis=1)  # 230 wide
+    obj.pixels[..., :3] = 0.3  # colour under alpha 0 too
+    status, error = run(gi, image, obj)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    new = image.layers[1]
+    # right part of the layer: beyond the daemon's crop (mask bbox + margin): untouched
+    np.testing.assert_array_equal(new.pixels[:, 150:], obj.pixels[:, 150:])
+    assert not np.allclose(new.pixels[:, :20, :3], obj.pixels[:, :20, :3])
+
+
+def test_replace_puts_the_result_in_place(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    status, error = run(gi, image, obj, replace=True)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert [lay.name for lay in image.layers] == ["cover", "object", "hidden", "Background"]
+    assert image.layers[1] is not obj and not obj.is_valid()
+    kinds = [k for k, _ in image.log]
+    assert kinds[0] == "undo-group-start" and kinds[-1] == "undo-group-end"
+
+
+def test_floating_paste_becomes_a_layer_first(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    obj.floating = True
+    status, error = run(gi, image, obj)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    kinds = [k for k, _ in image.log]
+    assert kinds.index("floating-sel-to-layer") == 1  # first thing inside the undo group
+    assert not obj.is_floating_sel()
+
+
+def test_layer_without_alpha(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image = s["image"]
+    image.layers.remove(s["obj"])
+    image.selection[10:30, 10:40] = 1.0
+    image.layers.insert(1, s["bg"].copy())  # an opaque layer above the background
+    image.layers[1].name, image.layers[1].parent = "photo", None
+    status, error = run(gi, image, image.layers[1])
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    mask = daemon.requests[0]["mask"]
+    assert mask.max() == 255 and (mask > 0).sum() == 20 * 30  # the selection, since alpha = 1
+
+
+# ---- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [("out_of_memory", "ran out of memory"), ("unsupported_version", "Update both"),
+     ("unreachable", "does not answer"), ("empty_mask", "Nothing to harmonize")],
+)  # fmt: skip
+def test_daemon_errors_become_messages_and_leave_the_image(gi: Any, daemon: FakeDaemon,
+                                                           code: str, words: str):  # fmt: skip
+    daemon.error = (code, "details")
+    s = scene(gi)
+    names = [lay.name for lay in s["image"].layers]
+    status, error = run(gi, s["image"], s["obj"], mode=gi.Gimp.RunMode.INTERACTIVE)
+    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+    assert words in error.message
+    assert [lay.name for lay in s["image"].layers] == names
+    assert s["image"].undo_depth == 0  # the group is closed even on failure
+    assert ("message", (error.message,)) in gi.Gimp.calls  # interactive: shown to the user
+
+
+def test_not_installed_daemon(gi: Any, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch):
+    daemon.running = False
+    monkeypatch.setattr(S.shutil, "which", lambda _name: None)
+    s = scene(gi)
+    status, error = run(gi, s["image"], s["obj"])
+    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "not installed" in error.message and "pip install harmonize" in error.message
+    assert daemon.started == []
+
+
+def test_starts_the_daemon_recorded_by_the_installer(gi: Any, daemon: FakeDaemon,
+                                                     tmp_path: Path, monkeypatch):  # fmt: skip
+    daemon.running = False
+    exe = tmp_path / "python"
+    exe.write_text("")
+    settings = S.Settings(serve_command=[str(exe), "-m", "backend", "serve"])
+    monkeypatch.setattr(S, "load_settings", lambda _dir: settings)
+    s = scene(gi)
+    status, error = run(gi, s["image"], s["obj"])
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert daemon.started == [[str(exe), "-m", "backend", "serve"]]
+
+
+def test_refuses_channels_and_several_drawables(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    plugin = gi.plugin.HarmonizePlugIn()
+    proc = plugin.do_create_procedure(S.PROCEDURE_NAME)
+    config = mock.Config(strength=1.0, replace=False)
+    mode = gi.Gimp.RunMode.NONINTERACTIVE
+    channel = gi.Gimp.Drawable(s["image"], "ch", np.zeros((2, 2, 4)))
+    for drawables in ([s["obj"], s["bg"]], [channel]):
+        status, error = plugin.run(proc, mode, s["image"], drawables, config, None)
+        assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+        assert "exactly one layer" in error.message
+    assert daemon.requests == []
+
+
+def test_nothing_visible_below(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    s["bg"].visible = False
+    status, error = run(gi, s["image"], s["obj"])
+    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "Nothing is visible below" in error.message
+    assert daemon.requests == []
+
+
+def test_layer_off_canvas(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    s["obj"].x = 500
+    status, error = run(gi, s["image"], s["obj"])
+    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "outside the image canvas" in error.message
+
+
+def test_interactive_dialog_cancel(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    gi.dialog.answer = False
+    try:
+        status, _ = run(gi, s["image"], s["obj"], mode=gi.Gimp.RunMode.INTERACTIVE)
+    finally:
+        gi.dialog.answer = True
+    assert status == gi.Gimp.PDBStatusType.CANCEL
+    assert daemon.requests == [] and s["image"].log == []
