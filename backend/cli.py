@@ -321,9 +321,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from backend.daemon import serve
     from backend.images import max_pixels_default
     from backend.protocol import Limits
-    from backend.server import ServerConfig, serve
+    from backend.server import ServerConfig
 
     config = ServerConfig(
         limits=Limits(max_pixels=max_pixels_default()),

@@ -1,58 +1,37 @@
-"""The ``harmonize serve`` daemon: a ZeroMQ ROUTER that keeps one model warm.
+"""The daemon's request loop: a ZeroMQ ROUTER in front of one warm :class:`Engine`.
 
 Threads: the main thread owns every socket (ROUTER for clients, an inproc PULL for outgoing
 messages) and answers ``hello``/``ping``/``cancel``/``shutdown`` at once; one worker thread
 runs ``harmonize`` jobs from a bounded queue and hands its progress events and replies to the
 main thread through an inproc PUSH socket (ZeroMQ sockets are not shared between threads).
 Every malformed, oversized or unauthorised message gets a structured ``error`` reply, and the
-loop goes on serving everyone else. The wire format is in :mod:`backend.protocol`.
+loop goes on serving everyone else. The wire format is in :mod:`backend.protocol`; the
+process around it (endpoint file, signals, logs) is :mod:`backend.daemon`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import ipaddress
-import json
 import logging
-import os
 import queue
 import secrets
-import signal
-import socket
-import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from logging.handlers import RotatingFileHandler
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
 from backend import protocol as P
-from backend._version import __version__
-from backend.compose import (
-    check_same_size,
-    composite,
-    convert,
-    crop_box,
-    layer_rgb,
-    selection_weight,
-    with_alpha,
-)
+from backend.compose import check_same_size
+from backend.endpoint import write_endpoint_file  # noqa: F401  (re-exported)
+from backend.engine import EmptyMask, Engine
 from backend.errors import HarmonizeError, InputError
-from backend.fileutil import atomic_open
-from backend.images import check_image, check_mask
 
 log = logging.getLogger("harmonize.daemon")
 
-ENDPOINT_FILE = "daemon.json"
-LOCK_FILE = "daemon.lock"
 POLL_MS = 200
 HEARTBEAT_S = 2.0
 """While a job is queued or running, its client gets an ``alive`` event this often, so a long
@@ -105,145 +84,6 @@ class Job:
     state: str = "queued"  # queued -> running -> done | cancelled
     lock: threading.Lock = field(default_factory=threading.Lock)
     cancel: threading.Event = field(default_factory=threading.Event)
-
-
-# ---- the model side ---------------------------------------------------------------------------
-
-
-class Engine:
-    """The warm model plus the prediction cache; used by the worker thread only.
-
-    ``run`` takes a validated request and returns the result crop. The cache maps a hash of
-    the network's low-resolution input (and the weights) to the predicted LUT maps, so a
-    request that differs only in strength re-applies LUTs without running the network.
-    """
-
-    def __init__(self, model: Any, *, lut_backend: str = "auto", cache_size: int = 4) -> None:
-        self.model = model
-        self.lut_backend = lut_backend
-        self.cache_size = cache_size
-        self.cache: OrderedDict[str, Any] = OrderedDict()
-        meta = getattr(model, "metadata", {}) or {}
-        self.variant = str(meta.get("variant", "unknown"))
-        self.weights_id = str(meta.get("sha256", meta.get("path", "unsaved")))[:16]
-        self.device = str(next(model.parameters()).device)
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "server_version": __version__,
-            "protocol_version": list(P.PROTOCOL_VERSION),
-            "device": self.device,
-            "variant": self.variant,
-            "weights_id": self.weights_id,
-            "free_memory": free_memory(self.device),
-            "pid": os.getpid(),
-        }
-
-    def warm_up(self) -> float:
-        """Run one small job so the first real request does not pay for lazy initialisation
-        (kernel loading, allocator pools); returns the seconds it took."""
-        start = time.perf_counter()
-        rng = np.random.default_rng(0)
-        layer = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
-        mask = np.zeros((64, 64), np.uint8)
-        mask[16:48, 16:48] = 255
-        frames = {"layer": layer, "mask": mask, "backdrop": layer[..., :3].copy()}
-        self.run(frames, P.HarmonizeOptions(), lambda *a, **k: None)
-        self.cache.clear()
-        return time.perf_counter() - start
-
-    def _maps(self, comp: np.ndarray, mask: np.ndarray) -> tuple[Any, bool]:
-        from backend.pipeline import low_res_input, predict
-
-        x = low_res_input(comp, mask, self.model.config.input_size)
-        key = hashlib.sha256(f"{self.weights_id}:{self.variant}:".encode() + x.numpy().tobytes())
-        digest = key.hexdigest()
-        if digest in self.cache:
-            self.cache.move_to_end(digest)
-            return self.cache[digest], True
-        maps = predict(comp, mask, model=self.model)
-        self.cache[digest] = maps
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return maps, False
-
-    def run(
-        self, frames: dict[str, np.ndarray], options: P.HarmonizeOptions, checkpoint: Callable
-    ) -> tuple[np.ndarray, tuple[int, int], dict[str, Any]]:
-        """Harmonize one layer.
-
-        Args:
-            frames: ``layer (H, W, 4|3)``, ``mask (H, W)``, ``backdrop (H, W, 3)``; each
-                uint8/uint16/float32 (float in [0, 1]).
-            options: validated request options.
-            checkpoint: called as ``checkpoint(stage, **info)`` between stages; raises
-                :class:`Cancelled` to stop.
-
-        Returns:
-            ``(result crop (h, w, 4|3) in the requested dtype, (x, y) offset, reply info)``.
-        """
-        from backend.pipeline import apply_prediction
-
-        times: dict[str, float] = {}
-        start = time.perf_counter()
-        layer, backdrop, raw_mask = frames["layer"], frames["backdrop"], frames["mask"]
-        box = crop_box(raw_mask, options.crop_margin, P.MIN_CROP_MARGIN_PX)
-        if box is None:
-            raise EmptyMask
-        x0, y0, x1, y1 = box
-        crop = layer[y0:y1, x0:x1]
-        mask = check_mask(raw_mask[y0:y1, x0:x1], crop.shape[:2])  # values outside are 0
-        rgb = check_image(layer_rgb(crop), what="layer RGB")
-        back = check_image(backdrop[y0:y1, x0:x1], what="backdrop")
-        alpha = None
-        if crop.shape[2] == 4:  # an opaque layer (the common case) skips the division
-            a = crop[..., 3]
-            if a.dtype.kind == "f" or a.min() < _opaque(str(a.dtype)):
-                alpha = check_mask(np.ascontiguousarray(a), mask.shape, what="alpha")
-        comp = composite(rgb, mask, back)
-        times["compose"] = time.perf_counter() - start
-        checkpoint("composed")
-        tick = time.perf_counter()
-        maps, cached = self._maps(comp, mask)
-        times["predict"] = time.perf_counter() - tick
-        checkpoint("predicted", cached=cached)
-        tick = time.perf_counter()
-        weight = selection_weight(mask, alpha)
-        out = apply_prediction(
-            rgb, weight, maps, strength=options.strength, lut_backend=self.lut_backend
-        )
-        times["apply"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        out = convert(out, options.dtype or str(layer.dtype))
-        if options.output == "rgba":
-            out = with_alpha(out, crop)
-        times["encode"] = time.perf_counter() - tick
-        checkpoint("applied")
-        return out, (x0, y0), {"cached": cached, "timings": times}
-
-
-class EmptyMask(Exception):
-    """The mask has no pixel above 0."""
-
-
-def _opaque(dtype: str) -> float:
-    return {"uint8": 255, "uint16": 65535}.get(dtype, 1.0)
-
-
-def free_memory(device: str) -> int | None:
-    """Free bytes on the CUDA device, or available system memory for the CPU (None: unknown)."""
-    if device.startswith("cuda"):
-        import torch
-
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _array(pix: P.Pixels) -> np.ndarray:
@@ -583,214 +423,3 @@ class Server:
         for sock in (self._worker_out, self.outbox, self.router):
             sock.close(linger=0)
         log.info("stopped (%s)", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
-
-
-# ---- files, logging, lifecycle ----------------------------------------------------------------
-
-
-def setup_logging(level: str = "INFO", log_file: Path | None = None) -> Path:
-    """Log to a rotating file (10 MB x 4) in the log dir and to stderr; returns the file."""
-    from backend import paths
-
-    path = log_file or paths.log_dir() / "daemon.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(path, maxBytes=10 << 20, backupCount=4, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    return path
-
-
-def endpoint_file() -> Path:
-    from backend import paths
-
-    return paths.runtime_dir() / ENDPOINT_FILE
-
-
-def write_endpoint_file(path: Path, endpoint: str, token: str) -> None:
-    """The discovery file: JSON, mode 0600, in a 0700 directory."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = {
-        "endpoint": endpoint,
-        "pid": os.getpid(),
-        "protocol_version": list(P.PROTOCOL_VERSION),
-        "server_version": __version__,
-        "token": token,
-    }
-    with atomic_open(path, mode=0o600) as fh:
-        fh.write(json.dumps(info, indent=1).encode())
-
-
-def remove_endpoint_file(path: Path) -> None:
-    """Remove the file if it still names this process (a successor's file is left alone)."""
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text()).get("pid") == os.getpid():
-            path.unlink()
-
-
-class InstanceLock:
-    """An advisory lock on ``daemon.lock`` so only one daemon per runtime dir serves.
-
-    POSIX only (``fcntl``); elsewhere :meth:`acquire` returns True and discovery relies on the
-    endpoint file's pid and a ping.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        try:
-            import fcntl
-        except ImportError:
-            return True
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return False
-            try:  # the file may have been replaced between open and lock: lock the current one
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                return True
-            os.close(fd)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            os.close(self.fd)
-            self.fd = None
-
-
-def running_daemon(path: Path) -> dict[str, Any] | None:
-    """The endpoint file's contents if a daemon there answers a ping, else None."""
-    from backend.client import Client, DaemonError
-
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    try:
-        with Client.from_endpoint_file(path, timeout=2.0, retries=0) as client:
-            client.ping()
-    except (DaemonError, zmq.ZMQError, OSError):
-        return None
-    return info
-
-
-def _silence_stdio() -> None:
-    """Detached daemons: keep logging to the file only and point fds 1 and 2 at devnull."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for fd in (1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-
-
-def sd_notify(state: str) -> None:
-    """Tell systemd (``Type=notify`` units) our state; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address or not hasattr(socket, "AF_UNIX"):
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
-
-
-def _log_versions(engine: Engine, weights: str) -> None:
-    import torch
-
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    log.info(
-        "harmonize %s, protocol %s, python %s, torch %s, numpy %s, pyzmq %s (libzmq %s)",
-        __version__,
-        ".".join(map(str, P.PROTOCOL_VERSION)),
-        sys.version.split()[0],
-        torch.__version__,
-        np.__version__,
-        zmq.__version__,
-        zmq.zmq_version(),
-    )
-    log.info(
-        "device %s (CUDA: %s), variant %s, weights %s (id %s)",
-        engine.device,
-        cuda,
-        engine.variant,
-        weights,
-        engine.weights_id,
-    )
-
-
-def serve(
-    config: ServerConfig,
-    *,
-    weights: str | None,
-    variant: str | None,
-    device: str,
-    log_level: str = "INFO",
-    log_file: Path | None = None,
-    quiet: bool = False,
-) -> int:
-    """``harmonize serve``: run a daemon in the foreground until SIGTERM/SIGINT; returns 0.
-
-    Returns 1 (after saying so) when a live daemon already serves this runtime dir.
-    """
-    check_host(config.host, config.allow_remote)
-    path = endpoint_file()
-    lock = InstanceLock(path.with_name(LOCK_FILE))
-    locked = lock.acquire()
-    live = None if locked and lock.fd is not None else running_daemon(path)
-    if live is not None:
-        print(f"harmonize: a daemon is already running at {live['endpoint']} (pid {live['pid']})")
-        return 1
-    if not locked:
-        print("harmonize: another daemon holds the lock (starting up?); try again", file=sys.stderr)
-        return 1
-    try:
-        logfile = setup_logging(log_level, log_file)
-        from backend.pipeline import load_model
-
-        model = load_model(weights, variant=variant, device=device)
-        engine = Engine(model, lut_backend=config.lut_backend, cache_size=config.cache_size)
-        _log_versions(engine, str(model.metadata.get("path")))
-        log.info("warm-up job took %.2f s", engine.warm_up())
-        server = Server(engine, config)
-        endpoint = server.bind()
-        if path.exists():
-            log.info("replacing a stale endpoint file %s", path)
-        write_endpoint_file(path, endpoint, config.token)
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("received %s", signal.Signals(signum).name)
-            server.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        print(
-            f"harmonize daemon {__version__} on {endpoint} (pid {os.getpid()}, log {logfile})",
-            flush=True,
-        )
-        sd_notify("READY=1")
-        if quiet:
-            _silence_stdio()
-        try:
-            server.serve_forever()
-        finally:
-            sd_notify("STOPPING=1")
-            remove_endpoint_file(path)
-        return 0
-    finally:
-        lock.release()

@@ -26,10 +26,10 @@ import zmq
 from backend import cli
 from backend import protocol as P
 from backend.client import Client, DaemonError, ensure_daemon
+from backend.engine import Engine
 from backend.model import create_model
 from backend.model.weights import save_weights
 from backend.pipeline import load_model
-from backend.server import Engine
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,11 @@ import zmq
 from backend import protocol as P
 from backend.client import Client, DaemonError
 from backend.compose import composite, crop_box
+from backend.engine import Engine
 from backend.errors import HarmonizeError
 from backend.model import create_model
 from backend.pipeline import apply_prediction, harmonize, predict
-from backend.server import Engine, Server, ServerConfig, check_host
+from backend.server import Server, ServerConfig, check_host
 
 
 @pytest.fixture(scope="module")

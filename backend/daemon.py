@@ -1,0 +1,175 @@
+"""``harmonize serve``: the daemon's life around :class:`backend.server.Server`.
+
+Single instance per runtime dir (a lock file), the endpoint file the clients discover it by,
+a rotating log, SIGTERM/SIGINT handling, systemd readiness, and clean removal of its files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from backend import protocol as P
+from backend._version import __version__
+from backend.endpoint import (
+    LOCK_FILE,
+    InstanceLock,
+    endpoint_file,
+    remove_endpoint_file,
+    write_endpoint_file,
+)
+from backend.engine import Engine
+from backend.server import Server, ServerConfig, check_host
+
+log = logging.getLogger("harmonize.daemon")
+
+
+def setup_logging(level: str = "INFO", log_file: Path | None = None) -> Path:
+    """Log to a rotating file (10 MB x 4) in the log dir and to stderr; returns the file."""
+    from backend import paths
+
+    path = log_file or paths.log_dir() / "daemon.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(path, maxBytes=10 << 20, backupCount=4, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return path
+
+
+def running_daemon(path: Path) -> dict[str, Any] | None:
+    """The endpoint file's contents if a daemon there answers a ping, else None."""
+    from backend.client import Client, DaemonError
+
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        with Client.from_endpoint_file(path, timeout=2.0, retries=0) as client:
+            client.ping()
+    except (DaemonError, zmq.ZMQError, OSError):
+        return None
+    return info
+
+
+def _silence_stdio() -> None:
+    """Detached daemons: keep logging to the file only and point fds 1 and 2 at devnull."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (``Type=notify`` units) our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or not hasattr(socket, "AF_UNIX"):
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+
+
+def _log_versions(engine: Engine, weights: str) -> None:
+    import torch
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    log.info(
+        "harmonize %s, protocol %s, python %s, torch %s, numpy %s, pyzmq %s (libzmq %s)",
+        __version__,
+        ".".join(map(str, P.PROTOCOL_VERSION)),
+        sys.version.split()[0],
+        torch.__version__,
+        np.__version__,
+        zmq.__version__,
+        zmq.zmq_version(),
+    )
+    log.info(
+        "device %s (CUDA: %s), variant %s, weights %s (id %s)",
+        engine.device,
+        cuda,
+        engine.variant,
+        weights,
+        engine.weights_id,
+    )
+
+
+def serve(
+    config: ServerConfig,
+    *,
+    weights: str | None,
+    variant: str | None,
+    device: str,
+    log_level: str = "INFO",
+    log_file: Path | None = None,
+    quiet: bool = False,
+) -> int:
+    """``harmonize serve``: run a daemon in the foreground until SIGTERM/SIGINT; returns 0.
+
+    Returns 1 (after saying so) when a live daemon already serves this runtime dir.
+    """
+    check_host(config.host, config.allow_remote)
+    path = endpoint_file()
+    lock = InstanceLock(path.with_name(LOCK_FILE))
+    locked = lock.acquire()
+    live = None if locked and lock.fd is not None else running_daemon(path)
+    if live is not None:
+        print(f"harmonize: a daemon is already running at {live['endpoint']} (pid {live['pid']})")
+        return 1
+    if not locked:
+        print("harmonize: another daemon holds the lock (starting up?); try again", file=sys.stderr)
+        return 1
+    try:
+        logfile = setup_logging(log_level, log_file)
+        from backend.pipeline import load_model
+
+        model = load_model(weights, variant=variant, device=device)
+        engine = Engine(model, lut_backend=config.lut_backend, cache_size=config.cache_size)
+        _log_versions(engine, str(model.metadata.get("path")))
+        log.info("warm-up job took %.2f s", engine.warm_up())
+        server = Server(engine, config)
+        endpoint = server.bind()
+        if path.exists():
+            log.info("replacing a stale endpoint file %s", path)
+        write_endpoint_file(path, endpoint, config.token)
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            server.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        print(
+            f"harmonize daemon {__version__} on {endpoint} (pid {os.getpid()}, log {logfile})",
+            flush=True,
+        )
+        sd_notify("READY=1")
+        if quiet:
+            _silence_stdio()
+        try:
+            server.serve_forever()
+        finally:
+            sd_notify("STOPPING=1")
+            remove_endpoint_file(path)
+        return 0
+    finally:
+        lock.release()
