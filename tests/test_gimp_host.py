@@ -167,6 +167,14 @@ def daemon(gimp_chroot: None, weights: Path, tmp_path_factory: pytest.TempPathFa
             proc.stderr.close()
 
 
+def install_deps() -> list[str]:
+    """``--deps host`` (the chroot's python3-zmq/msgpack), or with
+    ``HARMONIZE_GIMP_TEST_DEPS=vendor`` wheels for GIMP's Python 3.13 from PyPI."""
+    if os.environ.get("HARMONIZE_GIMP_TEST_DEPS") == "vendor":
+        return ["--deps", "vendor", "--python-version", "3.13", "--platform", "linux-x86_64"]
+    return ["--deps", "host"]
+
+
 @pytest.fixture(scope="module")
 def gimp_run(daemon: Path) -> dict[str, Any]:
     """Install the plug-in with the installer, run every case in one GIMP; returns the reports."""
@@ -189,7 +197,7 @@ def gimp_run(daemon: Path) -> dict[str, Any]:
     (job / "batch.py").write_text(BATCH.read_text())
     install = subprocess.run(
         [sys.executable, "-m", "backend", "install-plugin", "gimp",
-         "--gimp-dir", str(job / "home" / ".config" / "GIMP" / "3.0"), "--deps", "host"],
+         "--gimp-dir", str(job / "home" / ".config" / "GIMP" / "3.0"), *install_deps()],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
