@@ -273,7 +273,10 @@ class Client:
     def hello(self) -> dict[str, Any]:
         """Handshake: the daemon's versions, device, variant, weights id and free memory."""
         reply = self.request(P.HELLO, {"client": f"harmonize-client/{_version()}"})
-        P.check_version(tuple(reply.body.get("protocol_version", (0, 0))), local="client")
+        try:
+            P.check_version(tuple(reply.body.get("protocol_version", (0, 0))), local="client")
+        except P.ProtocolError as exc:
+            raise DaemonError(exc.code, exc.message) from None
         self.server_info = reply.body
         return reply.body
 

@@ -403,3 +403,33 @@ def test_warm_up_runs_a_real_job_and_leaves_the_cache_empty(model, monkeypatch):
     ((out, offset, info),) = results
     assert out.shape == (64, 64, 4) and offset == (0, 0) and not info["cached"]
     assert not engine.cache
+
+
+@pytest.mark.parametrize("where", ["envelope", "hello body"])
+def test_client_refuses_a_daemon_of_another_major_version(where):
+    """A fake daemon that speaks protocol 2: the client says to update the plugin."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def answer() -> None:
+        if router.poll(10_000):
+            identity, *parts = router.recv_multipart()
+            msg = P.unpack(parts)
+            if where == "envelope":
+                reply = P.pack("hello_reply", {}, parent=msg.id, version=(2, 0))
+            else:
+                reply = P.pack("hello_reply", {"protocol_version": [2, 1]}, parent=msg.id)
+            router.send_multipart([identity, *reply])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        client = Client(f"tcp://127.0.0.1:{port}", "t", timeout=10, retries=0)
+        with client, pytest.raises(DaemonError, match="update the plugin") as info:
+            client.hello()
+        assert info.value.code == "unsupported_version"
+    finally:
+        thread.join(10)
+        router.close(linger=0)
