@@ -145,3 +145,23 @@ def test_missing_file_and_missing_default(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HARMONIZE_WEIGHTS", str(tmp_path / "nope.pt"))
     with pytest.raises(WeightsNotFoundError, match="HARMONIZE_WEIGHTS"):
         find_default_weights()
+
+
+@pytest.mark.parametrize(("gate", "expect"), [(-30.0, "identity"), (30.0, "classical")])
+def test_prior_gate_mixes_identity_and_classical_match(gate: float, expect: str) -> None:
+    from backend.color_stats import classical_transfer
+    from backend.lut import apply_luts
+
+    model = create_model("aict-light").eval()
+    with torch.no_grad():
+        model.prior_gate.bias.fill_(gate)
+    mask = torch.zeros(1, 1, 256, 256)
+    mask[..., 64:192, 64:192] = 1
+    rgb = torch.rand(1, 3, 256, 256) * 0.4 + 0.1
+    rgb = rgb + mask * torch.tensor([0.4, 0.1, -0.05]).view(1, 3, 1, 1)  # a tinted object
+    x = torch.cat([rgb, mask], dim=1)
+    with torch.inference_mode():
+        out = apply_luts(rgb, model(x), mask)
+    want = rgb if expect == "identity" else classical_transfer(rgb, mask)
+    assert (out - want).abs().max() < 0.02
+    assert (rgb - classical_transfer(rgb, mask)).abs().max() > 0.2  # the two really differ

@@ -14,7 +14,7 @@ no positional encoding, a 9-layer post-norm transformer (width 256, 2 heads, MLP
 a stride-4 transposed convolution back to 256x256 maps, and the state_dict keys of the official
 code, so official checkpoints load with ``strict=True``. Smaller variants change the patch size,
 width and depth, and may start the colour LUT from a classical colour-statistics prior
-(``color_prior=True``); the heads and the LUT semantics stay the same.
+(``color_prior=True``, see :class:`AICTConfig`); the heads and the LUT semantics stay the same.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from backend.color_stats import reinhard_knots
+from backend.color_stats import region_stats, reinhard_knots
 from backend.lut import LutMaps
+
+STATS_FEATURES = 12
+"""Mean and std of foreground and background per RGB channel, fed to prior variants' head."""
 
 
 class PatchFlatten(nn.Module):
@@ -107,8 +110,12 @@ class AICTConfig:
         knots: colour-LUT knots K (the interval LUT has K + 1).
         head_width: channels of the first conv of the image-level weight head (second is half).
         dropout: transformer dropout (training only).
-        color_prior: start the colour LUT at a foreground-to-background mean/std match
-            computed from the input, and predict a correction to it.
+        color_prior: give the image-level head the foreground and background colour
+            statistics of the input, and add to the colour LUT a per-channel gated mix of the
+            identity and the classical mean/std match (Reinhard): ``F = R * w + t + g (p - t)``
+            with ``t`` the identity knots, ``p`` the matched knots and ``g`` in (0, 1) predicted
+            per image and channel. Training starts at ``g`` near 0 (identity) and learns both
+            when to trust the classical match and the correction on top of it.
     """
 
     input_size: int = 256
@@ -161,7 +168,10 @@ class AICTNet(nn.Module):
             nn.ReLU(),
             nn.AdaptiveMaxPool2d(1),
         )
-        self.class_layer = nn.Linear(hw // 2, 3 * k)
+        head_in = hw // 2 + (STATS_FEATURES if cfg.color_prior else 0)
+        self.class_layer = nn.Linear(head_in, 3 * k)
+        if cfg.color_prior:
+            self.prior_gate = nn.Linear(head_in, 3)
         self.colors_layer = nn.Conv2d(12, 3 * k, 1)  # interval logits
         self.params_layer = nn.Conv2d(12, 3 * k, 1)  # colour-LUT values R
 
@@ -178,19 +188,30 @@ class AICTNet(nn.Module):
         m = t2.shape[-1]
         logits = self.colors_layer(t2).view(b, 3, k, m, m)
         values = self.params_layer(t2).view(b, 3, k, m, m)
-        weights = self.class_layer(self.bottom_convs(t1).flatten(1)).view(b, 3, k, 1, 1)
+        features = self.bottom_convs(t1).flatten(1)
+        if cfg.color_prior:
+            stats = torch.cat(region_stats(x[:, :3], x[:, 3:]), dim=1)  # (B, 12)
+            features = torch.cat([features, stats], dim=1)
+        weights = self.class_layer(features).view(b, 3, k, 1, 1)
 
         steps = torch.softmax(logits, dim=2).cumsum(dim=2)
         intervals = torch.cat([torch.zeros_like(steps[:, :, :1]), steps], dim=2)
         colors = values * weights
         if cfg.color_prior:
-            prior = reinhard_knots(x[:, :3], x[:, 3:], k)  # (B, 3, K)
-            colors = colors + prior[..., None, None]
+            identity = torch.linspace(0, 1, k, device=x.device, dtype=x.dtype)
+            matched = reinhard_knots(x[:, :3], x[:, 3:], k)  # (B, 3, K)
+            gate = torch.sigmoid(self.prior_gate(features))[..., None]  # (B, 3, 1)
+            base = identity + gate * (matched - identity)
+            colors = colors + base[..., None, None]
         # Knot axis last: (B, 3, M, M, knots), the layout the LUT kernels read.
         return LutMaps(
             intervals=intervals.permute(0, 1, 3, 4, 2).contiguous(),
             colors=colors.permute(0, 1, 3, 4, 2).contiguous(),
         )
+
+
+PRIOR_GATE_INIT = -3.0
+"""Initial prior-gate logit: sigmoid(-3) = 0.05, so training starts next to the identity."""
 
 
 def init_weights(model: AICTNet, *, identity: bool = True) -> AICTNet:
@@ -199,8 +220,8 @@ def init_weights(model: AICTNet, *, identity: bool = True) -> AICTNet:
     The official init (``identity=False``): conv/linear weights ~ N(0, 0.02), biases 0, BatchNorm
     gamma ~ N(1, 0.02); the first output is then nearly black. With ``identity=True`` (our
     default) the heads are additionally set so the first prediction is the identity mapping
-    (uniform intervals, colour knots k/(K-1), image weights 1), or the colour prior for
-    variants that have one: training then starts from "no change" instead of from black.
+    (uniform intervals, colour knots k/(K-1), image weights 1; for prior variants the prior
+    gate starts almost closed): training then starts from "no change" instead of from black.
     """
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -219,6 +240,8 @@ def init_weights(model: AICTNet, *, identity: bool = True) -> AICTNet:
             model.class_layer.bias.fill_(1.0)
             if model.config.color_prior:
                 model.params_layer.bias.zero_()
+                model.prior_gate.weight.mul_(0.01)
+                model.prior_gate.bias.fill_(PRIOR_GATE_INIT)
             else:
                 model.params_layer.bias.copy_(torch.linspace(0, 1, k).repeat(3))
     return model
