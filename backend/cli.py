@@ -122,13 +122,15 @@ def _add_daemon_commands(sub: Any) -> None:
 def _add_plugin_commands(sub: Any) -> None:
     install = sub.add_parser(
         "install-plugin",
-        help="install the plugin for a host application (gimp)",
+        help="install the plugin for a host application (gimp, krita)",
         description="Copy the plugin and the daemon client into the host's plug-in folder and "
         "make pyzmq + msgpack importable by the host's own Python (its packages when present, "
         "else wheels for its Python version and platform, unpacked into the plugin folder).",
     )
-    install.add_argument("host", help="gimp")
+    install.add_argument("host", help="gimp | krita")
     install.add_argument("--gimp-dir", type=Path, help="GIMP profile folder (.../GIMP/3.0)")
+    install.add_argument("--krita-dir", type=Path, help="Krita resource folder (holds pykrita)")
+    install.add_argument("--kritarc", type=Path, help="Krita's settings file (to enable it)")
     install.add_argument("--plugin-dir", type=Path, help="exact folder to install into")
     install.add_argument(
         "--deps",
@@ -147,10 +149,25 @@ def _add_plugin_commands(sub: Any) -> None:
     )
     install.set_defaults(func=cmd_install_plugin)
     uninstall = sub.add_parser("uninstall-plugin", help="remove an installed plugin")
-    uninstall.add_argument("host", help="gimp")
+    uninstall.add_argument("host", help="gimp | krita")
     uninstall.add_argument("--gimp-dir", type=Path, help="GIMP profile folder (.../GIMP/3.0)")
+    uninstall.add_argument("--krita-dir", type=Path, help="Krita resource folder")
+    uninstall.add_argument("--kritarc", type=Path, help="Krita's settings file")
     uninstall.add_argument("--plugin-dir", type=Path, help="exact folder to remove")
     uninstall.set_defaults(func=cmd_uninstall_plugin)
+    package = sub.add_parser(
+        "package-plugin",
+        help="build the Krita plugin zip (Tools > Scripts > Import Python Plugin from File)",
+        description="Zip the Krita plugin with the daemon client and pyzmq + msgpack wheels "
+        "for Krita's bundled Python 3.10 (Windows, macOS, AppImage) and Linux distributions' "
+        "Pythons 3.11-3.13 (downloaded from PyPI unless --wheels-from has them).",
+    )
+    package.add_argument("host", help="krita")
+    package.add_argument("-o", "--output", type=Path, default=Path("harmonize-krita.zip"))
+    package.add_argument(
+        "--wheels-from", type=Path, help="folder with one subfolder of .whl files per tag"
+    )
+    package.set_defaults(func=cmd_package_plugin)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -413,7 +430,8 @@ def cmd_install_plugin(args: argparse.Namespace) -> int:
     report = plugin_install.install_plugin(
         args.host,
         plugin_dir=args.plugin_dir,
-        host_dir=args.gimp_dir,
+        host_dir=args.krita_dir if args.host == "krita" else args.gimp_dir,
+        kritarc=args.kritarc,
         deps=args.deps,
         host_python=shlex.split(args.host_python) if args.host_python else None,
         python_version=args.python_version,
@@ -431,7 +449,10 @@ def cmd_install_plugin(args: argparse.Namespace) -> int:
         print("pyzmq and msgpack: the host's own")
     for note in report.notes:
         print(f"note: {note}")
-    print("restart the host application, then use Filters > Harmonize Layer...")
+    if args.host == "krita":
+        print("restart Krita, then use Filter > Harmonize Layer (Ctrl+Alt+Shift+H)")
+    else:
+        print("restart the host application, then use Filters > Harmonize Layer...")
     return 0
 
 
@@ -439,9 +460,26 @@ def cmd_uninstall_plugin(args: argparse.Namespace) -> int:
     from backend import plugin_install
 
     path = plugin_install.uninstall_plugin(
-        args.host, plugin_dir=args.plugin_dir, host_dir=args.gimp_dir
+        args.host,
+        plugin_dir=args.plugin_dir,
+        host_dir=args.krita_dir if args.host == "krita" else args.gimp_dir,
+        kritarc=args.kritarc,
     )
     print(f"removed {path}" if path else f"no {args.host} plugin installed")
+    return 0
+
+
+def cmd_package_plugin(args: argparse.Namespace) -> int:
+    from backend import plugin_install
+    from backend.errors import InputError
+
+    if args.host != "krita":
+        raise InputError(f"package-plugin builds the Krita zip only; got {args.host!r}")
+    folders = None
+    if args.wheels_from is not None:
+        folders = {p.name: p for p in Path(args.wheels_from).iterdir() if p.is_dir()}
+    out = plugin_install.package_krita(args.output, wheel_dirs=folders)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -374,3 +375,134 @@ def test_plugin_files_are_consistent() -> None:
     assert f'name="{names.ACTION_ID}"' in action
     assert f"<shortcut>{names.DEFAULT_SHORTCUT}</shortcut>" in action
     assert f"<text>{names.ACTION_TEXT}</text>" in action
+
+
+# ---- installer and release zip ----------------------------------------------------------------
+
+
+def fake_wheel(folder: Path, dist: str, module: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dist}-1.0-cp310-cp310-win_amd64.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{module}/__init__.py", f"NAME = {module!r}\n")
+        zf.writestr(f"{dist}-1.0.dist-info/METADATA", f"Name: {dist}\n")
+    return path
+
+
+def test_kritarc_enabling_keeps_the_rest(tmp_path: Path) -> None:
+    from backend.plugin_install import set_kritarc_enabled
+
+    rc = tmp_path / "kritarc"
+    rc.write_text("[General]\nfoo=1\n\n[python]\nenable_other=true\nenable_harmonize=false\n"
+                  "\n[Zeta]\nx=%s\n")  # fmt: skip
+    set_kritarc_enabled(rc)
+    text = rc.read_text()
+    assert "enable_harmonize=true" in text and "enable_harmonize=false" not in text
+    assert "[General]\nfoo=1\n" in text and "enable_other=true" in text and "x=%s" in text
+    set_kritarc_enabled(rc, enabled=False)
+    assert text.replace("=true\n\n[Zeta]", "=false\n\n[Zeta]") == rc.read_text()
+    fresh = tmp_path / "new" / "kritarc"
+    set_kritarc_enabled(fresh)
+    assert fresh.read_text() == "[python]\nenable_harmonize=true\n"
+    other = tmp_path / "other"
+    other.write_text("[General]\na=b\n")
+    set_kritarc_enabled(other)
+    assert other.read_text() == "[General]\na=b\n\n[python]\nenable_harmonize=true\n"
+
+
+def test_install_krita_layout_and_uninstall(tmp_path: Path) -> None:
+    from backend import plugin_install as I
+
+    krita_dir, rc = tmp_path / "share" / "krita", tmp_path / "config" / "kritarc"
+    report = I.install_plugin("krita", host_dir=krita_dir, kritarc=rc, deps="host")
+    package = krita_dir / "pykrita" / "harmonize"
+    assert report.plugin_dir == package and report.deps == "assumed"
+    for name in ("__init__.py", "host.py", "extension.py", "docker.py", "settings.json", I.MARKER):
+        assert (package / name).is_file(), name
+    for name in I.VENDORED_MODULES:
+        assert (package / "vendor" / "backend" / name).is_file()
+    assert (krita_dir / "pykrita" / "harmonize.desktop").is_file()
+    assert (krita_dir / "actions" / "harmonize.action").is_file()
+    assert "enable_harmonize=true" in rc.read_text()
+    assert not list(package.rglob("__pycache__"))
+    I.install_plugin("krita", host_dir=krita_dir, kritarc=rc, deps="host")  # replaces
+    assert I.uninstall_plugin("krita", host_dir=krita_dir, kritarc=rc) == package
+    assert not package.exists() and not (krita_dir / "actions" / "harmonize.action").exists()
+    assert "enable_harmonize=false" in rc.read_text()
+    assert I.uninstall_plugin("krita", host_dir=krita_dir, kritarc=rc) is None
+    foreign = krita_dir / "pykrita" / "harmonize"
+    foreign.mkdir(parents=True)
+    with pytest.raises(I.InstallError, match="not installed by harmonize"):
+        I.install_plugin("krita", host_dir=krita_dir, kritarc=rc, deps="host")
+
+
+def test_install_krita_vendors_wheels(tmp_path: Path) -> None:
+    from backend import plugin_install as I
+
+    wheels = tmp_path / "wheels"
+    fake_wheel(wheels, "pyzmq", "zmq")
+    fake_wheel(wheels, "msgpack", "msgpack")
+    report = I.install_krita(
+        krita_dir=tmp_path / "k", kritarc=tmp_path / "rc", deps="vendor",
+        python_version="3.10", platform="win-amd64", wheel_dir=wheels,
+    )  # fmt: skip
+    vendor = report.plugin_dir / "vendor"
+    assert report.deps == "vendored" and len(report.wheels) == 2
+    assert (vendor / "zmq" / "__init__.py").is_file() and (vendor / "msgpack").is_dir()
+
+
+def test_release_zip_layout(tmp_path: Path) -> None:
+    from backend import plugin_install as I
+
+    folders = {}
+    for version, platform in I.KRITA_ZIP_TARGETS:
+        tag = I.wheel_tag(version, platform)
+        folders[tag] = tmp_path / "w" / tag
+        fake_wheel(folders[tag], "pyzmq", "zmq")
+        fake_wheel(folders[tag], "msgpack", "msgpack")
+    out = I.package_krita(tmp_path / "dist" / "harmonize-krita.zip", wheel_dirs=folders)
+    names = zipfile.ZipFile(out).namelist()
+    # what Krita's importer (plugin_importer.py) looks for: a .desktop naming the library,
+    # the module folder entry with its __init__.py, and a matching .action file
+    assert {"harmonize.desktop", "harmonize.action", "harmonize/", "harmonize/__init__.py"} <= set(
+        names
+    )
+    assert "harmonize/vendor/backend/plugin_support.py" in names
+    assert set(folders) == {"cp310-win_amd64", "cp310-linux_x86_64", "cp311-linux_x86_64",
+                            "cp312-linux_x86_64", "cp313-linux_x86_64", "cp310-macosx"}  # fmt: skip
+    for tag in folders:
+        assert f"harmonize/wheels/{tag}/zmq/__init__.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith("settings.json")]
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_installer_and_plugin_agree_on_wheel_folders() -> None:
+    """The tag the installer writes for this interpreter is one the plugin looks up."""
+    import sysconfig
+
+    from backend.plugin_install import wheel_tag
+
+    deps = plugin("deps")
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert wheel_tag(version, sysconfig.get_platform()) == deps.wheel_tags()[0]
+    assert wheel_tag("3.10", "win-amd64") == "cp310-win_amd64"
+    assert wheel_tag("3.10", "macosx-10.15-universal2") == "cp310-macosx"
+
+
+def test_cli_install_package_uninstall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from backend import cli
+    from backend import plugin_install as I
+
+    args = ["--krita-dir", str(tmp_path / "k"), "--kritarc", str(tmp_path / "rc")]
+    assert cli.main(["install-plugin", "krita", *args, "--deps", "host"]) == 0
+    out = capsys.readouterr().out
+    assert "installed the krita plugin" in out and "Filter > Harmonize Layer" in out
+    assert cli.main(["uninstall-plugin", "krita", *args]) == 0
+    assert "removed" in capsys.readouterr().out
+    wheels = tmp_path / "wheels"
+    for version, platform in I.KRITA_ZIP_TARGETS:
+        fake_wheel(wheels / I.wheel_tag(version, platform), "pyzmq", "zmq")
+    zip_path = tmp_path / "h.zip"
+    assert cli.main(["package-plugin", "krita", "-o", str(zip_path), "--wheels-from",
+                     str(wheels)]) == 0  # fmt: skip
+    assert zip_path.is_file() and "wrote" in capsys.readouterr().out

@@ -1,20 +1,21 @@
 """The shared plugin modules: the installed copy in ``vendor/``, else the repository's backend.
 
-``harmonize install-plugin krita`` (and the release zip) put ``protocol.py``, ``client.py`` and
-``plugin_support.py`` into ``harmonize/vendor/`` and, where Krita's Python lacks them, pyzmq
-and msgpack wheels into ``harmonize/wheels/<tag>/``. In a source checkout (unit tests,
-development) the same modules come from :mod:`backend`.
+``harmonize install-plugin krita`` puts a ``backend`` package with ``protocol.py``,
+``client.py`` and ``plugin_support.py`` into ``harmonize/vendor/`` and, where Krita's Python
+lacks them, unpacks pyzmq and msgpack wheels there too. The release zip, which must work with
+several Krita Pythons, carries the wheels per interpreter in ``harmonize/wheels/<tag>/``. In a
+source checkout (unit tests, kritarunner tests) the same modules come from :mod:`backend`.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 PLUGIN_DIR = Path(__file__).resolve().parent
+VENDOR_DIR = PLUGIN_DIR / "vendor"
 WHEELS_DIR = PLUGIN_DIR / "wheels"
 
 
@@ -41,9 +42,13 @@ def wheel_tags() -> list[str]:
 
 
 def add_wheels_to_path() -> list[str]:
-    """Append the matching vendored wheel folders to ``sys.path`` (after the host's own
-    packages, which win when present); returns the folders added."""
+    """Put the vendored ``backend`` first on ``sys.path`` and append the wheel folders that
+    match this Python (after the host's own packages, which win when present); returns the
+    folders added."""
     added = []
+    if (VENDOR_DIR / "backend" / "__init__.py").is_file() and str(VENDOR_DIR) not in sys.path:
+        sys.path.insert(0, str(VENDOR_DIR))
+        added.append(str(VENDOR_DIR))
     for tag in wheel_tags():
         folder = WHEELS_DIR / tag
         if folder.is_dir() and str(folder) not in sys.path:
@@ -52,19 +57,7 @@ def add_wheels_to_path() -> list[str]:
     return added
 
 
-def _load(name: str) -> ModuleType:
-    vendored = f"{__package__}.vendor"
-    if __package__ and importlib.util.find_spec(vendored) is not None:
-        return importlib.import_module(f"{vendored}.{name}")
-    return importlib.import_module(f"backend.{name}")
-
-
 def plugin_support() -> ModuleType:
     """:mod:`backend.plugin_support` (needs msgpack; pyzmq only when talking to the daemon)."""
     add_wheels_to_path()
-    return _load("plugin_support")
-
-
-def protocol() -> ModuleType:
-    add_wheels_to_path()
-    return _load("protocol")
+    return importlib.import_module("backend.plugin_support")
