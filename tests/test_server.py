@@ -23,10 +23,20 @@ from backend.pipeline import apply_prediction, harmonize, predict
 from backend.server import Server, ServerConfig, check_host
 
 
+def random_model(seed: int):
+    """aict-light with random weights that do not start at the identity (training init does):
+    the tests need a network whose output depends on its input."""
+    torch.manual_seed(seed)
+    model = create_model("aict-light").eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return create_model("aict-light").eval()
+    return random_model(0)
 
 
 class Running:
