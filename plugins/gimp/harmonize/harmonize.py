@@ -178,19 +178,18 @@ class HarmonizePlugIn(Gimp.PlugIn):
         )
         proc.set_attribution("harmonize contributors", "MIT", "2026")
         proc.add_double_argument(
-            "strength", "_Strength", "0 = unchanged .. 1 = full harmonization",
+            "strength", "S_trength", "0 = unchanged .. 1 = full harmonization",
             0.0, 1.0, S.DEFAULT_STRENGTH, GObject.ParamFlags.READWRITE,
         )  # fmt: skip
         proc.add_boolean_argument(
-            "replace", "_Replace the layer", "Replace the layer instead of adding a new one",
+            "replace", "Re_place the layer", "Replace the layer instead of adding a new one",
             False, GObject.ParamFlags.READWRITE,
         )  # fmt: skip
         return proc
 
     def run(self, procedure, run_mode, image, drawables, config, _data):
         def fail(text: str) -> Gimp.ValueArray:
-            if run_mode == Gimp.RunMode.INTERACTIVE:
-                Gimp.message(text)
+            # GIMP shows the error in a message dialog (interactive) or on stderr (batch)
             error = GLib.Error.new_literal(GLib.quark_from_string("harmonize"), text, 0)
             return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, error)
 
