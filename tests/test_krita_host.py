@@ -102,11 +102,13 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def harmonize_run(tmp: Path, weights: Path, comp: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def harmonize_run(
+    tmp: Path, weights: Path, comp: np.ndarray, mask: np.ndarray, strength: float = 1.0
+) -> np.ndarray:
     """``harmonize run`` (the CLI, a fresh process) on a composite and a mask, as arrays."""
     from backend.imageio import read_image
 
-    out = tmp / f"expected_{comp.dtype}.png"
+    out = tmp / f"expected_{comp.dtype}_{strength}.png"
     subprocess.run(
         [
             sys.executable,
@@ -121,6 +123,8 @@ def harmonize_run(tmp: Path, weights: Path, comp: np.ndarray, mask: np.ndarray) 
             str(weights),
             "--device",
             "cpu",
+            "--strength",
+            str(strength),
         ],
         check=True,
         capture_output=True,
@@ -272,7 +276,15 @@ def make_case(
     }
 
 
-def test_kritarunner_host_code(tmp_path: Path, daemon: dict[str, str], weights: Path) -> None:
+@pytest.fixture(scope="module")
+def cli_cache() -> dict[tuple[str, float], np.ndarray]:
+    """``harmonize run`` results shared by the tests (each CLI run costs a torch start-up)."""
+    return {}
+
+
+def test_kritarunner_host_code(
+    tmp_path: Path, daemon: dict[str, str], weights: Path, cli_cache: dict
+) -> None:
     images = scene()
     cases = [
         make_case(tmp_path, "u8", "U8", np.uint8, images),
@@ -299,7 +311,7 @@ def test_kritarunner_host_code(tmp_path: Path, daemon: dict[str, str], weights: 
         mask = np.frombuffer((out / name / "mask.raw").read_bytes(), dtype).reshape(H, W)
         np.testing.assert_array_equal(mask, layer[..., 3])
         scale = float(np.iinfo(dtype).max)
-        expected = harmonize_run(tmp_path, weights, composite_of(layer, bg, mask / scale), mask)
+        expected, _ = expected_layer(tmp_path, weights, images, dtype, cache=cli_cache)
         opaque = layer[..., 3] == np.iinfo(dtype).max
         diff = np.abs(result[..., :3].astype(np.int64) - expected.astype(np.int64))[opaque]
         assert diff.max() <= 1, f"{name}: new layer differs from `harmonize run` by {diff.max()}"
@@ -335,3 +347,104 @@ def test_kritarunner_host_code(tmp_path: Path, daemon: dict[str, str], weights: 
     np.testing.assert_allclose(result[..., 3], source[..., 3].astype(np.float32), atol=1e-3)
     opaque = source[..., 3] == 1
     assert np.abs(result[opaque][:, :3] - source[opaque][:, :3].astype(np.float32)).max() > 0.02
+
+
+# ---- 2. the real plugin in the Krita GUI under Xvfb -------------------------------------------
+
+
+def expected_layer(
+    tmp: Path,
+    weights: Path,
+    images: dict[str, np.ndarray],
+    dtype: Any,
+    strength: float = 1.0,
+    *,
+    cache: dict[tuple[str, float], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(``harmonize run`` on the layer over the background, the quantized layer)."""
+    layer, bg = quantize(images["layer"], dtype), quantize(images["bg"], dtype)
+    key = (np.dtype(dtype).name, strength)
+    if key not in cache:
+        mask = layer[..., 3]
+        comp = composite_of(layer, bg, mask / float(np.iinfo(dtype).max))
+        cache[key] = harmonize_run(tmp, weights, comp, mask, strength)
+    return cache[key], layer
+
+
+def assert_matches(result: np.ndarray, expected: np.ndarray, layer: np.ndarray, what: str) -> None:
+    """Opaque pixels equal ``harmonize run`` within one level; alpha is the layer's."""
+    np.testing.assert_array_equal(result[..., 3], layer[..., 3])
+    opaque = layer[..., 3] == np.iinfo(layer.dtype).max
+    diff = np.abs(result[..., :3].astype(np.int64) - expected.astype(np.int64))[opaque]
+    assert diff.max() <= 1, f"{what}: differs from `harmonize run` by {diff.max()} levels"
+
+
+def test_xvfb_filter_action(
+    tmp_path: Path,
+    daemon: dict[str, str],
+    weights: Path,
+    cli_cache: dict,
+    request: pytest.FixtureRequest,
+) -> None:
+    need_host("krita", "xvfb-run", "xauth")
+    home = tmp_path / "home"
+    krita_dir, kritarc = home / ".local" / "share" / "krita", home / ".config" / "kritarc"
+    install = subprocess.run(
+        [sys.executable, "-m", "backend", "install-plugin", "krita", "--krita-dir",
+         str(krita_dir), "--kritarc", str(kritarc)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert "enable_harmonize=true" in kritarc.read_text()
+
+    images = scene()
+    cases = []
+    for name, depth, dtype, reapply in (("gui_u8", "U8", np.uint8, 0.5),
+                                         ("gui_u16", "U16", np.uint16, None)):  # fmt: skip
+        case = make_case(tmp_path, name, depth, dtype, images, reapply=reapply)
+        cases.append(case)
+    shots = os.environ.get("HARMONIZE_KRITA_SCREENSHOTS")  # docs/img when refreshing the docs
+    spec = tmp_path / "gui_spec.json"
+    result_file = tmp_path / "gui_result.json"
+    spec.write_text(json.dumps({"cases": cases, "screenshots": shots, "result": str(result_file)}))
+    env = {
+        **krita_env(daemon, home),
+        "HARMONIZE_KRITA_AUTORUN": str(HOSTS / "krita_autorun.py"),
+        "HARMONIZE_KRITA_SPEC": str(spec),
+    }
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["timeout", str(KRITA_TIMEOUT), "nice", "-n", "10", "xvfb-run", "-a", "-s",
+         "-screen 0 1280x800x24", "krita", "--nosplash"],
+        env=env, capture_output=True, text=True, timeout=KRITA_TIMEOUT + 30, check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    log = "\n".join(
+        line for line in (proc.stdout + proc.stderr).splitlines()
+        if "harmonize" in line or "autorun" in line or "Error" in line or "Trace" in line
+    )[-6000:]  # fmt: skip
+    assert proc.returncode == 0, f"Krita run failed (rc {proc.returncode}, {seconds:.0f} s):\n{log}"
+    result = json.loads(result_file.read_text())
+    request.node.user_properties.append(("krita_gui_seconds", round(seconds, 1)))
+
+    assert ["Filter"] in result["menu_paths"], result["menu_paths"]
+    assert result["action"] == {"text": "Harmonize Layer", "shortcut": "Ctrl+Alt+Shift+H"}
+    assert result["docker"] == ["Harmonize"]
+    for case, dtype in zip(cases, (np.uint8, np.uint16), strict=True):
+        name, out = case["name"], Path(case["out"])
+        info = result["cases"][name]
+        assert info["layers"] == ["Background", "pasted", "pasted (harmonized)"], info
+        assert info["exported"] and (out / "flattened.png").stat().st_size > 0
+        source = (out / "source_before.raw").read_bytes()
+        assert (out / "source_after.raw").read_bytes() == source, f"{name}: source modified"
+        expected, layer = expected_layer(tmp_path, weights, images, dtype, cache=cli_cache)
+        assert_matches(bgra((out / "result.raw").read_bytes(), dtype), expected, layer, name)
+        if case["reapply"] is not None:  # the docker's strength slider, on the same layer
+            assert info["reapply_layers"] == info["layers"]
+            half, _ = expected_layer(
+                tmp_path, weights, images, dtype, case["reapply"], cache=cli_cache
+            )
+            again = bgra((out / "result_reapplied.raw").read_bytes(), dtype)
+            assert_matches(again, half, layer, f"{name} at strength {case['reapply']}")
+    daemon_log = (Path(daemon["HARMONIZE_LOG_DIR"]) / "daemon.log").read_text()
+    assert "cached=True" in daemon_log, "the strength change re-ran the network"

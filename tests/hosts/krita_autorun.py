@@ -1,0 +1,262 @@
+"""Test hook run inside real Krita (GUI under Xvfb) by the installed plugin.
+
+The plugin's extension execs this file when ``HARMONIZE_KRITA_AUTORUN`` names it and calls
+``run(extension)`` once the main window exists. ``HARMONIZE_KRITA_SPEC`` names a JSON file::
+
+    {"cases": [{"name", "depth", "profile", "width", "height", "background", "layer", "out",
+                "reapply": 0.5 | null}],
+     "screenshots": "DIR" | null, "result": "FILE"}
+
+For each case it opens a document with a background and a "pasted" layer in a view, makes
+the pasted layer active, triggers the real ``harmonize_layer`` QAction (as Filter ▸ Harmonize
+Layer does), waits for the job, optionally moves the strength (the docker's re-apply), and
+writes the layers' bytes and a PNG export into ``out``. It records where the action sits in
+the menus and whether the docker exists, saves screenshots, writes ``result`` and exits with
+``os._exit`` (0 = all steps ran; the pytest side checks the pixels). A watchdog exits with 4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+RUNNER: Any = None
+WATCHDOG_MS = int(os.environ.get("HARMONIZE_KRITA_WATCHDOG_MS", "240000"))
+
+
+def log(*parts: Any) -> None:
+    print("autorun:", *parts, file=sys.stderr, flush=True)
+
+
+def finish(result: dict[str, Any], path: Path, code: int) -> None:
+    result["exit"] = code
+    path.write_text(json.dumps(result, indent=1))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # QApplication.quit() can crash on shutdown; file_quit leaves Krita running
+
+
+def menu_paths(bar: Any, action_id: str) -> list[list[str]]:
+    """Every menu path (menu titles) under which the action ``action_id`` appears."""
+    found = []
+
+    def walk(menu: Any, path: list[str]) -> None:
+        for action in menu.actions():
+            if action.objectName() == action_id:
+                found.append(path)
+            if action.menu() is not None:
+                walk(action.menu(), [*path, action.text().replace("&", "")])
+
+    walk(bar, [])
+    return found
+
+
+class Runner:
+    def __init__(self, extension: Any) -> None:
+        from harmonize import extension as ext
+        from harmonize import names
+        from krita import Krita
+
+        self.app = Krita.instance()
+        self.ctl = ext.controller()
+        self.names = names
+        self.spec = json.loads(Path(os.environ["HARMONIZE_KRITA_SPEC"]).read_text())
+        self.result_path = Path(self.spec["result"])
+        self.result: dict[str, Any] = {"cases": {}, "log": []}
+        self.cases = list(self.spec["cases"])
+        self.current: dict[str, Any] | None = None
+        self.ctl.finished.connect(self.on_finished)
+        self.ctl.failed.connect(self.on_failed)
+
+    # -- setup --
+
+    def start(self) -> None:
+        from harmonize.qt import QtCore
+
+        QtCore.QTimer.singleShot(WATCHDOG_MS, self.watchdog)
+        window = self.app.activeWindow()
+        bar = window.qwindow().menuBar()
+        self.result["menu_paths"] = menu_paths(bar, self.names.ACTION_ID)
+        action = self.app.action(self.names.ACTION_ID)
+        self.result["action"] = {
+            "text": action.text() if action else None,
+            "shortcut": action.shortcut().toString() if action else None,
+        }
+        docks = [d for d in self.app.dockers() if d.objectName() == self.names.DOCKER_ID]
+        self.result["docker"] = [d.windowTitle() for d in docks]
+        self.next_case()
+
+    def watchdog(self) -> None:
+        log("watchdog: gave up waiting")
+        finish(self.result, self.result_path, 4)
+
+    # -- cases --
+
+    def build(self, case: dict[str, Any]) -> tuple[Any, Any]:
+        from harmonize import pixels
+        from harmonize.qt import to_qbytes
+
+        w, h, depth = case["width"], case["height"], case["depth"]
+        dtype = pixels.DEPTH_DTYPES[depth]
+        doc = self.app.createDocument(w, h, case["name"], "RGBA", depth, case["profile"], 72.0)
+        window = self.app.activeWindow()
+        window.addView(doc)
+        root = doc.rootNode()
+        background = root.childNodes()[0]
+        data = Path(case["background"]).read_bytes()
+        background.setPixelData(to_qbytes(pixels.rgba_to_bgra(data, dtype)), 0, 0, w, h)
+        layer = doc.createNode("pasted", "paintlayer")
+        data = Path(case["layer"]).read_bytes()
+        layer.setPixelData(to_qbytes(pixels.rgba_to_bgra(data, dtype)), 0, 0, w, h)
+        root.addChildNode(layer, background)
+        doc.refreshProjection()
+        doc.waitForDone()
+        doc.setActiveNode(layer)
+        return doc, layer
+
+    def when_active(self, doc: Any, layer: Any, then: Any, tries: int = 50) -> None:
+        """Call ``then`` once the view made ``layer`` the active node (it is set asynchronously
+        after ``addView``)."""
+        from harmonize.qt import QtCore
+
+        active = self.app.activeDocument()
+        node = active.activeNode() if active is not None else None
+        if node is not None and node.name() == layer.name() and active.fileName() == doc.fileName():
+            then()
+            return
+        if tries <= 0:
+            self.on_failed(f"the pasted layer never became active (active: {node and node.name()})")
+            return
+        doc.setActiveNode(layer)
+        QtCore.QTimer.singleShot(100, lambda: self.when_active(doc, layer, then, tries - 1))
+
+    def next_case(self) -> None:
+        if not self.cases:
+            self.screenshots()
+            return
+        case = self.cases.pop(0)
+        out = Path(case["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        doc, layer = self.build(case)
+        w, h = case["width"], case["height"]
+        (out / "source_before.raw").write_bytes(bytes(layer.pixelData(0, 0, w, h)))
+        self.current = {
+            "case": case,
+            "doc": doc,
+            "layer": layer,
+            "stage": "run",
+            "started": time.perf_counter(),
+        }
+
+        def trigger() -> None:
+            log("triggering", self.names.ACTION_ID, "on", case["name"])
+            self.current["started"] = time.perf_counter()
+            self.app.action(self.names.ACTION_ID).trigger()
+
+        self.when_active(doc, layer, trigger)
+
+    def on_failed(self, message: str) -> None:
+        log("failed:", message)
+        self.result["log"].append(message)
+        finish(self.result, self.result_path, 2)
+
+    def on_finished(self, message: str) -> None:
+        from krita import InfoObject
+
+        cur = self.current
+        if cur is None:
+            return
+        seconds = time.perf_counter() - cur["started"]
+        case, doc, source = cur["case"], cur["doc"], cur["layer"]
+        out = Path(case["out"])
+        w, h = case["width"], case["height"]
+        names = [n.name() for n in doc.rootNode().childNodes()]
+        top = doc.rootNode().childNodes()[names.index(source.name()) + 1]
+        info = self.result["cases"].setdefault(case["name"], {})
+        log("finished", case["name"], cur["stage"], message)
+        if cur["stage"] == "run":
+            info.update(
+                message=message,
+                seconds=seconds,
+                layers=names,
+                new_layer=top.name(),
+            )
+            (out / "result.raw").write_bytes(bytes(top.pixelData(0, 0, w, h)))
+            (out / "source_after.raw").write_bytes(bytes(source.pixelData(0, 0, w, h)))
+            doc.setBatchmode(True)
+            log("exporting")
+            info["exported"] = doc.exportImage(str(out / "flattened.png"), InfoObject())
+            log("exported", info["exported"])
+            if case.get("reapply") is not None:
+                cur.update(stage="reapply", started=time.perf_counter())
+                log("re-applying strength", case["reapply"])
+                if not self.ctl.reapply(float(case["reapply"])):
+                    self.on_failed("reapply did not start")
+                return
+        else:
+            layer = self.ctl.session_layer()
+            info["reapply_seconds"] = seconds
+            info["reapply_layers"] = [n.name() for n in doc.rootNode().childNodes()]
+            (out / "result_reapplied.raw").write_bytes(bytes(layer.pixelData(0, 0, w, h)))
+        self.current = None
+        from harmonize.qt import QtCore
+
+        QtCore.QTimer.singleShot(0, self.next_case)
+
+    # -- screenshots for the docs --
+
+    def screenshots(self) -> None:
+        folder = self.spec.get("screenshots")
+        if not folder:
+            finish(self.result, self.result_path, 0)
+            return
+        from harmonize.qt import QtCore, QtWidgets
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        window = self.app.activeWindow().qwindow()
+        window.move(0, 0)  # no window manager under Xvfb: place it by hand
+        window.resize(1280, 800)
+        for dock in self.app.dockers():
+            if dock.objectName() == self.names.DOCKER_ID:
+                dock.setVisible(True)
+                dock.raise_()
+        bar = window.menuBar()
+        menu = next(
+            a.menu() for a in bar.actions() if a.menu() and a.menu().objectName() == "Filter"
+        )
+
+        def open_menu() -> None:
+            rect = bar.actionGeometry(menu.menuAction())
+            menu.popup(bar.mapToGlobal(rect.bottomLeft()))
+            QtCore.QTimer.singleShot(800, grab_menu)
+
+        def grab_menu() -> None:
+            screen = QtWidgets.QApplication.primaryScreen()
+            screen.grabWindow(0).save(str(Path(folder) / "krita-filter-menu.png"))
+            menu.hide()
+            QtCore.QTimer.singleShot(500, grab_window)
+
+        def grab_window() -> None:
+            window.grab().save(str(Path(folder) / "krita-docker.png"))
+            finish(self.result, self.result_path, 0)
+
+        QtCore.QTimer.singleShot(1500, open_menu)
+
+
+def run(extension: Any) -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(WATCHDOG_MS / 1000 + 10, exit=True)  # stacks if stuck
+    global RUNNER
+    try:
+        RUNNER = Runner(extension)  # PyQt connects bound methods weakly: keep the runner alive
+        RUNNER.start()
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(3)
