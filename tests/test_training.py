@@ -1,0 +1,326 @@
+"""Training package: metrics, losses, the train loop (loss falls, resume is exact), export,
+evaluation outputs, and DistributedDataParallel with two gloo processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.model import create_model
+from backend.model.weights import load_weights
+from tests.test_training_data import write_photo_folder
+from training import metrics as M
+from training.data import DataSpec, build_training, folder_triplets
+from training.evaluate import ContactSheet, evaluate, predict, summarize, write_summary
+from training.export import export
+from training.losses import harmonization_loss, masked_mse
+from training.samples import collate
+from training.train import EMA, TrainConfig, batch_loss, load_checkpoint, lr_factor, train
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"input_size": 64}
+"""aict-light at a 64 x 64 input (4 x 4 tokens): the same code paths, 16x less compute."""
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def test_metrics_match_hand_computed_values() -> None:
+    real = torch.zeros(3, 2, 2)
+    pred = torch.zeros(3, 2, 2)
+    pred[:, 0, 0] = 10.0  # error 10 in all channels of pixel (0, 0)
+    pred[0, 1, 1] = 4.0  # error 4 in one channel of pixel (1, 1)
+    mask = torch.tensor([[1.0, 0.0], [0.0, 0.5]])
+    # sum M (p - r)^2 = 1 * 3 * 100 + 0.5 * 16 = 308
+    assert M.mse(pred, real, mask) == pytest.approx(308 / 12)
+    assert M.fmse(pred, real, mask) == pytest.approx(308 / (3 * 1.5 + 1e-6))
+    assert M.psnr(pred, real, mask) == pytest.approx(10 * math.log10(255**2 / (308 / 12 + 1e-6)))
+    assert M.psnr(real, real, mask) == pytest.approx(10 * math.log10(255**2 / 1e-6))
+
+
+def _ssim_by_hand(x: np.ndarray, y: np.ndarray) -> float:
+    """Direct SSIM: explicit 11 x 11 Gaussian windows at every valid position."""
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    per_channel = []
+    for c in range(x.shape[0]):
+        vals = []
+        for i in range(x.shape[1] - 10):
+            for j in range(x.shape[2] - 10):
+                a, b = x[c, i : i + 11, j : j + 11], y[c, i : i + 11, j : j + 11]
+                ma, mb = (w * a).sum(), (w * b).sum()
+                va, vb = (w * a * a).sum() - ma**2, (w * b * b).sum() - mb**2
+                cov = (w * a * b).sum() - ma * mb
+                vals.append(
+                    (2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+                )
+        per_channel.append(np.mean(vals))
+    return float(np.mean(per_channel))
+
+
+def test_ssim_matches_a_direct_computation() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.uniform(0, 255, (3, 14, 15))
+    pred = np.clip(real + rng.normal(0, 20, real.shape), 0, 255)
+    mask = np.zeros((14, 15))
+    mask[3:10, 2:12] = 1.0
+    composited = pred * mask + real * (1 - mask)
+    got = M.ssim(torch.tensor(pred), torch.tensor(real), torch.tensor(mask))
+    assert got == pytest.approx(_ssim_by_hand(composited, real), abs=1e-9)
+    assert M.ssim(torch.tensor(real), torch.tensor(real)) == pytest.approx(1.0)
+    assert got < 0.99
+
+
+def test_metrics_reject_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="mask"):
+        M.fmse(torch.zeros(3, 4, 4), torch.zeros(3, 4, 4), torch.zeros(5, 5))
+
+
+# -- losses -----------------------------------------------------------------------------------
+def test_masked_mse_uses_the_minimum_area() -> None:
+    pred = torch.zeros(2, 3, 10, 10)
+    real = torch.zeros(2, 3, 10, 10)
+    pred[:, :, :2, :2] = 0.5  # 12 values with error 0.25 each -> 3.0 per image
+    mask = torch.zeros(2, 1, 10, 10)
+    mask[0, :, :2, :2] = 1.0
+    mask[1] = 1.0  # area 100
+    np.testing.assert_allclose(
+        masked_mse(pred, real, mask, 50).numpy(), [3.0 / 150, 3.0 / 300], rtol=1e-6
+    )
+    total, hr, lr = harmonization_loss(
+        pred,
+        real,
+        mask,
+        list(pred),
+        list(real),
+        list(mask),
+        hr_min_area=1000,
+        lr_min_area=50,
+        lr_weight=0.01,
+    )
+    assert float(hr) == pytest.approx(3.0 / 3000)
+    assert float(total) == pytest.approx(float(hr) + 0.01 * float(lr))
+
+
+def test_lr_schedule_is_constant_then_linear() -> None:
+    assert lr_factor(0.2, 0.5) == 1.0 and lr_factor(0.75, 0.5) == pytest.approx(0.5)
+    assert lr_factor(1.0, 0.5) == 0.0 and lr_factor(1.0, 0.5, 0.1) == pytest.approx(0.1)
+
+
+def test_ema_warms_up_and_tracks() -> None:
+    net = torch.nn.Linear(2, 1)
+    ema = EMA(net, 0.9)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)  # warm-up decay min(0.9, 2 / 11)
+    d = 2 / 11
+    torch.testing.assert_close(ema.module.weight, d * start + (1 - d) * 1.0)
+    for _ in range(200):
+        ema.update(net)
+    torch.testing.assert_close(ema.module.weight, torch.ones(1, 2), atol=1e-6, rtol=0)
+    assert ema.updates == 201
+
+
+# -- training ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory: pytest.TempPathFactory) -> DataSpec:
+    photos, masks, bank = write_photo_folder(tmp_path_factory.mktemp("train_photos"), n=6)
+    return DataSpec(
+        photos=(f"{photos}:{masks}",),
+        mask_banks=(str(bank),),
+        val_fraction=0.34,
+        val_count=3,
+        max_side=64,
+        val_max_side=64,
+        lr_size=SMALL["input_size"],
+        seed=0,
+    )
+
+
+def test_a_few_steps_lower_the_loss(tiny_spec: DataSpec) -> None:
+    torch.manual_seed(0)
+    dataset, _, _ = build_training(tiny_spec)
+    batch = collate([dataset[i] for i in range(4)])
+    model = create_model("aict-light", **SMALL).train()
+    cfg = TrainConfig(out="unused")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        opt.zero_grad()
+        loss, _, _ = batch_loss(model, batch, cfg)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _cfg(spec: DataSpec, out: Path, **kw: object) -> TrainConfig:
+    base = TrainConfig(
+        out=str(out),
+        model_overrides=SMALL,
+        data=spec,
+        batch_size=2,
+        accum=2,
+        lr=5e-4,
+        max_steps=4,
+        workers=0,
+        eval_every=2,
+        log_every=1,
+        progress=False,
+        seed=1,
+    )
+    return replace(base, **kw)
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    # Constant LR, so stopping at max_steps=2 and resuming with 4 follows the same schedule.
+    train(_cfg(tiny_spec, tmp_path / "straight", const_fraction=1.0))
+    train(_cfg(tiny_spec, tmp_path / "resumed", const_fraction=1.0, max_steps=2))
+    summary = train(_cfg(tiny_spec, tmp_path / "resumed", const_fraction=1.0))
+    assert summary["step"] == 4
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 4 and a["samples"] == 16
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    for key in a["ema"]["module"]:
+        torch.testing.assert_close(
+            a["ema"]["module"][key], b["ema"]["module"][key], rtol=1e-5, atol=1e-6
+        )
+    events = [
+        json.loads(x) for x in (tmp_path / "straight" / "train.jsonl").read_text().splitlines()
+    ]
+    kinds = {e["event"] for e in events}
+    assert {"start", "baselines", "step", "eval", "end"} <= kinds
+    ev = [e for e in events if e["event"] == "eval"][-1]
+    assert {"composite", "classical", "ema"} <= set(ev) and ev["ema"]["n"] == 3
+    assert json.loads((tmp_path / "straight" / "split.json").read_text())["val"]
+    assert (tmp_path / "straight" / "best.pt").is_file()
+
+
+def test_time_budget_stops_training(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    out = train(_cfg(tiny_spec, tmp_path, max_steps=1000, time_budget=1e-3, eval_every=0))
+    assert out["reason"] == "time_budget" and out["step"] == 1
+
+
+def test_export_load_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    train(_cfg(tiny_spec, tmp_path / "run", max_steps=2, eval_every=0))
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    meta = export(tmp_path / "run" / "last.pt", tmp_path / "w.pt")
+    model, loaded = load_weights(tmp_path / "w.pt")
+    assert loaded["variant"] == "aict-light" and loaded["steps"] == 2
+    assert loaded["sha256"] == meta["sha256"] and loaded["dtype"] == "float16"
+    assert loaded["hyperparameters"]["batch_size"] == 2 and "synthetic" in loaded["trained_on"]
+    ema = create_model("aict-light", **SMALL)
+    ema.load_state_dict(ck["ema"]["module"])
+    x = torch.rand(1, 4, 64, 64)
+    with torch.no_grad():
+        a, b = ema.eval()(x), model(x)
+    torch.testing.assert_close(a.colors, b.colors, atol=5e-3, rtol=5e-3)
+    assert (tmp_path / "w.pt").stat().st_size < 5 * 2**20
+
+
+def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    _, val, _ = build_training(tiny_spec)
+    sheet = ContactSheet(tile_height=48)
+    model = create_model("aict-light", **SMALL).eval()
+    rows = evaluate(val, model, keep=sheet.add)
+    assert {r["method"] for r in rows} == {"composite", "classical", "model"}
+    assert len(rows) == 3 * len(val)
+    table = summarize(rows)
+    assert table["All"]["composite"]["n"] == len(val)
+    # The "model" row is the metrics of the full-resolution prediction of that very model.
+    t = val[0]
+    pred = predict(model, t) * 255.0
+    real = torch.from_numpy(t.real).permute(2, 0, 1).float()
+    row = next(r for r in rows if r["name"] == t.name and r["method"] == "model")
+    assert row["fmse"] == pytest.approx(M.fmse(pred.clamp(0, 255), real, torch.from_numpy(t.mask)))
+    comp_row = next(r for r in rows if r["name"] == t.name and r["method"] == "composite")
+    assert comp_row["fmse"] == pytest.approx(t.meta["fmse"], rel=1e-4)
+    md = write_summary(rows, tmp_path, {"data": "tiny"})
+    assert "| All | model |" in md
+    assert (tmp_path / "per_image.csv").read_text().count("\n") == 1 + len(rows)
+    files = sheet.save(tmp_path / "sheet.png")
+    assert files and files[0].stat().st_size > 0
+
+
+def test_folder_triplets_without_ground_truth(tmp_path: Path) -> None:
+    import cv2
+
+    (tmp_path / "composite").mkdir()
+    (tmp_path / "mask").mkdir()
+    cv2.imwrite(str(tmp_path / "composite" / "a.jpg"), np.full((8, 9, 3), 100, np.uint8))
+    cv2.imwrite(str(tmp_path / "mask" / "a.png"), np.full((8, 9), 255, np.uint8))
+    (t,) = folder_triplets(tmp_path)
+    assert t.real is None and t.mask.shape == (8, 9)
+    assert evaluate([t], None, methods=("composite",)) == []
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stay_in_sync(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training",
+        "train",
+        "--out",
+        str(out),
+        "--no-shared-data",
+        "--photos",
+        tiny_spec.photos[0],
+        "--mask-bank",
+        tiny_spec.mask_banks[0],
+        "--val-fraction",
+        "0.34",
+        "--val-count",
+        "2",
+        "--max-side",
+        "64",
+        "--val-max-side",
+        "64",
+        "--override",
+        "input_size=64",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "3",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["world"] == 2
+    sync = next(e for e in events if e["event"] == "sync")
+    assert sync["step"] == 3 and len(sync["digests"]) == 2 and sync["in_sync"]
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["samples"] == 3 * 2 * 2  # two ranks, each a batch of 2 per step
+    torch.manual_seed(0)  # the run's --seed: its initial weights
+    fresh = create_model("aict-light", **SMALL).state_dict()
+    assert any(not torch.equal(fresh[k], ck["model"][k]) for k in fresh)

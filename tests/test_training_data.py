@@ -1,0 +1,298 @@
+"""Training data: recipes, masks, the synthetic generator, the split, the iHarmony4 loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from training import iharmony4, recipes
+from training.augment import crop_box, crop_flip, fit_size, limit_size
+from training.masks import feather, label_region, place_bank_mask
+from training.samples import Triplet, collate, training_example
+from training.sources import scan_folder, split_keys, split_photos
+from training.synthetic import CompositeGenerator, write_triplets
+
+
+def smooth_photo(h: int, w: int, seed: int) -> np.ndarray:
+    """A photo-like uint8 image: upsampled colour noise plus a gradient."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((4, 5, 3)).astype(np.float32)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    img = 0.7 * img + 0.3 * np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+def write_photo_folder(root: Path, n: int = 4, h: int = 72, w: int = 96) -> tuple[Path, Path, Path]:
+    """Photos, per-photo masks (for the first half) and a two-shape mask bank."""
+    photos, masks, bank = root / "photos", root / "masks", root / "bank"
+    for d in (photos, masks, bank):
+        d.mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(photos / f"p{i}.png"), smooth_photo(h, w, i)[..., ::-1])
+        if i < n // 2:
+            m = np.zeros((h, w), np.uint8)
+            cv2.circle(m, (w // 2, h // 2), h // 4, 255, -1)
+            cv2.imwrite(str(masks / f"p{i}.png"), m)
+    for j, (a, b) in enumerate([(20, 40), (40, 20)]):
+        m = np.zeros((64, 64), np.uint8)
+        cv2.ellipse(m, (32, 32), (a // 2, b // 2), 0, 0, 360, 255, -1)
+        cv2.imwrite(str(bank / f"shape{j}.png"), m)
+    return photos, masks, bank
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return write_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def generator(folder: tuple[Path, Path, Path]) -> CompositeGenerator:
+    photos, masks, bank = folder
+    return CompositeGenerator(
+        scan_folder("test", photos, masks), sorted(bank.iterdir()), seed=3, max_side=80
+    )
+
+
+# -- recipes ----------------------------------------------------------------------------------
+def test_exposure_one_stop_doubles_linear_light() -> None:
+    img = np.full((2, 2, 3), 0.2, np.float32)
+    out = recipes.apply_recipe(img, [{"op": "exposure", "stops": 1.0}])
+    np.testing.assert_allclose(
+        recipes.srgb_to_linear(out), 2 * recipes.srgb_to_linear(img), rtol=1e-4
+    )
+
+
+def test_white_balance_keeps_grey_luminance_and_warms() -> None:
+    img = np.full((1, 1, 3), 0.5, np.float32)
+    out = recipes.apply_recipe(img, [{"op": "white_balance", "temperature": 0.3, "tint": 0.0}])
+    lin_in, lin_out = recipes.srgb_to_linear(img), recipes.srgb_to_linear(out)
+    assert float(lin_out[0, 0] @ recipes.LUMA) == pytest.approx(
+        float(lin_in[0, 0] @ recipes.LUMA), rel=1e-4
+    )
+    assert out[0, 0, 0] > 0.5 > out[0, 0, 2]
+
+
+def test_hue_and_saturation_keep_grey_grey() -> None:
+    grey = np.full((3, 3, 3), 0.4, np.float32)
+    for step in ({"op": "hue", "degrees": 25.0}, {"op": "saturation", "factor": 1.7}):
+        np.testing.assert_allclose(recipes.apply_recipe(grey, [step]), grey, atol=1e-5)
+
+
+def test_transfer_moves_lab_statistics() -> None:
+    img = smooth_photo(40, 40, 1).astype(np.float32) / 255
+    full = np.ones((40, 40), np.float32)
+    src = recipes.region_lab_stats(img, full)
+    target = ([60.0, 10.0, -5.0], [src[1][0] * 1.2, src[1][1], src[1][2]])
+    out = recipes.apply_recipe(
+        img,
+        [
+            {
+                "op": "transfer",
+                "src_mean": src[0],
+                "src_std": src[1],
+                "dst_mean": target[0],
+                "dst_std": target[1],
+                "amount": 1.0,
+            }
+        ],
+    )
+    mean, _ = recipes.region_lab_stats(out, full)
+    np.testing.assert_allclose(mean, target[0], atol=2.0)
+
+
+def test_unknown_recipe_op_is_named() -> None:
+    with pytest.raises(ValueError, match="blur"):
+        recipes.apply_recipe(np.zeros((1, 1, 3), np.float32), [{"op": "blur"}])
+
+
+def test_drawn_recipes_are_json_and_vary() -> None:
+    rng = np.random.default_rng(0)
+    kinds = {recipes.recipe_kind(recipes.draw_photographic(rng, 0.5)) for _ in range(5)}
+    assert kinds == {"photographic"}
+    ops = {s["op"] for _ in range(40) for s in recipes.draw_photographic(rng, 0.5)}
+    assert {"exposure", "white_balance"} <= ops and len(ops) >= 5
+
+
+# -- masks and augmentation -------------------------------------------------------------------
+def test_feather_is_soft_and_zero_far_away() -> None:
+    m = np.zeros((60, 60), np.float32)
+    m[20:40, 20:40] = 1
+    rng = np.random.default_rng(5)
+    softs = [feather(m, rng) for _ in range(12)]
+    assert any(((s > 0) & (s < 1)).any() for s in softs)
+    for s in softs:
+        assert s.min() >= 0 and s.max() <= 1 and s[:5].max() == 0 and s[28:32, 28:32].min() > 0.9
+
+
+def test_place_bank_mask_fits_canvas() -> None:
+    shape = np.zeros((64, 64), np.float32)
+    shape[10:50, 20:30] = 1
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        m = place_bank_mask(shape, (50, 90), rng)
+        assert m is not None and m.shape == (50, 90) and 0 < m.mean() < 0.9
+    assert place_bank_mask(np.zeros((8, 8), np.float32), (10, 10), rng) is None
+
+
+def test_label_region_picks_one_mid_sized_region() -> None:
+    labels = np.ones((40, 40), np.uint8)
+    labels[:, 20:] = 2
+    labels[:2, :2] = 3  # too small to be an object
+    m = label_region(labels, np.random.default_rng(0))
+    assert m is not None and set(np.unique(labels[m > 0])) <= {1, 2}
+
+
+def test_crop_box_and_fit_size() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        y, x, h, w = crop_box(100, 60, rng)
+        assert 50 <= h <= 100 and 30 <= w <= 60 and y + h <= 100 and x + w <= 60
+    assert fit_size(300, 600, 200) == (100, 200) and fit_size(30, 60, 200) == (30, 60)
+
+
+def test_crop_flip_and_limit_size_keep_pairs_aligned() -> None:
+    img = smooth_photo(60, 80, 2)
+    mask = np.zeros((60, 80), np.float32)
+    mask[10:50, 10:70] = 1
+    t = Triplet("x_1_1", "s", img, mask, img.copy())
+    for seed in range(5):
+        c = crop_flip(t, np.random.default_rng(seed))
+        assert np.array_equal(c.composite, c.real) and c.mask.shape == c.composite.shape[:2]
+    small = limit_size(t, 40)
+    assert small.composite.shape == (30, 40, 3) and small.mask.shape == (30, 40)
+
+
+# -- generator --------------------------------------------------------------------------------
+def test_generator_never_touches_pixels_outside_the_mask(generator: CompositeGenerator) -> None:
+    changed = 0
+    for i in range(12):
+        t = generator.triplet(i)
+        assert t.real is not None and t.composite.dtype == np.uint8
+        outside = t.mask == 0
+        assert outside.any()
+        assert np.array_equal(t.composite[outside], t.real[outside])
+        changed += int((t.composite[~outside] != t.real[~outside]).any())
+        assert max(t.mask.shape) <= 80
+    assert changed >= 10
+
+
+def test_generator_is_seeded_and_reproducible(folder: tuple[Path, Path, Path]) -> None:
+    photos, masks, bank = folder
+
+    def make(seed: int) -> CompositeGenerator:
+        return CompositeGenerator(
+            scan_folder("test", photos, masks), sorted(bank.iterdir()), seed=seed, max_side=80
+        )
+
+    a, b, c = make(1), make(1), make(2)
+    for i in (0, 5, 3):  # any order: sample i depends on (seed, i) only
+        ta, tb = a.triplet(i), b.triplet(i)
+        assert np.array_equal(ta.composite, tb.composite) and ta.meta == tb.meta
+    assert any(not np.array_equal(a.triplet(i).composite, c.triplet(i).composite) for i in range(3))
+
+
+def test_training_example_and_collate(generator: CompositeGenerator) -> None:
+    batch = collate([training_example(generator.triplet(i), 64) for i in range(3)])
+    assert batch.lr_input.shape == (3, 4, 64, 64) and batch.lr_real.shape == (3, 3, 64, 64)
+    assert len(batch.hr_composite) == 3
+    for c, m, r in zip(batch.hr_composite, batch.hr_mask, batch.hr_real, strict=True):
+        assert c.shape == r.shape and m.shape == (1, *c.shape[1:]) and float(c.min()) >= 0
+
+
+def test_split_holds_out_whole_photos(folder: tuple[Path, Path, Path]) -> None:
+    photos, masks, bank = folder
+    sources = {"a": scan_folder("a", photos, masks), "b": scan_folder("b", photos)}
+    sp = split_photos(sources, sorted(bank.iterdir()), 0.25, seed=0)
+    assert not set(sp.train) & set(sp.val) and len(sp.train) + len(sp.val) == 8
+    assert {k.split("/")[0] for k in sp.val} == {"a", "b"}
+    assert split_photos(sources, sorted(bank.iterdir()), 0.25, seed=0) == sp
+    assert split_keys(["x"], 0.5, 0) == (["x"], [])
+
+
+def test_scan_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_folder("x", tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no photos"):
+        scan_folder("x", tmp_path)
+
+
+# -- iHarmony4 --------------------------------------------------------------------------------
+def fake_iharmony4(root: Path) -> None:
+    """Two subsets, 3 composites each (2 train, 1 test), tiny JPEGs and PNG masks."""
+    for subset, prefix in (("HFlickr", "f"), ("HAdobe5k", "a")):
+        d = root / subset
+        for sub in ("composite_images", "masks", "real_images"):
+            (d / sub).mkdir(parents=True)
+        names = []
+        for i in range(2):
+            base = f"{prefix}{i:04d}"
+            real = smooth_photo(40, 60, i)
+            cv2.imwrite(str(d / "real_images" / f"{base}.jpg"), real[..., ::-1])
+            m = np.zeros((40, 60), np.uint8)
+            m[10:30, 20:40] = 255
+            cv2.imwrite(str(d / "masks" / f"{base}_1.png"), m)
+            for k in (1, 2) if i == 0 else (1,):
+                cv2.imwrite(
+                    str(d / "composite_images" / f"{base}_1_{k}.jpg"), (real // 2)[..., ::-1]
+                )
+                names.append(f"{base}_1_{k}.jpg")
+        (d / f"{subset}_train.txt").write_text("\n".join(names[:2]) + "\n")
+        (d / f"{subset}_test.txt").write_text(names[2] + "\n")
+
+
+def test_iharmony4_names_pair_like_the_official_loader() -> None:
+    assert iharmony4.parse_name("d90000002-24_1_26") == ("d90000002-24", "d90000002-24_1")
+    assert iharmony4.parse_name("c49845_596485_1") == ("c49845", "c49845_596485")
+    with pytest.raises(ValueError, match="maskid"):
+        iharmony4.parse_name("a0001")
+
+
+def test_iharmony4_loader_on_a_fake_tree(tmp_path: Path) -> None:
+    fake_iharmony4(tmp_path)
+    train = iharmony4.list_entries(tmp_path, "train")
+    test = iharmony4.list_entries(tmp_path, "test")
+    assert len(train) == 4 and len(test) == 2
+    assert {e.subset for e in train} == {"HAdobe5k", "HFlickr"}
+    e = next(e for e in train if e.name == "f0000_1_2")
+    assert e.real.name == "f0000.jpg" and e.mask.name == "f0000_1.png"
+    t = iharmony4.load_entry(e)
+    assert t.composite.shape == (40, 60, 3) and t.mask.max() == 1.0 and t.real is not None
+    assert len(iharmony4.list_entries(tmp_path, "train", ["HFlickr"])) == 2
+    assert len(iharmony4.list_entries(tmp_path / "HFlickr", "test")) == 1
+    ds = iharmony4.IHarmony4Train(train, seed=0, max_side=32, lr_size=64)
+    seen = {ds.triplet(i).name for i in range(4)}
+    assert seen == {x.name for x in train}  # one epoch visits every entry once
+    ex = ds[5]
+    assert ex["lr_input"].shape == (4, 64, 64) and max(ex["hr_composite"].shape[1:]) <= 32
+    (tmp_path / "HFlickr" / "real_images" / "f0001.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="f0001"):
+        iharmony4.list_entries(tmp_path, "test")
+    with pytest.raises(FileNotFoundError, match="lists"):
+        iharmony4.list_entries(tmp_path, "val")
+
+
+def test_resize_tree_limits_the_longer_side(tmp_path: Path) -> None:
+    fake_iharmony4(tmp_path / "src")
+    n = iharmony4.resize_tree(tmp_path / "src" / "HAdobe5k", tmp_path / "dst", max_side=30)
+    assert n == 7  # 3 composites, 2 masks, 2 real images
+    img = cv2.imread(str(tmp_path / "dst" / "real_images" / "a0000.jpg"))
+    assert img.shape[:2] == (20, 30)
+    assert len(iharmony4.list_entries(tmp_path / "dst", "train")) == 2
+    assert iharmony4.resize_tree(tmp_path / "src" / "HAdobe5k", tmp_path / "dst", 30) == 0
+
+
+def test_written_synthetic_set_reads_back_exactly(
+    generator: CompositeGenerator, tmp_path: Path
+) -> None:
+    triplets = [generator.triplet(i) for i in range(3)]
+    root = write_triplets(triplets, tmp_path / "syn")
+    entries = iharmony4.list_entries(root, "test")
+    assert len(entries) == 3
+    for t, e in zip(triplets, entries, strict=True):
+        back = iharmony4.load_entry(e)
+        assert np.array_equal(back.composite, t.composite)
+        assert back.real is not None and np.array_equal(back.real, t.real)
+        np.testing.assert_allclose(back.mask, t.mask, atol=1e-6)

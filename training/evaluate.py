@@ -1,0 +1,254 @@
+"""Evaluation at full resolution with two baselines, CSV / summary tables, contact sheets.
+
+Methods compared in one run, on the same images:
+
+* ``composite``: the input as it is (what doing nothing scores);
+* ``classical``: :func:`backend.color_stats.classical_transfer`, the per-channel mean/std match
+  of the foreground to the background, computed at full resolution;
+* ``model``: the network (LUT maps from the 256 x 256 input, applied to the full-resolution
+  composite by the differentiable reference :func:`backend.lut.reference.apply_luts`).
+
+Metrics (:mod:`training.metrics`) are per image on the 0..255 scale, then averaged per subset,
+per recipe kind (synthetic data) and over all images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from backend.color_stats import classical_transfer
+from backend.lut.reference import apply_luts
+from backend.model import AICTNet
+from backend.pipeline import low_res_input
+from training.metrics import all_metrics
+from training.samples import Triplet, to_chw
+
+METHODS = ("composite", "classical", "model")
+METRICS = ("mse", "fmse", "psnr", "ssim")
+BAND_ROWS = 1024
+"""Images taller than this are mapped through the LUTs in bands (bounded memory)."""
+
+
+def _mask_tensor(mask: np.ndarray, device: torch.device | str) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None].to(device)
+
+
+@torch.no_grad()
+def predict(model: AICTNet, t: Triplet, device: torch.device | str = "cpu") -> Tensor:
+    """The model's full-resolution output for ``t``: ``(3, H, W)`` float in [0, 1], unrounded."""
+    x = low_res_input(t.composite, t.mask, model.config.input_size).to(device)
+    maps = model(x)
+    comp = to_chw(t.composite)[None].to(device)
+    mask = _mask_tensor(t.mask, device)
+    h = comp.shape[2]
+    if h <= BAND_ROWS:
+        return apply_luts(comp, maps, mask)[0]
+    bands = [
+        apply_luts(
+            comp[:, :, r : r + BAND_ROWS],
+            maps,
+            mask[:, :, r : r + BAND_ROWS],
+            rows=(r, min(r + BAND_ROWS, h), h),
+        )
+        for r in range(0, h, BAND_ROWS)
+    ]
+    return torch.cat(bands, dim=2)[0]
+
+
+@torch.no_grad()
+def baseline(method: str, t: Triplet) -> Tensor:
+    """``composite`` or ``classical`` output ``(3, H, W)`` in [0, 1]."""
+    comp = to_chw(t.composite)
+    if method == "composite":
+        return comp
+    if method == "classical":
+        return classical_transfer(comp[None], _mask_tensor(t.mask, "cpu"))[0]
+    raise ValueError(f"unknown baseline {method!r}")
+
+
+def outputs(
+    t: Triplet, model: AICTNet | None, methods: Iterable[str], device: torch.device | str
+) -> dict[str, Tensor]:
+    """Each method's output for ``t`` (CPU ``(3, H, W)`` in [0, 1])."""
+    out = {}
+    for m in methods:
+        if m == "model":
+            if model is None:
+                raise ValueError("method 'model' needs a model")
+            out[m] = predict(model, t, device).cpu()
+        else:
+            out[m] = baseline(m, t)
+    return out
+
+
+def evaluate(
+    triplets: list[Triplet],
+    model: AICTNet | None,
+    *,
+    methods: Iterable[str] = METHODS,
+    device: torch.device | str = "cpu",
+    with_ssim: bool = True,
+    keep: Callable[[Triplet, dict[str, Tensor]], None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Per-image metric rows ``{name, subset, kind, method, mse, fmse, psnr[, ssim]}``.
+
+    Triplets without a real image are skipped for metrics (``keep`` still sees them).
+    ``keep(t, outputs)`` is called for every triplet (e.g. to collect contact-sheet rows).
+    """
+    methods = list(methods)
+    rows: list[dict[str, Any]] = []
+    if model is not None:
+        model.eval()
+    items: Iterable[Triplet] = triplets
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(triplets, desc="evaluate", unit="img")
+    for t in items:
+        outs = outputs(t, model, methods, device)
+        if keep is not None:
+            keep(t, outs)
+        if t.real is None:
+            continue
+        real = to_chw(t.real) * 255.0
+        mask = torch.from_numpy(np.ascontiguousarray(t.mask, dtype=np.float32))[None]
+        for method, pred in outs.items():
+            values = all_metrics((pred * 255.0).clamp(0, 255), real, mask, with_ssim=with_ssim)
+            kind = str(t.meta.get("kind", t.subset))
+            rows.append(
+                {"name": t.name, "subset": t.subset, "kind": kind, "method": method, **values}
+            )
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], group: str = "subset") -> dict[str, dict[str, dict]]:
+    """``{group value or 'All': {method: {metric: mean, 'n': count}}}``."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    keys = [*sorted({r[group] for r in rows}), "All"]
+    for key in keys:
+        sel = [r for r in rows if key == "All" or r[group] == key]
+        table[key] = {}
+        for method in dict.fromkeys(r["method"] for r in sel):
+            mine = [r for r in sel if r["method"] == method]
+            stats: dict[str, Any] = {"n": len(mine)}
+            for metric in METRICS:
+                vals = [r[metric] for r in mine if metric in r]
+                if vals:
+                    stats[metric] = float(np.mean(vals))
+            table[key][method] = stats
+    return table
+
+
+def format_table(table: dict[str, dict[str, dict]], title: str = "subset") -> str:
+    """A Markdown table: one row per (group, method), columns n, MSE, fMSE, PSNR, SSIM."""
+    lines = [
+        f"| {title} | method | n | MSE | fMSE | PSNR | SSIM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(stats: dict[str, Any], metric: str, digits: int) -> str:
+        v = stats.get(metric)
+        return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+    for key, methods in table.items():
+        for method, s in methods.items():
+            lines.append(
+                f"| {key} | {method} | {s['n']} | {fmt(s, 'mse', 2)} | {fmt(s, 'fmse', 2)} | "
+                f"{fmt(s, 'psnr', 2)} | {fmt(s, 'ssim', 4)} |"
+            )
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Per-image rows as CSV (columns: name, subset, kind, method, metrics)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["name", "subset", "kind", "method", *[m for m in METRICS if rows and m in rows[0]]]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class ContactSheet:
+    """Collects rows of tiles (composite / classical / ours / ground truth) into PNG sheets."""
+
+    def __init__(self, tile_height: int = 192, rows_per_sheet: int = 16, max_rows: int = 48):
+        self.tile_height, self.rows_per_sheet, self.max_rows = tile_height, rows_per_sheet, max_rows
+        self.rows: list[np.ndarray] = []
+
+    def _tile(self, img: np.ndarray, label: str, mask: np.ndarray | None = None) -> np.ndarray:
+        h = self.tile_height
+        w = max(1, round(img.shape[1] * h / img.shape[0]))
+        tile = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        if mask is not None:  # outline the object so one sees what was recoloured
+            m = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+            edge = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3)))
+            tile = tile.copy()
+            tile[edge > 0] = (255, 64, 255)
+        cv2.putText(tile, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3)
+        cv2.putText(tile, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+        return tile
+
+    def add(self, t: Triplet, outs: dict[str, Tensor]) -> None:
+        if len(self.rows) >= self.max_rows:
+            return
+
+        def u8(x: Tensor) -> np.ndarray:
+            return (x.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+
+        tiles = [self._tile(t.composite, f"composite {t.name}"[:40], t.mask)]
+        labels = {"classical": "classical transfer", "model": "ours"}
+        tiles += [self._tile(u8(outs[m]), labels[m]) for m in ("classical", "model") if m in outs]
+        if t.real is not None:
+            tiles.append(self._tile(t.real, "ground truth"))
+        self.rows.append(np.concatenate(tiles, axis=1))
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write ``path`` (and ``path_2.png`` ... when there are more rows); returns the files."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i in range(0, len(self.rows), self.rows_per_sheet):
+            chunk = self.rows[i : i + self.rows_per_sheet]
+            width = max(r.shape[1] for r in chunk)
+            sheet = np.concatenate(
+                [
+                    np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=32)
+                    for r in chunk
+                ]
+            )
+            name = (
+                path
+                if i == 0
+                else path.with_name(f"{path.stem}_{i // self.rows_per_sheet + 1}{path.suffix}")
+            )
+            cv2.imwrite(str(name), sheet[..., ::-1])
+            files.append(name)
+        return files
+
+
+def write_summary(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[str, Any]) -> str:
+    """Write ``per_image.csv``, ``summary.json`` and ``summary.md``; returns the Markdown."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "per_image.csv")
+    by_subset = summarize(rows, "subset")
+    by_kind = summarize(rows, "kind")
+    md = "\n\n".join([format_table(by_subset, "subset"), format_table(by_kind, "kind")])
+    (out / "summary.md").write_text(md + "\n")
+    (out / "summary.json").write_text(
+        json.dumps({**meta, "by_subset": by_subset, "by_kind": by_kind}, indent=1) + "\n"
+    )
+    return md

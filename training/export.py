@@ -1,0 +1,92 @@
+"""Checkpoint -> release weights file (the format of :mod:`backend.model.weights`).
+
+The EMA weights are exported by default (they are what validation scored). The metadata says
+what the file is: variant, network config, training hyper-parameters, the data it was trained
+on, steps, samples and time, validation metrics (from an ``evaluate`` run's ``summary.json``
+when given, else the checkpoint's last validation), and the sha256 of the state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from backend.model.weights import save_weights
+from training.train import load_checkpoint, model_from_checkpoint
+
+TRAINED_ON_SYNTHETIC = (
+    "synthetic composites (training/synthetic.py) from ../shared/data: natural_photos "
+    "(scikit-image/scikit-learn/matplotlib/imgaug samples, Debian mate-backgrounds and "
+    "plasma-workspace-wallpapers, GPL-2+/CC0/CC BY 2.0/public domain), BSDS500 photos + "
+    "segmentation regions (research use), Weizmann horses (research use), SycoNet HFlickr "
+    "real photos + masks (research use); object shapes from the Lalonde & Efros mask bank "
+    "(MIT repo / LabelMe, research use). Whole photos held out for validation."
+)
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    use_ema: bool = True,
+    half: bool = True,
+    summary: str | Path | None = None,
+    trained_on: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a weights file from a training checkpoint; returns the stored metadata."""
+    ck = load_checkpoint(checkpoint)
+    variant = ck["variant"]
+    model = model_from_checkpoint(ck, ema=use_ema)
+    cfg = ck["config"]
+    data = ck.get("data", {})
+    if trained_on is None:
+        trained_on = (
+            TRAINED_ON_SYNTHETIC
+            if data.get("kind") == "synthetic"
+            else (f"iHarmony4 ({', '.join(data.get('subsets', []))}), train split")
+        )
+    metrics: dict[str, Any] = {}
+    if summary is not None:
+        obj = json.loads(Path(summary).read_text())
+        metrics = {
+            "evaluation": obj.get("by_subset", {}).get("All", {}),
+            "evaluated_on": obj.get("data", ""),
+        }
+    elif ck.get("baselines"):
+        metrics = {"validation_baselines": ck["baselines"], "best_val_fmse": ck.get("best_fmse")}
+    meta = {
+        "variant": variant,
+        "trained_on": trained_on,
+        "data": data,
+        "hyperparameters": {
+            k: cfg.get(k)
+            for k in (
+                "batch_size",
+                "accum",
+                "lr",
+                "betas",
+                "const_fraction",
+                "final_lr_fraction",
+                "ema_decay",
+                "max_steps",
+                "time_budget",
+                "seed",
+                "hr_min_area",
+                "lr_min_area",
+                "lr_weight",
+                "identity_init",
+            )
+        },
+        "data_options": cfg.get("data", {}),
+        "steps": ck["step"],
+        "samples": ck["samples"],
+        "training_seconds": round(float(ck["elapsed"]), 1),
+        "weights": "ema" if use_ema else "raw",
+        "metrics": metrics,
+        "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    return save_weights(out, model, variant, meta, half=half)

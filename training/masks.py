@@ -1,0 +1,101 @@
+"""Object masks for synthetic composites: placing bank masks, BSDS regions, feathering.
+
+All masks here are ``(H, W)`` float32 in [0, 1] unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from backend.imageio import read_mask
+
+MIN_FRACTION = 0.02
+"""Smallest foreground share of the image a synthetic object may have."""
+MAX_FRACTION = 0.6
+"""Largest foreground share (beyond it the 'background' is too small to be a scene)."""
+
+
+def load_binary(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask file as float32 {0, 1}; resized (bilinear, then thresholded) to ``shape``."""
+    arr = read_mask(path)
+    top = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
+    m = arr.astype(np.float32) / np.float32(top)
+    if shape is not None and m.shape != tuple(shape):
+        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return (m >= 0.5).astype(np.float32)
+
+
+def fraction(mask: np.ndarray) -> float:
+    """Mean mask value (the foreground share)."""
+    return float(mask.mean()) if mask.size else 0.0
+
+
+def place_bank_mask(
+    shape_mask: np.ndarray, size: tuple[int, int], rng: np.random.Generator
+) -> np.ndarray | None:
+    """Put an object shape at a random scale and position on an ``size = (H, W)`` canvas.
+
+    ``shape_mask`` is any binary mask holding one object; its bounding box is cut out, scaled so
+    the object covers about 3-45 % of the canvas (aspect kept), possibly mirrored, and placed
+    fully inside. Returns a float32 {0, 1} ``(H, W)`` mask, or None for an empty shape.
+    """
+    ys, xs = np.nonzero(shape_mask > 0.5)
+    if ys.size < 16:
+        return None
+    obj = shape_mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32)
+    h, w = size
+    fill = max(float(obj.mean()), 0.05)  # object pixels per bounding-box pixel
+    target = rng.uniform(0.03, 0.45) * h * w
+    scale = np.sqrt(target / (fill * obj.shape[0] * obj.shape[1]))
+    scale = min(scale, h / obj.shape[0], w / obj.shape[1])
+    oh, ow = max(round(obj.shape[0] * scale), 4), max(round(obj.shape[1] * scale), 4)
+    oh, ow = min(oh, h), min(ow, w)
+    obj = cv2.resize(obj, (ow, oh), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        obj = obj[:, ::-1]
+    canvas = np.zeros((h, w), np.float32)
+    y0 = int(rng.integers(0, h - oh + 1))
+    x0 = int(rng.integers(0, w - ow + 1))
+    canvas[y0 : y0 + oh, x0 : x0 + ow] = obj >= 0.5
+    return canvas
+
+
+def label_region(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """An object mask from a segmentation label map ``(H, W)`` of integer region ids.
+
+    Picks a region covering MIN_FRACTION..MAX_FRACTION of the image, sometimes merged with one
+    touching region (objects are often split into parts). Returns float32 {0, 1} or None.
+    """
+    ids, counts = np.unique(labels, return_counts=True)
+    share = counts / labels.size
+    ok = ids[(share >= MIN_FRACTION) & (share <= MAX_FRACTION)]
+    if ok.size == 0:
+        return None
+    region = labels == rng.choice(ok)
+    if rng.random() < 0.3:
+        ring = cv2.dilate(region.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~region
+        touching = np.unique(labels[ring])
+        if touching.size:
+            merged = region | (labels == rng.choice(touching))
+            if fraction(merged.astype(np.float32)) <= MAX_FRACTION:
+                region = merged
+    return region.astype(np.float32)
+
+
+def feather(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Soften a binary mask the way layer masks are: anti-aliased or feathered edges.
+
+    Returns float32 in [0, 1]; pixels farther than about 3 sigma from the object stay exactly 0.
+    """
+    side = max(mask.shape)
+    r = rng.random()
+    if r < 0.25:
+        return mask.astype(np.float32)
+    sigma = 0.6 if r < 0.6 else rng.uniform(0.8, 3.0) * max(side / 384.0, 0.5)
+    radius = max(int(np.ceil(3 * sigma)), 1)
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (2 * radius + 1, 2 * radius + 1), sigma)
+    soft[soft < 1e-3] = 0.0  # a clean zero outside the feather (no faint halo over the scene)
+    return np.clip(soft, 0.0, 1.0)

@@ -1,0 +1,260 @@
+"""Synthetic composites: recolour an object of a real photo; the untouched photo is the truth.
+
+For sample ``i`` the generator draws, from a generator seeded by ``(seed, i)`` (so any sample can
+be regenerated alone, in any worker, after any resume):
+
+1. a photo (sources weighted by the square root of their size), and an object mask: the photo's
+   own mask, a region of its segmentation label map, or a shape from the object-mask bank;
+2. (training) the paper's crop of 0.5-1 per side and a horizontal flip, then a downscale so the
+   longer side is at most ``max_side`` (the "full-resolution" side of CPU training);
+3. a soft mask edge (anti-aliased or feathered);
+4. a colour recipe (:mod:`training.recipes`): a retouch-style photographic change or a colour
+   statistics transfer from another photo's region;
+5. ``composite = real + mask * (recoloured - real)``, rounded to 8 bits. Where the mask is 0 the
+   composite equals the photo bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from backend.imageio import read_image
+from training import masks as M
+from training.augment import crop_box, fit_size, resize_image
+from training.recipes import (
+    TRANSFER_PROBABILITY,
+    apply_recipe,
+    draw_photographic,
+    draw_transfer,
+    recipe_kind,
+    region_lab_stats,
+)
+from training.samples import Triplet, training_example
+from training.sources import Photo
+
+MIN_CHANGE_FMSE = 20.0
+"""Smallest foreground MSE (0..255 scale) of a composite; milder recipes are redrawn."""
+CACHE_SIDE = 640
+"""Photos are decoded once and kept in memory downscaled to this longer side."""
+
+
+class CompositeGenerator:
+    """Deterministic synthetic composites from a set of photos and a mask bank.
+
+    Args:
+        photos: the photos to draw from (one split).
+        bank: object-mask files to place on photos (may be empty if every photo has masks).
+        seed: base seed; sample ``i`` depends only on ``(seed, i)`` and the inputs.
+        max_side: longer side of the produced images (downscale only); None keeps the size.
+        augment: apply the paper's random crop and flip (training) or not (validation).
+        cache_side: photos are kept in memory at this longer side.
+    """
+
+    def __init__(
+        self,
+        photos: list[Photo],
+        bank: list[Path],
+        *,
+        seed: int = 0,
+        max_side: int | None = 352,
+        augment: bool = True,
+        cache_side: int = CACHE_SIDE,
+    ) -> None:
+        if not photos:
+            raise ValueError("the composite generator needs at least one photo")
+        if not bank and any(p.mask_kind == "none" for p in photos):
+            raise ValueError("photos without masks need an object-mask bank")
+        self.by_source: dict[str, list[Photo]] = {}
+        for p in photos:
+            self.by_source.setdefault(p.source, []).append(p)
+        self.sources = sorted(self.by_source)
+        weights = np.sqrt([len(self.by_source[s]) for s in self.sources])
+        self.source_p = weights / weights.sum()
+        self.bank = list(bank)
+        self.seed, self.max_side, self.augment = seed, max_side, augment
+        self.cache_side = cache_side
+        self._cache: dict[Path, np.ndarray] = {}
+        self._stats: dict[tuple[Path, int], tuple[list[float], list[float]]] = {}
+
+    # -- inputs -------------------------------------------------------------------------------
+    def photo(self, p: Photo) -> np.ndarray:
+        """The photo as ``(H, W, 3)`` uint8 RGB, downscaled to ``cache_side`` (cached)."""
+        img = self._cache.get(p.image)
+        if img is None:
+            rgb, _ = read_image(p.image)
+            if rgb.dtype != np.uint8:
+                rgb = (rgb.astype(np.float32) / np.iinfo(rgb.dtype).max * 255 + 0.5).astype(
+                    np.uint8
+                )
+            img = resize_image(rgb, fit_size(*rgb.shape[:2], self.cache_side))
+            self._cache[p.image] = img
+        return img
+
+    def _bank_mask(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray | None:
+        if not self.bank:
+            return None
+        shape_mask = M.load_binary(self.bank[int(rng.integers(len(self.bank)))])
+        return M.place_bank_mask(shape_mask, shape, rng)
+
+    def object_mask(
+        self, p: Photo, shape: tuple[int, int], rng: np.random.Generator
+    ) -> tuple[np.ndarray, str]:
+        """A binary ``(H, W)`` float32 object mask for photo ``p`` and where it came from."""
+        for _ in range(6):
+            mask, origin = None, "bank"
+            if p.masks and (not self.bank or rng.random() < 0.6):
+                path = p.masks[int(rng.integers(len(p.masks)))]
+                if p.mask_kind == "labels":
+                    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                    if labels is not None:
+                        labels = cv2.resize(
+                            labels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST
+                        )
+                        mask, origin = M.label_region(labels, rng), "labels"
+                else:
+                    mask, origin = M.load_binary(path, shape), "own"
+            else:
+                mask = self._bank_mask(shape, rng)
+            if mask is not None and M.MIN_FRACTION <= M.fraction(mask) <= 0.85:
+                return mask, origin
+        mask = self._bank_mask(shape, rng)
+        if mask is None:  # no usable mask at all: a centred ellipse keeps the stream going
+            mask = np.zeros(shape, np.float32)
+            cv2.ellipse(
+                mask,
+                (shape[1] // 2, shape[0] // 2),
+                (shape[1] // 4, shape[0] // 4),
+                0,
+                0,
+                360,
+                1.0,
+                -1,
+            )
+        return mask, "bank"
+
+    def _other_stats(
+        self, exclude: Photo, rng: np.random.Generator
+    ) -> tuple[list[float], list[float]]:
+        """Lab statistics of an object (or the whole frame) of another photo."""
+        source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
+        pool = self.by_source[source]
+        other = pool[int(rng.integers(len(pool)))]
+        if other.image == exclude.image and len(pool) > 1:
+            other = pool[(pool.index(other) + 1) % len(pool)]
+        region = int(rng.integers(4))  # a few fixed regions per photo, cached
+        key = (other.image, region)
+        if key not in self._stats:
+            img = self.photo(other)
+            small = resize_image(img, fit_size(*img.shape[:2], 160))
+            sub = np.random.default_rng([zlib.crc32(str(other.key).encode()), region])
+            if region == 0:
+                m = np.ones(small.shape[:2], np.float32)
+            else:
+                m, _ = self.object_mask(other, small.shape[:2], sub)
+            self._stats[key] = region_lab_stats(small.astype(np.float32) / 255, m)
+        return self._stats[key]
+
+    # -- samples ------------------------------------------------------------------------------
+    def triplet(self, index: int) -> Triplet:
+        """Synthetic composite number ``index`` (deterministic)."""
+        rng = np.random.default_rng([self.seed, index])
+        source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
+        pool = self.by_source[source]
+        p = pool[int(rng.integers(len(pool)))]
+        img = self.photo(p)
+        mask, origin = self.object_mask(p, img.shape[:2], rng)
+        if self.augment:
+            for _ in range(10):
+                y0, x0, ch, cw = crop_box(*img.shape[:2], rng)
+                share = M.fraction(mask[y0 : y0 + ch, x0 : x0 + cw])
+                if M.MIN_FRACTION / 2 <= share <= 0.85:
+                    break
+            else:
+                y0, x0, ch, cw = 0, 0, *img.shape[:2]
+            img, mask = img[y0 : y0 + ch, x0 : x0 + cw], mask[y0 : y0 + ch, x0 : x0 + cw]
+            if rng.random() < 0.5:
+                img, mask = img[:, ::-1], mask[:, ::-1]
+        size = fit_size(*img.shape[:2], self.max_side)
+        real8 = np.ascontiguousarray(resize_image(np.ascontiguousarray(img), size))
+        binary = (resize_image(np.ascontiguousarray(mask), size) >= 0.5).astype(np.float32)
+        # Quantised to 8 bits so a mask saved as PNG is exactly the one composited with.
+        soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
+        real = real8.astype(np.float32) / 255.0
+        weight = soft[..., None]
+        fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
+        for _ in range(4):
+            if rng.random() < TRANSFER_PROBABILITY:
+                src = region_lab_stats(real, binary)
+                recipe = draw_transfer(rng, src, self._other_stats(p, rng))
+            else:
+                recipe = draw_photographic(rng, fg_mean)
+            recoloured = apply_recipe(real, recipe)
+            comp = np.floor((real + weight * (recoloured - real)) * 255.0 + 0.5)
+            comp8 = np.clip(comp, 0, 255).astype(np.uint8)
+            diff = (comp8.astype(np.float32) - real8) ** 2
+            fmse = float((diff * weight).sum() / (3 * float(soft.sum()) + 1e-6))
+            if fmse >= MIN_CHANGE_FMSE:
+                break
+        # Where the soft mask is exactly 0 the composite is the photo, bit for bit.
+        comp8 = np.where(weight > 0, comp8, real8)
+        meta = {
+            "photo": p.key,
+            "mask_origin": origin,
+            "kind": recipe_kind(recipe),
+            "recipe": recipe,
+            "fmse": fmse,
+        }
+        name = f"{p.key.replace('/', '-')}_{index}"
+        return Triplet(name, p.source, comp8, soft, real8, meta)
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """Map-style view of a generator: item ``i`` is the training tensors of sample ``i``.
+
+    ``length`` is nominal (the stream is endless); the trainer's sampler picks the indices.
+    """
+
+    def __init__(self, generator: CompositeGenerator, lr_size: int = 256, length: int = 10**9):
+        self.generator, self.lr_size, self.length = generator, lr_size, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return training_example(self.generator.triplet(int(index)), self.lr_size)
+
+
+def write_triplets(
+    triplets: list[Triplet], out: str | Path, list_name: str = "SYN_test.txt"
+) -> Path:
+    """Write triplets as an iHarmony4-style tree (PNG, lossless) readable by the loader.
+
+    Layout: ``composite_images/<base>_<k>_1.png``, ``masks/<base>_<k>.png`` (8-bit soft),
+    ``real_images/<base>.png``, the list ``list_name`` and ``recipes.jsonl``. ``<base>`` is the
+    triplet's name with ``_`` replaced, ``k`` the sample's position.
+    """
+    root = Path(out)
+    for d in ("composite_images", "masks", "real_images"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    lines, meta_lines = [], []
+    for k, t in enumerate(triplets, start=1):
+        if t.real is None:
+            raise ValueError(f"{t.name}: a synthetic triplet needs its real image")
+        base = f"{t.subset}-{k:05d}".replace("_", "-")
+        comp_name = f"{base}_{k}_1.png"
+        cv2.imwrite(str(root / "composite_images" / comp_name), t.composite[..., ::-1])
+        cv2.imwrite(str(root / "real_images" / f"{base}.png"), t.real[..., ::-1])
+        mask8 = np.clip(t.mask * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / "masks" / f"{base}_{k}.png"), mask8)
+        lines.append(comp_name)
+        meta_lines.append(json.dumps({"composite": comp_name, "source_name": t.name, **t.meta}))
+    (root / list_name).write_text("\n".join(lines) + "\n")
+    (root / "recipes.jsonl").write_text("\n".join(meta_lines) + "\n")
+    return root
