@@ -446,5 +446,12 @@ def test_xvfb_filter_action(
             )
             again = bgra((out / "result_reapplied.raw").read_bytes(), dtype)
             assert_matches(again, half, layer, f"{name} at strength {case['reapply']}")
+            assert info["docker"] == {
+                "apply_enabled": True,
+                "hidden_when_before": True,
+                "visible_after": True,
+                "session_after_apply": False,
+                "apply_enabled_after": False,
+            }, info["docker"]
     daemon_log = (Path(daemon["HARMONIZE_LOG_DIR"]) / "daemon.log").read_text()
     assert "cached=True" in daemon_log, "the strength change re-ran the network"

@@ -203,10 +203,31 @@ class Runner:
             info["reapply_seconds"] = seconds
             info["reapply_layers"] = [n.name() for n in doc.rootNode().childNodes()]
             (out / "result_reapplied.raw").write_bytes(bytes(layer.pixelData(0, 0, w, h)))
+            info["docker"] = self.use_docker(layer)
         self.current = None
         from harmonize.qt import QtCore
 
         QtCore.QTimer.singleShot(0, self.next_case)
+
+    def use_docker(self, layer: Any) -> dict[str, Any]:
+        """Click the docker's "Show before" (twice) and "Apply"; report what happened."""
+        from harmonize.qt import QtWidgets
+
+        dock = next(d for d in self.app.dockers() if d.objectName() == self.names.DOCKER_ID)
+        root = dock.widget()
+        before = next(
+            b for b in root.findChildren(QtWidgets.QCheckBox) if b.text() == "Show before"
+        )
+        apply = next(b for b in root.findChildren(QtWidgets.QPushButton) if b.text() == "Apply")
+        seen = {"apply_enabled": apply.isEnabled()}
+        before.setChecked(True)
+        seen["hidden_when_before"] = not layer.visible()
+        before.setChecked(False)
+        seen["visible_after"] = layer.visible()
+        apply.click()
+        seen["session_after_apply"] = self.ctl.session is not None
+        seen["apply_enabled_after"] = apply.isEnabled()
+        return seen
 
     # -- screenshots for the docs --
 
