@@ -324,3 +324,61 @@ def test_two_gloo_processes_stay_in_sync(tiny_spec: DataSpec, tmp_path: Path) ->
     torch.manual_seed(0)  # the run's --seed: its initial weights
     fresh = create_model("aict-light", **SMALL).state_dict()
     assert any(not torch.equal(fresh[k], ck["model"][k]) for k in fresh)
+
+
+def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    """make-synthetic -> train -> evaluate (checkpoint) -> export -> evaluate (weights)."""
+    from training.__main__ import main
+
+    photos, bank = tiny_spec.photos[0], tiny_spec.mask_banks[0]
+    data = ["--no-shared-data", "--photos", photos, "--mask-bank", bank, "--val-fraction", "0.34"]
+    syn = tmp_path / "syn"
+    assert main(["make-synthetic", *data, "--out", str(syn), "--count", "3"]) == 0
+    assert len((syn / "SYN_test.txt").read_text().split()) == 3
+    run = tmp_path / "run"
+    train_args = ["--max-side", "64", "--val-count", "2", "--batch-size", "2", "--max-steps", "2"]
+    train_args += ["--workers", "0", "--no-progress", "--override", "input_size=64"]
+    assert main(["train", "--out", str(run), *data, *train_args]) == 0
+    ev = tmp_path / "ev"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--iharmony4",
+                str(syn),
+                "--out",
+                str(ev),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((ev / "summary.json").read_text())
+    assert set(summary["by_subset"]["All"]) == {"composite", "classical", "model"}
+    assert (ev / "contact_sheet.png").is_file()
+    weights = tmp_path / "w.pt"
+    assert (
+        main(["export", str(run / "last.pt"), str(weights), "--summary", str(ev / "summary.json")])
+        == 0
+    )
+    _, meta = load_weights(weights)
+    assert meta["metrics"]["evaluation"]["model"]["n"] == 3 and meta["steps"] == 2
+    ev2 = tmp_path / "ev2"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--weights",
+                str(weights),
+                "--iharmony4",
+                str(syn),
+                "--out",
+                str(ev2),
+                "--no-ssim",
+            ]
+        )
+        == 0
+    )
+    again = json.loads((ev2 / "summary.json").read_text())["by_subset"]["All"]["model"]
+    assert again["fmse"] == pytest.approx(summary["by_subset"]["All"]["model"]["fmse"], rel=1e-2)

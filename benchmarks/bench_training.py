@@ -1,0 +1,118 @@
+"""Training throughput: samples per second of one optimiser step, per variant, on CPU (or GPU).
+
+A step is exactly what ``python -m training train`` does per batch: the network forward at
+256 x 256, the LUTs applied to the 256 x 256 input and to every full-resolution crop (torch
+reference, differentiable), the fMSE losses, backward and Adam. Batches are built beforehand from
+the synthetic generator (``../shared/data`` when present, else generated photos), so data
+loading is timed separately (``data samples/s``: one process, the generator alone).
+
+Usage (documented in docs/benchmarks.md)::
+
+    nice -n 10 python benchmarks/bench_training.py --threads 2
+    python benchmarks/bench_training.py --variants aict-light --steps 3   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.model import create_model  # noqa: E402
+from training.data import DataSpec, build_training, default_shared_data  # noqa: E402
+from training.samples import collate  # noqa: E402
+from training.train import TrainConfig, batch_loss  # noqa: E402
+
+DEFAULT_BATCH = {"aict-light": 8, "aict-small": 8, "aict": 2}
+"""Batch per variant (the paper network is too slow on CPU for 8 per step)."""
+
+
+def data_spec(max_side: int, tmp: Path) -> DataSpec:
+    shared = default_shared_data()
+    if shared.is_dir():
+        return DataSpec(shared_data=str(shared), val_count=0, max_side=max_side)
+    from tests.test_training_data import write_photo_folder
+
+    photos, masks, bank = write_photo_folder(tmp, n=8, h=480, w=640)
+    return DataSpec(
+        photos=(f"{photos}:{masks}",), mask_banks=(str(bank),), val_count=0, max_side=max_side
+    )
+
+
+def bench_variant(variant: str, dataset, batch: int, steps: int, device: str) -> dict:
+    torch.manual_seed(0)
+    model = create_model(variant).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    cfg = TrainConfig(out="unused")
+    batches = [collate([dataset[s * batch + j] for j in range(batch)]) for s in range(steps + 1)]
+    times = []
+    for i, cpu_batch in enumerate(batches):
+        b = cpu_batch.to(device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss, _, _ = batch_loss(model, b, cfg)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {
+        "variant": variant,
+        "batch": batch,
+        "steps": len(times),
+        "step_s_median": round(med, 3),
+        "samples_per_s": round(batch / med, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", default="aict-light,aict-small,aict")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    ap.add_argument("--batch", type=int, default=0, help="batch (0: per-variant default)")
+    ap.add_argument("--max-side", type=int, default=352, help="full-resolution crop side")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true", help="print JSON lines only")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset, _, _ = build_training(data_spec(args.max_side, Path(tmp)))
+        t0 = time.perf_counter()
+        n_data = 24
+        for i in range(n_data):
+            dataset[10_000 + i]
+        data_rate = n_data / (time.perf_counter() - t0)
+        env = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "max_side": args.max_side,
+            "data_samples_per_s": round(data_rate, 1),
+        }
+        print(json.dumps(env))
+        for variant in args.variants.split(","):
+            batch = args.batch or DEFAULT_BATCH.get(variant, 4)
+            print(json.dumps(bench_variant(variant, dataset, batch, args.steps, args.device)))
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
