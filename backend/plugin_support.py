@@ -412,12 +412,9 @@ def harmonize(
                 on_progress=progress,
                 cancel=cancel,
             )
-    except P.ProtocolError as exc:  # e.g. the hello's version check
+    except (P.ProtocolError, client.DaemonError, OSError, MemoryError) as exc:
+        # ProtocolError: e.g. the hello's version check; OSError: the daemon cannot be run
         raise PluginError(explain(exc)) from None
-    except Exception as exc:
-        if type(exc).__name__ == "DaemonError" or isinstance(exc, (OSError, MemoryError)):
-            raise PluginError(explain(exc)) from None
-        raise
     pix = reply.pixels
     if pix.dtype != fmt.dtype or len(pix.shape) != 3 or pix.shape[2] != 4:
         raise PluginError(
@@ -435,17 +432,13 @@ def _running_client(client: Any, path: Path, settings: Settings) -> Any:
     """A client of an already running daemon, or None (then :func:`harmonize` starts one)."""
     try:
         found = client.Client.from_endpoint_file(path, timeout=settings.timeout, retries=2)
-    except Exception as exc:
-        if type(exc).__name__ == "DaemonError":
-            return None
-        raise
+    except client.DaemonError:
+        return None
     try:
         found.ping(timeout=2.0, retries=0)
-    except Exception as exc:
+    except client.DaemonError:
         found.close()
-        if type(exc).__name__ == "DaemonError":
-            return None
-        raise
+        return None
     return found
 
 

@@ -379,6 +379,16 @@ def test_refuses_channels_and_several_drawables(gi: Any, daemon: FakeDaemon):
     assert daemon.requests == []
 
 
+def test_refuses_a_layer_group(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    group = gi.Gimp.Layer(s["image"], "group", np.zeros((60, 80, 4)), children=[])
+    s["image"].layers.insert(0, group)
+    status, error = run(gi, s["image"], group)
+    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+    assert "not a layer group" in error.message
+    assert daemon.requests == []
+
+
 def test_nothing_visible_below(gi: Any, daemon: FakeDaemon):
     s = scene(gi)
     s["bg"].visible = False

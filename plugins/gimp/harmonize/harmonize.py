@@ -195,6 +195,11 @@ class HarmonizePlugIn(Gimp.PlugIn):
 
         if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
             return fail("Select exactly one layer (not a channel or mask) to harmonize.")
+        if drawables[0].is_group():
+            return fail(
+                "Harmonize Layer works on a plain layer, not a layer group: select a layer "
+                "inside the group, or merge the group first (Layer ▸ Merge Layer Group)."
+            )
         try:
             settings = S.load_settings(_HERE)
         except S.PluginError as exc:
