@@ -303,7 +303,8 @@ def main_parent(args: argparse.Namespace) -> None:
                     speed = f"{ref_ms / r['median_ms']:.1f}x" if ref_ms else "-"
                     dev = f", GPU {r['device_mb']:.0f} MB" if r.get("device_mb") else ""
                     print(
-                        f"| {size} | {method} | {r['median_ms']:.0f} | {speed} | "
+                        f"| {size} | {method} | {r['median_ms']:.0f} ({r['min_ms']:.0f}) | "
+                        f"{speed} | "
                         f"{r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}){dev} | {diff:.2e} |",
                         flush=True,
                     )
