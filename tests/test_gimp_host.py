@@ -124,15 +124,12 @@ CASES: list[dict[str, Any]] = [
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from backend.model import create_model
+def weights(tmp_path_factory: pytest.TempPathFactory, light_model: Any) -> Path:
+    """conftest's seeded aict-light with non-trivial random heads, saved for the daemon."""
     from backend.model.weights import save_weights
 
-    torch.manual_seed(11)
     path = tmp_path_factory.mktemp("weights") / "random-aict-light.pt"
-    save_weights(path, create_model("aict-light"), "aict-light", {"note": "random, tests only"})
+    save_weights(path, light_model, "aict-light", {"note": "random, tests only"}, half=False)
     return path
 
 

@@ -188,17 +188,13 @@ def test_harmonize_checks_sizes_and_strength():
 
 
 @pytest.fixture(scope="module")
-def real_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """``harmonize serve`` (random aict-light weights) on 127.0.0.1; yields its runtime dir."""
-    import torch
-
-    from backend.model import create_model
+def real_daemon(tmp_path_factory: pytest.TempPathFactory, light_model) -> Iterator[Path]:
+    """``harmonize serve`` (conftest's random aict-light) on 127.0.0.1; yields its runtime dir."""
     from backend.model.weights import save_weights
 
-    torch.manual_seed(3)
     tmp = tmp_path_factory.mktemp("daemon")
     weights = tmp / "w.pt"
-    save_weights(weights, create_model("aict-light"), "aict-light", {"note": "random, tests"})
+    save_weights(weights, light_model, "aict-light", {"note": "random, tests"}, half=False)
     env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp / "run"),
            "HARMONIZE_LOG_DIR": str(tmp / "log")}  # fmt: skip
     proc = subprocess.Popen(
