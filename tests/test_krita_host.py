@@ -14,6 +14,7 @@ Skipped with a reason when Krita is not installed, unless ``HARMONIZE_REQUIRE_HO
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -311,7 +312,7 @@ def test_kritarunner_host_code(
         mask = np.frombuffer((out / name / "mask.raw").read_bytes(), dtype).reshape(H, W)
         np.testing.assert_array_equal(mask, layer[..., 3])
         scale = float(np.iinfo(dtype).max)
-        expected, _ = expected_layer(tmp_path, weights, images, dtype, cache=cli_cache)
+        expected = expected_layer(tmp_path, weights, layer, bg, cache=cli_cache)
         opaque = layer[..., 3] == np.iinfo(dtype).max
         diff = np.abs(result[..., :3].astype(np.int64) - expected.astype(np.int64))[opaque]
         assert diff.max() <= 1, f"{name}: new layer differs from `harmonize run` by {diff.max()}"
@@ -355,20 +356,19 @@ def test_kritarunner_host_code(
 def expected_layer(
     tmp: Path,
     weights: Path,
-    images: dict[str, np.ndarray],
-    dtype: Any,
+    layer: np.ndarray,
+    bg: np.ndarray,
     strength: float = 1.0,
     *,
     cache: dict[tuple[str, float], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(``harmonize run`` on the layer over the background, the quantized layer)."""
-    layer, bg = quantize(images["layer"], dtype), quantize(images["bg"], dtype)
-    key = (np.dtype(dtype).name, strength)
+) -> np.ndarray:
+    """``harmonize run`` on ``layer`` (RGBA) over ``bg`` with the layer's alpha as the mask."""
+    key = (hashlib.sha256(layer.tobytes()).hexdigest(), strength)
     if key not in cache:
         mask = layer[..., 3]
-        comp = composite_of(layer, bg, mask / float(np.iinfo(dtype).max))
+        comp = composite_of(layer, bg, mask / float(np.iinfo(layer.dtype).max))
         cache[key] = harmonize_run(tmp, weights, comp, mask, strength)
-    return cache[key], layer
+    return cache[key]
 
 
 def assert_matches(result: np.ndarray, expected: np.ndarray, layer: np.ndarray, what: str) -> None:
@@ -396,13 +396,17 @@ def test_xvfb_filter_action(
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
     assert "enable_harmonize=true" in kritarc.read_text()
+    # Edit > Paste of a clipboard image without a profile: assume sRGB instead of asking
+    kritarc.write_text("pasteBehaviour=0\n" + kritarc.read_text())
 
     images = scene()
     cases = []
-    for name, depth, dtype, reapply in (("gui_u8", "U8", np.uint8, 0.5),
-                                         ("gui_u16", "U16", np.uint16, None)):  # fmt: skip
-        case = make_case(tmp_path, name, depth, dtype, images, reapply=reapply)
-        cases.append(case)
+    for name, depth, dtype, reapply, paste in (
+        ("gui_u8", "U8", np.uint8, 0.5, True),
+        ("gui_u16", "U16", np.uint16, None, False),
+    ):
+        case = make_case(tmp_path, name, depth, dtype, images, reapply=reapply, paste=paste)
+        cases.append(case)  # fmt: skip
     shots = os.environ.get("HARMONIZE_KRITA_SCREENSHOTS")  # docs/img when refreshing the docs
     spec = tmp_path / "gui_spec.json"
     result_file = tmp_path / "gui_result.json"
@@ -437,13 +441,17 @@ def test_xvfb_filter_action(
         assert info["exported"] and (out / "flattened.png").stat().st_size > 0
         source = (out / "source_before.raw").read_bytes()
         assert (out / "source_after.raw").read_bytes() == source, f"{name}: source modified"
-        expected, layer = expected_layer(tmp_path, weights, images, dtype, cache=cli_cache)
+        # what Krita holds (Edit > Paste goes through an 8-bit clipboard image)
+        layer = bgra(source, dtype)
+        wanted = quantize(images["layer"], dtype)
+        opaque = wanted[..., 3] == np.iinfo(dtype).max
+        np.testing.assert_array_equal(layer[opaque], wanted[opaque])  # pasted in place
+        bg = quantize(images["bg"], dtype)
+        expected = expected_layer(tmp_path, weights, layer, bg, cache=cli_cache)
         assert_matches(bgra((out / "result.raw").read_bytes(), dtype), expected, layer, name)
         if case["reapply"] is not None:  # the docker's strength slider, on the same layer
             assert info["reapply_layers"] == info["layers"]
-            half, _ = expected_layer(
-                tmp_path, weights, images, dtype, case["reapply"], cache=cli_cache
-            )
+            half = expected_layer(tmp_path, weights, layer, bg, case["reapply"], cache=cli_cache)
             again = bgra((out / "result_reapplied.raw").read_bytes(), dtype)
             assert_matches(again, half, layer, f"{name} at strength {case['reapply']}")
             assert info["docker"] == {

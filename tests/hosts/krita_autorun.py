@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 RUNNER: Any = None
-WATCHDOG_MS = int(os.environ.get("HARMONIZE_KRITA_WATCHDOG_MS", "240000"))
+WATCHDOG_MS = int(os.environ.get("HARMONIZE_KRITA_WATCHDOG_MS", "150000"))
 
 
 def log(*parts: Any) -> None:
@@ -110,14 +110,48 @@ class Runner:
         background = root.childNodes()[0]
         data = Path(case["background"]).read_bytes()
         background.setPixelData(to_qbytes(pixels.rgba_to_bgra(data, dtype)), 0, 0, w, h)
-        layer = doc.createNode("pasted", "paintlayer")
         data = Path(case["layer"]).read_bytes()
+        if case.get("paste"):  # through the clipboard and Edit > Paste, as a user does
+            return doc, None
+        layer = doc.createNode("pasted", "paintlayer")
         layer.setPixelData(to_qbytes(pixels.rgba_to_bgra(data, dtype)), 0, 0, w, h)
         root.addChildNode(layer, background)
         doc.refreshProjection()
         doc.waitForDone()
         doc.setActiveNode(layer)
         return doc, layer
+
+    def paste(self, doc: Any, case: dict[str, Any], then: Any, tries: int = 50) -> None:
+        """Put the layer (8-bit RGBA, canvas-sized) on the clipboard, trigger Krita's
+        ``edit_paste`` and call ``then(layer)`` with the new layer, renamed "pasted"."""
+        from harmonize.qt import QtCore, QtGui, QtWidgets, enum
+
+        root = doc.rootNode()
+        if tries == 50:
+            w, h = case["width"], case["height"]
+            self._clip = Path(case["layer"]).read_bytes()  # QImage does not copy the buffer
+            fmt = enum(QtGui.QImage, "Format", "Format_RGBA8888")
+            image = QtGui.QImage(self._clip, w, h, w * 4, fmt).copy()
+            QtWidgets.QApplication.clipboard().setImage(image)
+            # queued: a modal dialog inside the paste would block a direct call, not the polling
+            QtCore.QTimer.singleShot(0, self.app.action("edit_paste").trigger)
+        children = root.childNodes()
+        if len(children) == 2:
+            layer = children[1]
+            layer.setName("pasted")
+            then(layer)
+            return
+        if tries <= 0:
+            modal = QtWidgets.QApplication.activeModalWidget()
+            action = self.app.action("edit_paste")
+            self.on_failed(
+                f"Edit > Paste made no layer ({[n.name() for n in children]}; paste action "
+                f"enabled: {action.isEnabled()}, clipboard has an image: "
+                f"{QtWidgets.QApplication.clipboard().mimeData().hasImage()}, modal dialog: "
+                f"{modal.windowTitle() if modal else None})"
+            )
+            return
+        QtCore.QTimer.singleShot(100, lambda: self.paste(doc, case, then, tries - 1))
 
     def when_active(self, doc: Any, layer: Any, then: Any, tries: int = 50) -> None:
         """Call ``then`` once the view made ``layer`` the active node (it is set asynchronously
@@ -143,6 +177,13 @@ class Runner:
         out = Path(case["out"])
         out.mkdir(parents=True, exist_ok=True)
         doc, layer = self.build(case)
+        if layer is None:
+            self.paste(doc, case, lambda pasted: self.start_case(case, doc, pasted))
+        else:
+            self.start_case(case, doc, layer)
+
+    def start_case(self, case: dict[str, Any], doc: Any, layer: Any) -> None:
+        out = Path(case["out"])
         w, h = case["width"], case["height"]
         (out / "source_before.raw").write_bytes(bytes(layer.pixelData(0, 0, w, h)))
         self.current = {
