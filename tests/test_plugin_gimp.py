@@ -5,6 +5,7 @@ layers below), where the result goes, undo grouping, floating pastes, precisions
 from __future__ import annotations
 
 import importlib.util
+import json
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -415,3 +416,13 @@ def test_interactive_dialog_cancel(gi: Any, daemon: FakeDaemon):
         gi.dialog.answer = True
     assert status == gi.Gimp.PDBStatusType.CANCEL
     assert daemon.requests == [] and s["image"].log == []
+
+
+def test_timings_on_request(gi: Any, daemon: FakeDaemon, monkeypatch, capsys):
+    s = scene(gi)
+    monkeypatch.setenv("HARMONIZE_PLUGIN_TIMINGS", "1")
+    status, error = run(gi, s["image"], s["obj"])
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    line = next(x for x in capsys.readouterr().err.splitlines() if "harmonize-timings" in x)
+    timings = json.loads(line.split(" ", 1)[1])
+    assert set(timings) >= {"read_layer", "mask_backdrop", "daemon", "write", "region", "crop"}

@@ -338,6 +338,21 @@ class Image:
         self.deleted = True
         return True
 
+    def crop(self, width: int, height: int, x: int, y: int) -> bool:
+        """Canvas crop: layers move by ``(-x, -y)`` (their pixels are kept, as reads clip)."""
+        assert x >= 0 and y >= 0 and x + width <= self.width and y + height <= self.height
+        self.record("crop")
+
+        def move(layers: list[Layer]) -> None:
+            for layer in layers:
+                layer.x, layer.y = layer.x - x, layer.y - y
+                move(layer.children or [])
+
+        move(self.layers)
+        self.selection = self.selection[y : y + height, x : x + width].copy()
+        self.width, self.height = width, height
+        return True
+
     def merge_visible_layers(self, mode: Any) -> Layer:
         """Normal-mode "over" compositing of the visible tree (groups pass through)."""
         assert mode == MergeType.CLIP_TO_IMAGE

@@ -9,7 +9,10 @@ settings, the daemon call and every user-facing message live in ``backend.plugin
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -68,6 +71,9 @@ def _mask_and_backdrop(
     dup = image.duplicate()
     try:
         dup.undo_disable()
+        # only the region matters: crop first so the merge composites region-sized layers
+        dup.crop(region.w, region.h, region.x, region.y)
+        region = S.Box(0, 0, region.w, region.h)
         twin = _item_at(dup, _path_of(layer))
         if twin.get_mask() is not None:
             twin.remove_mask(Gimp.MaskApplyMode.APPLY)
@@ -119,8 +125,17 @@ def harmonize_layer(
     layer_box = _layer_box(layer)
     region = S.context_box(layer_box, image.get_width(), image.get_height())
     Gimp.progress_init("Harmonize: reading the layer…")
+    clock = [time.perf_counter()]
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        clock.append(time.perf_counter())
+        timings[name] = round(clock[-1] - clock[-2], 4)
+
     pixels = _read(layer, region, fmt.rgba)
+    lap("read_layer")
     mask, backdrop = _mask_and_backdrop(image, layer, region, fmt)
+    lap("mask_backdrop")
 
     def on_progress(fraction: float, stage: str) -> None:
         Gimp.progress_set_text(S.progress_text(stage))
@@ -130,6 +145,7 @@ def harmonize_layer(
         pixels, mask, backdrop, region.w, region.h, fmt,
         strength=strength, settings=settings, on_progress=on_progress,
     )  # fmt: skip
+    lap("daemon")
     # the daemon's crop may reach past the layer (context margin): keep the part on the layer
     crop = result.box.shift(region.x, region.y)
     target = crop.intersect(layer_box)
@@ -149,7 +165,11 @@ def harmonize_layer(
         image.remove_layer(layer)
         new.set_name(name)
         new.set_visible(visible)
+    lap("write")
     Gimp.progress_update(1.0)
+    if os.environ.get("HARMONIZE_PLUGIN_TIMINGS"):  # for benchmarks and bug reports
+        size = {"region": [region.w, region.h], "crop": [crop.w, crop.h]}
+        print("harmonize-timings", json.dumps({**timings, **size}), file=sys.stderr, flush=True)
     return new
 
 
