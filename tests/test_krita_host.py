@@ -405,7 +405,9 @@ def test_xvfb_filter_action(
         ("gui_u8", "U8", np.uint8, 0.5, True),
         ("gui_u16", "U16", np.uint16, None, False),
     ):
-        case = make_case(tmp_path, name, depth, dtype, images, reapply=reapply, paste=paste)
+        case = make_case(
+            tmp_path, name, depth, dtype, images, reapply=reapply, paste=paste, undo=not paste
+        )
         cases.append(case)  # fmt: skip
     shots = os.environ.get("HARMONIZE_KRITA_SCREENSHOTS")  # docs/img when refreshing the docs
     spec = tmp_path / "gui_spec.json"
@@ -439,6 +441,9 @@ def test_xvfb_filter_action(
         info = result["cases"][name]
         assert info["layers"] == ["Background", "pasted", "pasted (harmonized)"], info
         assert info["exported"] and (out / "flattened.png").stat().st_size > 0
+        if case["undo"]:  # inserting the finished layer is exactly one undo step
+            assert info["after_undo"] == ["Background", "pasted"], info
+            assert info["after_redo"] == info["layers"], info
         source = (out / "source_before.raw").read_bytes()
         assert (out / "source_after.raw").read_bytes() == source, f"{name}: source modified"
         # what Krita holds (Edit > Paste goes through an 8-bit clipboard image)

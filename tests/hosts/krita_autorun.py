@@ -233,6 +233,10 @@ class Runner:
             log("exporting")
             info["exported"] = doc.exportImage(str(out / "flattened.png"), InfoObject())
             log("exported", info["exported"])
+            if case.get("undo"):
+                self.current = None
+                self.check_undo(doc, info, self.next_case)
+                return
             if case.get("reapply") is not None:
                 cur.update(stage="reapply", started=time.perf_counter())
                 log("re-applying strength", case["reapply"])
@@ -249,6 +253,27 @@ class Runner:
         from harmonize.qt import QtCore
 
         QtCore.QTimer.singleShot(0, self.next_case)
+
+    def check_undo(self, doc: Any, info: dict[str, Any], then: Any) -> None:
+        """Edit > Undo once (must remove just the harmonized layer), then Edit > Redo."""
+        from harmonize.qt import QtCore
+
+        def names() -> list[str]:
+            return [n.name() for n in doc.rootNode().childNodes()]
+
+        def wait(want: int, key: str, after: Any, tries: int = 30) -> None:
+            if len(names()) == want or tries <= 0:
+                info[key] = names()
+                after()
+                return
+            QtCore.QTimer.singleShot(100, lambda: wait(want, key, after, tries - 1))
+
+        def redo() -> None:
+            self.app.action("edit_redo").trigger()
+            wait(len(info["layers"]), "after_redo", then)
+
+        self.app.action("edit_undo").trigger()
+        wait(len(info["layers"]) - 1, "after_undo", redo)
 
     def use_docker(self, layer: Any) -> dict[str, Any]:
         """Click the docker's "Show before" (twice) and "Apply"; report what happened."""
