@@ -449,3 +449,28 @@ def progress_text(stage: str) -> str:
         "predicted": "Harmonize: applying colours…",
         "applied": "Harmonize: done",
     }.get(stage, "Harmonize…")
+
+
+def daemon_status(settings: Settings | None = None, *, client_module: Any = None) -> str:
+    """One line for a host's status display: the running daemon (version, device, variant),
+    "not running", or why it cannot be reached. Never raises; pings with a short timeout.
+
+    Args:
+        client_module: :mod:`backend.client` replacement (tests).
+    """
+    settings = settings or Settings()
+    try:
+        client = client_module or _client_module()
+        path = endpoint_file(settings)
+        with client.Client.from_endpoint_file(path, timeout=1.5, retries=0) as daemon:
+            info = daemon.ping(timeout=1.5, retries=0)
+    except PluginError as exc:
+        return str(exc)
+    except Exception as exc:
+        if getattr(exc, "code", None) == P.ErrorCode.NO_DAEMON:
+            return "Daemon not running (it starts on the first Harmonize)."
+        return f"Daemon not answering: {getattr(exc, 'message', None) or exc}"
+    return (
+        f"Connected: harmonize {info.get('server_version', '?')} on "
+        f"{info.get('device', '?')} ({info.get('variant', '?')})"
+    )

@@ -461,6 +461,7 @@ def test_xvfb_filter_action(
             assert_matches(again, half, layer, f"{name} at strength {case['reapply']}")
             assert info["docker"] == {
                 "apply_enabled": True,
+                "connected": True,
                 "hidden_when_before": True,
                 "visible_after": True,
                 "session_after_apply": False,

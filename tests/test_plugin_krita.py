@@ -506,3 +506,43 @@ def test_cli_install_package_uninstall(tmp_path: Path, capsys: pytest.CaptureFix
     assert cli.main(["package-plugin", "krita", "-o", str(zip_path), "--wheels-from",
                      str(wheels)]) == 0  # fmt: skip
     assert zip_path.is_file() and "wrote" in capsys.readouterr().out
+
+
+def test_daemon_status_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from backend import plugin_support as ps
+    from backend.client import DaemonError
+
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path))
+
+    class Running:
+        class Client:
+            @classmethod
+            def from_endpoint_file(cls, path: Path, **kw: Any) -> Any:
+                assert path == tmp_path / "daemon.json"
+                return cls()
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+            def ping(self, **kw: Any) -> dict[str, str]:
+                return {"server_version": "9.9", "device": "cuda:0", "variant": "aict"}
+
+    assert ps.daemon_status(client_module=Running) == "Connected: harmonize 9.9 on cuda:0 (aict)"
+
+    class Absent(Running):
+        class Client(Running.Client):
+            @classmethod
+            def from_endpoint_file(cls, path: Path, **kw: Any) -> Any:
+                raise DaemonError("no_daemon", "no endpoint file")
+
+    assert "not running" in ps.daemon_status(client_module=Absent)
+
+    class Silent(Running):
+        class Client(Running.Client):
+            def ping(self, **kw: Any) -> dict[str, str]:
+                raise DaemonError("unreachable", "no answer after 1 tries")
+
+    assert ps.daemon_status(client_module=Silent) == "Daemon not answering: no answer after 1 tries"

@@ -285,7 +285,11 @@ class Runner:
             b for b in root.findChildren(QtWidgets.QCheckBox) if b.text() == "Show before"
         )
         apply = next(b for b in root.findChildren(QtWidgets.QPushButton) if b.text() == "Apply")
-        seen = {"apply_enabled": apply.isEnabled()}
+        labels = [label.text() for label in root.findChildren(QtWidgets.QLabel)]
+        seen = {
+            "apply_enabled": apply.isEnabled(),
+            "connected": any(text.startswith("Connected: harmonize") for text in labels),
+        }
         before.setChecked(True)
         seen["hidden_when_before"] = not layer.visible()
         before.setChecked(False)

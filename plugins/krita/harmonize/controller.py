@@ -214,30 +214,10 @@ class Controller(QtCore.QObject):
         relay.text.connect(callback)
 
         def work() -> None:
-            relay.text.emit(daemon_status(self.settings()))
+            relay.text.emit(plugin_support().daemon_status(self.settings()))
 
         threading.Thread(target=work, name="harmonize-ping", daemon=True).start()
 
 
 class _Relay(QtCore.QObject):
     text = QtCore.pyqtSignal(str)
-
-
-def daemon_status(settings: Any) -> str:
-    """One line about the daemon: connected (device, version), not running, or why not."""
-    ps = plugin_support()
-    try:
-        client = ps._client_module()
-        path = ps.endpoint_file(settings)
-        with client.Client.from_endpoint_file(path, timeout=1.5, retries=0) as daemon:
-            info = daemon.ping(timeout=1.5, retries=0)
-    except ps.PluginError as exc:
-        return str(exc)
-    except Exception as exc:
-        if getattr(exc, "code", None) == "no_daemon":
-            return "Daemon not running (it starts on the first Harmonize)."
-        return f"Daemon not answering: {getattr(exc, 'message', exc)}"
-    return (
-        f"Connected: harmonize {info.get('server_version', '?')} on "
-        f"{info.get('device', '?')} ({info.get('variant', '?')})"
-    )
