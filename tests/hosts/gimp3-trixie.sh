@@ -32,6 +32,22 @@ cleanup() {
 trap cleanup EXIT
 do_mount() { mount "$@"; MOUNTS+=("${!#}"); }
 
+# Delete a chroot tree, but never while anything is mounted below it: a leftover bind mount
+# (job folder, X socket) is on the same file system, so even `rm --one-file-system` would
+# follow it into host folders.
+remove_tree() {
+  local dir=$1 m
+  [ -e "$dir" ] || return 0
+  for m in "$dir/tmp/.X11-unix" "$dir/job" "$dir/proc"; do
+    if mountpoint -q "$m"; then umount "$m" || die "cannot unmount $m; not deleting $dir"; fi
+  done
+  if awk -v d="$(realpath "$dir")/" 'index($2 "/", d) == 1 { found = 1 } END { exit !found }' \
+      /proc/mounts; then
+    die "something is still mounted below $dir; unmount it first (not deleting)"
+  fi
+  rm -rf --one-file-system "$dir"
+}
+
 provision() {
   mkdir -p "$(dirname "$ROOT")"
   exec 9>"$ROOT.lock"
@@ -45,8 +61,8 @@ provision() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap
   fi
   local tmp="$ROOT.building"
-  for m in "$tmp/proc" "$ROOT/proc" "$ROOT/job"; do mountpoint -q "$m" && umount "$m"; done
-  rm -rf --one-file-system "$tmp" "$ROOT"
+  remove_tree "$tmp"
+  remove_tree "$ROOT"
   nice -n 10 debootstrap --variant=minbase trixie "$tmp" >"$tmp.log" 2>&1 \
     || { tail -20 "$tmp.log" >&2; die "debootstrap failed (log: $tmp.log)"; }
   do_mount -t proc proc "$tmp/proc"
