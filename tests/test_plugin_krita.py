@@ -546,3 +546,16 @@ def test_daemon_status_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
                 raise DaemonError("unreachable", "no answer after 1 tries")
 
     assert ps.daemon_status(client_module=Silent) == "Daemon not answering: no answer after 1 tries"
+
+
+def test_explain_never_raises_without_the_shared_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    deps = plugin("deps")
+    support = deps.plugin_support()
+    assert deps.explain(support.PluginError("Select the pasted layer")) == "Select the pasted layer"
+
+    def missing() -> Any:
+        raise ImportError("No module named 'msgpack'")
+
+    monkeypatch.setattr(deps, "plugin_support", missing)
+    text = deps.explain(RuntimeError("anything"))
+    assert "msgpack" in text and "install-plugin krita --deps vendor" in text

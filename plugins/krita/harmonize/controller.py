@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import host
-from .deps import PLUGIN_DIR, plugin_support
+from .deps import PLUGIN_DIR, explain, missing_modules_message, plugin_support
 from .qt import QtCore
 
 SETTINGS_GROUP = "harmonize"
+DEFAULT_STRENGTH = 1.0
 
 
 def _signal(*types: Any) -> Any:
@@ -71,7 +72,7 @@ class Controller(QtCore.QObject):
         try:
             return min(1.0, max(0.0, float(raw)))
         except ValueError:
-            return float(plugin_support().DEFAULT_STRENGTH)
+            return DEFAULT_STRENGTH
 
     @staticmethod
     def set_strength(value: float) -> None:
@@ -98,7 +99,7 @@ class Controller(QtCore.QObject):
             node = host.active_layer(doc)
             inputs = host.read_inputs(doc, node)
         except Exception as exc:
-            self.failed.emit(plugin_support().explain(exc))
+            self.failed.emit(explain(exc))
             return False
         value = self.strength() if strength is None else strength
         self._start({"kind": "new", "doc": doc, "inputs": inputs, "strength": value})
@@ -134,9 +135,9 @@ class Controller(QtCore.QObject):
 
     def _work(self, job: dict[str, Any], cancel: threading.Event) -> None:
         """Worker thread: only the daemon call (no Krita API here)."""
-        ps = plugin_support()
         inputs = job["inputs"]
         try:
+            ps = plugin_support()
             result = ps.harmonize(
                 inputs.layer,
                 inputs.mask,
@@ -150,7 +151,7 @@ class Controller(QtCore.QObject):
                 cancel=cancel,
             )
         except Exception as exc:
-            self._error.emit(ps.explain(exc))
+            self._error.emit(explain(exc))
             return
         self._done.emit(result)
 
@@ -171,7 +172,7 @@ class Controller(QtCore.QObject):
         try:
             message = self._apply(job, result)
         except Exception as exc:
-            self.failed.emit(plugin_support().explain(exc))
+            self.failed.emit(explain(exc))
             return
         self.progress.emit(1.0, message)
         self.finished.emit(message)
@@ -214,7 +215,13 @@ class Controller(QtCore.QObject):
         relay.text.connect(callback)
 
         def work() -> None:
-            relay.text.emit(plugin_support().daemon_status(self.settings()))
+            try:
+                text = plugin_support().daemon_status(self.settings())
+            except ImportError as missing:
+                text = missing_modules_message(missing)
+            except Exception as exc:  # e.g. a broken settings.json
+                text = explain(exc)
+            relay.text.emit(text)
 
         threading.Thread(target=work, name="harmonize-ping", daemon=True).start()
 

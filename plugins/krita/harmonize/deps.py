@@ -61,3 +61,20 @@ def plugin_support() -> ModuleType:
     """:mod:`backend.plugin_support` (needs msgpack; pyzmq only when talking to the daemon)."""
     add_wheels_to_path()
     return importlib.import_module("backend.plugin_support")
+
+
+def explain(exc: BaseException) -> str:
+    """A message for the user about any failure; never raises, also when the shared modules
+    themselves cannot be imported (Krita's Python without msgpack or pyzmq)."""
+    try:
+        return str(plugin_support().explain(exc))
+    except ImportError as missing:
+        return missing_modules_message(missing)
+
+
+def missing_modules_message(missing: BaseException) -> str:
+    return (
+        f"The Harmonize plugin cannot load its daemon client ({missing}). Krita's Python needs "
+        "pyzmq and msgpack: run `harmonize install-plugin krita --deps vendor`, install the "
+        "release zip (it carries them), or on Linux install python3-zmq and python3-msgpack."
+    )
