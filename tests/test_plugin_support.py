@@ -265,3 +265,36 @@ def test_daemon_that_does_not_start(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     fmt = S.wire_format("U8_NON_LINEAR")
     with pytest.raises(S.PluginError, match=r"could not be started.*no weights installed"):
         S.harmonize(b"\0" * 4, b"\0", b"\0" * 3, 1, 1, fmt, settings=settings_)
+
+
+def test_starts_a_daemon_when_none_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        light_model) -> None:  # fmt: skip
+    """The plugin's path for a user with no daemon: settings.json's command is started
+    detached, found through the endpoint file, used, and then shut down here."""
+    from backend.client import Client
+    from backend.model.weights import save_weights
+
+    weights = tmp_path / "w.pt"
+    save_weights(weights, light_model, "aict-light", {"note": "random, tests"}, half=False)
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("HARMONIZE_LOG_DIR", str(tmp_path / "log"))
+    settings_ = S.Settings(
+        serve_command=[sys.executable, "-m", "backend", "serve"],
+        serve_args=["--weights", str(weights), "--device", "cpu"],
+    )
+    w, h = 40, 32
+    layer = bytes([200, 120, 40, 255]) * (w * h)
+    mask = bytes([255]) * (w * h)
+    backdrop = bytes([30, 60, 150]) * (w * h)
+    try:
+        result = S.harmonize(layer, mask, backdrop, w, h, S.wire_format("U8_NON_LINEAR"),
+                             settings=settings_)  # fmt: skip
+        assert result.box == S.Box(0, 0, w, h)
+        assert result.pixels != layer  # recoloured
+        info = json.loads((tmp_path / "run" / "daemon.json").read_text())
+        assert info["pid"] != os.getpid()
+    finally:
+        endpoint = tmp_path / "run" / "daemon.json"
+        if endpoint.exists():
+            with Client.from_endpoint_file(endpoint, timeout=10, retries=0) as client:
+                client.shutdown()
