@@ -81,13 +81,15 @@ class InstallReport:
 
 
 def project_root() -> Path:
-    """The checkout (or installed tree) that holds ``plugins/``."""
+    """The checkout that holds ``plugins/`` (site-packages when installed from a wheel)."""
     return Path(__file__).resolve().parents[1]
 
 
 def plugin_source(host: str) -> Path:
-    """``plugins/<host>/<name>`` of this project; InstallError if this install lacks it."""
+    """``plugins/<host>/harmonize`` of a checkout, else the copy shipped in the package."""
     src = project_root() / "plugins" / host / "harmonize"
+    if not src.is_dir():
+        src = Path(__file__).resolve().parent / "_plugins" / host / "harmonize"
     if not src.is_dir():
         raise InstallError(
             f"the {host} plugin's files are not in this installation (looked in {src}); "
