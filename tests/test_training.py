@@ -357,6 +357,25 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
     summary = json.loads((ev / "summary.json").read_text())
     assert set(summary["by_subset"]["All"]) == {"composite", "classical", "model"}
     assert (ev / "contact_sheet.png").is_file()
+    doc = tmp_path / "weights.md"
+    doc.write_text("# W\n<!-- report:start -->\nold\n<!-- report:end -->\ntail\n")
+    assert (
+        main(
+            [
+                "report",
+                str(run / "last.pt"),
+                "--summary",
+                str(ev / "summary.json"),
+                "--fill",
+                str(doc),
+            ]
+        )
+        == 0
+    )
+    text = doc.read_text()
+    assert "old" not in text and text.endswith("<!-- report:end -->\ntail\n")
+    model_fmse = summary["by_kind"]["All"]["model"]["fmse"]
+    assert "| All | model | 3 |" in text and f"{model_fmse:.2f}" in text
     weights = tmp_path / "w.pt"
     assert (
         main(["export", str(run / "last.pt"), str(weights), "--summary", str(ev / "summary.json")])

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train|evaluate|export|make-synthetic|resize``.
+"""Command line: ``python -m training train|evaluate|export|make-synthetic|report|resize``.
 
 Run ``python -m training <command> --help`` for the options; docs/training.md has recipes.
 """
@@ -217,6 +217,18 @@ def cmd_make_synthetic(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from training.report import fill, report
+
+    md = report(a.checkpoint, a.summary, contact_sheets=a.sheet)
+    if a.fill:
+        fill(a.fill, md)
+        print(f"updated {a.fill}")
+    else:
+        print(md)
+    return 0
+
+
 def cmd_resize(a: argparse.Namespace) -> int:
     from training.iharmony4 import resize_tree
 
@@ -318,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=200)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_make_synthetic)
+
+    rp = sub.add_parser("report", help="Markdown run + validation report (docs/weights.md)")
+    rp.add_argument("checkpoint")
+    rp.add_argument("--summary", required=True, help="summary.json of an evaluate run")
+    rp.add_argument("--sheet", action="append", default=[], help="contact sheet to mention")
+    rp.add_argument("--fill", help="rewrite the report markers of this Markdown file")
+    rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("resize", help="pre-resize an iHarmony4 subset (HAdobe5k) to <= 2048")
     r.add_argument("src")

@@ -1,0 +1,92 @@
+"""Markdown for ``docs/weights.md`` from a checkpoint and an evaluation summary.
+
+``python -m training report CHECKPOINT --summary eval/summary.json --fill docs/weights.md``
+rewrites the text between ``<!-- report:start -->`` and ``<!-- report:end -->`` in that file, so
+the documented numbers always come from the files they describe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from training.evaluate import format_table
+from training.train import load_checkpoint
+
+START, END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def _eval_events(log: Path) -> list[dict[str, Any]]:
+    if not log.is_file():
+        return []
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [e for e in events if e.get("event") == "eval"]
+
+
+def report(
+    checkpoint: str | Path, summary: str | Path, *, contact_sheets: list[str] | None = None
+) -> str:
+    """The "Training run" and "Validation" sections as Markdown."""
+    ck = load_checkpoint(checkpoint)
+    cfg = ck["config"]
+    obj = json.loads(Path(summary).read_text())
+    samples, elapsed = ck["samples"], float(ck["elapsed"])
+    lines = [
+        "### Training run",
+        "",
+        f"- checkpoint: `{Path(checkpoint).name}` of `{cfg['out']}`, EMA weights, "
+        f"report written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- variant `{ck['variant']}`"
+        + (f" with overrides {cfg['model_overrides']}" if cfg.get("model_overrides") else ""),
+        f"- {ck['step']} steps x batch {cfg['batch_size']} x accumulation {cfg['accum']} = "
+        f"{samples} samples, {elapsed / 60:.0f} min of training on a shared 2-core CPU "
+        f"({samples / max(elapsed, 1e-9):.1f} samples/s on average)",
+        f"- Adam, LR {cfg['lr']:g} constant for {cfg['const_fraction']:.0%} of the time budget "
+        f"({(cfg.get('time_budget') or 0) / 60:.0f} min) then linear to "
+        f"{cfg['final_lr_fraction']:g}; EMA {cfg['ema_decay']}; losses fMSE A_min "
+        f"{cfg['hr_min_area']:g} (crops of <= {cfg['data']['max_side']} px) + "
+        f"{cfg['lr_weight']:g} x fMSE A_min {cfg['lr_min_area']:g} (256 x 256); seed {cfg['seed']}",
+    ]
+    evals = _eval_events(Path(cfg["out"]) / "train.jsonl")
+    if evals:
+        curve = ", ".join(f"{e['step']}: {e['ema']['fmse']:.0f}" for e in evals)
+        base = evals[-1]
+        lines.append(
+            f"- EMA fMSE on the {base['ema']['n']} in-training validation composites by step: "
+            f"{curve} (composite {base['composite']['fmse']:.0f}, classical "
+            f"{base['classical']['fmse']:.0f})"
+        )
+    lines += [
+        "",
+        "### Validation",
+        "",
+        f"{obj.get('n', '?')} synthetic composites from the **held-out photos** (never trained "
+        "on), full resolution (longer side <= 512), metrics of the official evaluation "
+        "(0..255, unrounded prediction). `composite` = doing nothing, `classical` = "
+        "`backend.color_stats.classical_transfer` (per-channel mean/std match to the "
+        "background). Regenerate with `python -m training evaluate` (see `docs/training.md`).",
+        "",
+        format_table(obj["by_kind"], "recipe kind"),
+        "",
+        format_table({k: v for k, v in obj["by_subset"].items()}, "photo source"),
+    ]
+    if contact_sheets:
+        lines += [
+            "",
+            "Contact sheets (composite / classical / ours / ground truth): "
+            + ", ".join(f"`{s}`" for s in contact_sheets),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def fill(doc: str | Path, markdown: str) -> None:
+    """Replace the text between the report markers of ``doc`` with ``markdown``."""
+    path = Path(doc)
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{path} has no {START} ... {END} markers")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    path.write_text(pattern.sub(lambda _m: f"{START}\n{markdown}{END}", text))
