@@ -296,3 +296,6 @@ def test_written_synthetic_set_reads_back_exactly(
         assert np.array_equal(back.composite, t.composite)
         assert back.real is not None and np.array_equal(back.real, t.real)
         np.testing.assert_allclose(back.mask, t.mask, atol=1e-6)
+    loaded = iharmony4.attach_recipes(root, [iharmony4.load_entry(e) for e in entries])
+    assert [b.meta["kind"] for b in loaded] == [t.meta["kind"] for t in triplets]
+    assert {b.subset for b in loaded} == {"test"}  # the photo source, not the folder name

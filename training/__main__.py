@@ -143,7 +143,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         entries = iharmony4.list_entries(a.iharmony4, a.split, a.subsets or None)
         if a.limit:
             entries = entries[: a.limit]
-        triplets += [iharmony4.load_entry(e) for e in entries]
+        loaded = [iharmony4.load_entry(e) for e in entries]
+        triplets += iharmony4.attach_recipes(a.iharmony4, loaded)
     if not triplets:
         raise SystemExit("nothing to evaluate: give --iharmony4 ROOT and/or --folder DIR")
     triplets = [limit_size(t, a.max_side) for t in triplets]

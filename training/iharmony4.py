@@ -14,6 +14,7 @@ field dropped), as the official ``HDatasetUpsample``. ``<root>`` may also be one
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,23 @@ def load_entry(e: Entry) -> Triplet:
     if real.shape != comp.shape:
         raise ValueError(f"{e.subset}/{e.name}: real {real.shape} != composite {comp.shape}")
     return Triplet(e.name, e.subset, comp, load_mask_float(e.mask, comp.shape[:2]), real)
+
+
+def attach_recipes(root: str | Path, triplets: list[Triplet]) -> list[Triplet]:
+    """For a set written by ``make-synthetic``: label each triplet with its recipe kind and
+    photo source from ``recipes.jsonl`` (so tables split by kind and source). Others unchanged.
+    """
+    path = Path(root) / "recipes.jsonl"
+    if not path.is_file():
+        return triplets
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    meta = {Path(m["composite"]).stem: m for m in lines}
+    for t in triplets:
+        m = meta.get(t.name)
+        if m is not None:
+            t.meta.update({k: m[k] for k in ("kind", "photo", "mask_origin") if k in m})
+            t.subset = str(m.get("photo", t.subset)).split("/")[0]
+    return triplets
 
 
 class IHarmony4Train(torch.utils.data.Dataset):
