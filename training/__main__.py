@@ -221,7 +221,7 @@ def cmd_make_synthetic(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from training.report import fill, report
 
-    md = report(a.checkpoint, a.summary, contact_sheets=a.sheet)
+    md = report(a.checkpoint, a.summary, contact_sheets=a.sheet, note=a.note)
     if a.fill:
         fill(a.fill, md)
         print(f"updated {a.fill}")
@@ -337,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--summary", required=True, help="summary.json of an evaluate run")
     rp.add_argument("--sheet", action="append", default=[], help="contact sheet to mention")
     rp.add_argument("--fill", help="rewrite the report markers of this Markdown file")
+    rp.add_argument("--note", help="a bold remark added to the run description")
     rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("resize", help="pre-resize an iHarmony4 subset (HAdobe5k) to <= 2048")

@@ -27,7 +27,11 @@ def _eval_events(log: Path) -> list[dict[str, Any]]:
 
 
 def report(
-    checkpoint: str | Path, summary: str | Path, *, contact_sheets: list[str] | None = None
+    checkpoint: str | Path,
+    summary: str | Path,
+    *,
+    contact_sheets: list[str] | None = None,
+    note: str | None = None,
 ) -> str:
     """The "Training run" and "Validation" sections as Markdown."""
     ck = load_checkpoint(checkpoint)
@@ -50,7 +54,11 @@ def report(
         f"{cfg['hr_min_area']:g} (crops of <= {cfg['data']['max_side']} px) + "
         f"{cfg['lr_weight']:g} x fMSE A_min {cfg['lr_min_area']:g} (256 x 256); seed {cfg['seed']}",
     ]
-    evals = _eval_events(Path(cfg["out"]) / "train.jsonl")
+    if note:
+        lines.append(f"- **{note}**")
+    # Evaluations up to this checkpoint; a resumed run may repeat a step (keep the last one).
+    by_step = {e["step"]: e for e in _eval_events(Path(cfg["out"]) / "train.jsonl")}
+    evals = [by_step[s] for s in sorted(by_step) if s <= ck["step"]]
     if evals:
         curve = ", ".join(f"{e['step']}: {e['ema']['fmse']:.0f}" for e in evals)
         base = evals[-1]
