@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +30,15 @@ from training.train import EMA, TrainConfig, batch_loss, load_checkpoint, lr_fac
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"input_size": 64}
 """aict-light at a 64 x 64 input (4 x 4 tokens): the same code paths, 16x less compute."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one torch thread is many times faster than two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from training import iharmony4, recipes
 from training.augment import crop_box, crop_flip, fit_size, limit_size
@@ -54,6 +56,15 @@ def generator(folder: tuple[Path, Path, Path]) -> CompositeGenerator:
     return CompositeGenerator(
         scan_folder("test", photos, masks), sorted(bank.iterdir()), seed=3, max_side=80
     )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one torch thread is many times faster than two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- recipes ----------------------------------------------------------------------------------
@@ -135,6 +146,11 @@ def test_place_bank_mask_fits_canvas() -> None:
         m = place_bank_mask(shape, (50, 90), rng)
         assert m is not None and m.shape == (50, 90) and 0 < m.mean() < 0.9
     assert place_bank_mask(np.zeros((8, 8), np.float32), (10, 10), rng) is None
+    box = np.zeros((64, 64), np.float32)
+    box[8:40, 8:56] = 1
+    assert place_bank_mask(box, (50, 90), rng) is not None
+    assert place_bank_mask(box, (50, 90), rng, max_fill=0.9) is None
+    assert place_bank_mask(shape, (50, 90), rng, max_fill=0.9) is None  # a filled bar, too
 
 
 def test_label_region_picks_one_mid_sized_region() -> None:

@@ -65,6 +65,12 @@ def _add_data(p: argparse.ArgumentParser) -> None:
         help="longer side of training crops (none = full resolution)",
     )
     g.add_argument("--val-max-side", type=_side, default=512)
+    g.add_argument(
+        "--max-bank-fill",
+        type=float,
+        default=1.0,
+        help="skip mask-bank shapes filling more of their bounding box (0.9 drops boxes)",
+    )
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -86,6 +92,7 @@ def _spec(a: argparse.Namespace) -> DataSpec:
         max_side=a.max_side,
         val_max_side=a.val_max_side,
         seed=a.seed,
+        max_bank_fill=a.max_bank_fill,
     )
 
 
@@ -204,6 +211,7 @@ def cmd_make_synthetic(a: argparse.Namespace) -> int:
     gen = CompositeGenerator(
         photos,
         bank,
+        max_bank_fill=a.max_bank_fill,
         seed=spec.seed + (VAL_SEED_OFFSET if val else 0),
         max_side=a.val_max_side if val else a.max_side,
         augment=not val,

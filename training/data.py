@@ -45,6 +45,7 @@ class DataSpec:
     val_max_side: int | None = 512
     lr_size: int = 256
     seed: int = 0
+    max_bank_fill: float = 1.0
 
 
 def default_shared_data() -> Path:
@@ -96,13 +97,20 @@ def build_training(spec: DataSpec) -> tuple[torch.utils.data.Dataset, list[Tripl
     """``(training dataset, validation triplets, description for logs/metadata)``."""
     if spec.kind == "synthetic":
         train_p, val_p, train_b, val_b, split = synthetic_split(spec)
-        gen = CompositeGenerator(train_p, train_b, seed=spec.seed, max_side=spec.max_side)
+        gen = CompositeGenerator(
+            train_p,
+            train_b,
+            seed=spec.seed,
+            max_side=spec.max_side,
+            max_bank_fill=spec.max_bank_fill,
+        )
         val_gen = CompositeGenerator(
             val_p or train_p,
             val_b or train_b,
             seed=spec.seed + VAL_SEED_OFFSET,
             max_side=spec.val_max_side,
             augment=False,
+            max_bank_fill=spec.max_bank_fill,
         )
         val = [val_gen.triplet(i) for i in range(spec.val_count)] if spec.val_count else []
         sources = sorted({p.source for p in train_p})

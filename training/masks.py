@@ -34,13 +34,17 @@ def fraction(mask: np.ndarray) -> float:
 
 
 def place_bank_mask(
-    shape_mask: np.ndarray, size: tuple[int, int], rng: np.random.Generator
+    shape_mask: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    max_fill: float = 1.0,
 ) -> np.ndarray | None:
     """Put an object shape at a random scale and position on an ``size = (H, W)`` canvas.
 
     ``shape_mask`` is any binary mask holding one object; its bounding box is cut out, scaled so
     the object covers about 3-45 % of the canvas (aspect kept), possibly mirrored, and placed
-    fully inside. Returns a float32 {0, 1} ``(H, W)`` mask, or None for an empty shape.
+    fully inside. Returns a float32 {0, 1} ``(H, W)`` mask, or None for an empty shape or one
+    filling more than ``max_fill`` of its bounding box (boxes are poor object shapes).
     """
     ys, xs = np.nonzero(shape_mask > 0.5)
     if ys.size < 16:
@@ -48,6 +52,8 @@ def place_bank_mask(
     obj = shape_mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32)
     h, w = size
     fill = max(float(obj.mean()), 0.05)  # object pixels per bounding-box pixel
+    if fill > max_fill:
+        return None
     target = rng.uniform(0.03, 0.45) * h * w
     scale = np.sqrt(target / (fill * obj.shape[0] * obj.shape[1]))
     scale = min(scale, h / obj.shape[0], w / obj.shape[1])

@@ -55,6 +55,9 @@ class CompositeGenerator:
         max_side: longer side of the produced images (downscale only); None keeps the size.
         augment: apply the paper's random crop and flip (training) or not (validation).
         cache_side: photos are kept in memory at this longer side.
+        max_bank_fill: skip bank shapes that fill more than this share of their bounding box
+            (about a quarter of the Lalonde-Efros shapes are near-rectangles, e.g. buildings,
+            at 0.9); 1.0 keeps all, as the shipped default was trained.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class CompositeGenerator:
         max_side: int | None = 352,
         augment: bool = True,
         cache_side: int = CACHE_SIDE,
+        max_bank_fill: float = 1.0,
     ) -> None:
         if not photos:
             raise ValueError("the composite generator needs at least one photo")
@@ -79,7 +83,7 @@ class CompositeGenerator:
         self.source_p = weights / weights.sum()
         self.bank = list(bank)
         self.seed, self.max_side, self.augment = seed, max_side, augment
-        self.cache_side = cache_side
+        self.cache_side, self.max_bank_fill = cache_side, max_bank_fill
         self._cache: dict[Path, np.ndarray] = {}
         self._stats: dict[tuple[Path, int], tuple[list[float], list[float]]] = {}
 
@@ -101,7 +105,7 @@ class CompositeGenerator:
         if not self.bank:
             return None
         shape_mask = M.load_binary(self.bank[int(rng.integers(len(self.bank)))])
-        return M.place_bank_mask(shape_mask, shape, rng)
+        return M.place_bank_mask(shape_mask, shape, rng, self.max_bank_fill)
 
     def object_mask(
         self, p: Photo, shape: tuple[int, int], rng: np.random.Generator
