@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,13 @@ def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared fixtures live in ../shared beside the repo)")
     return path
+
+
+def host_unavailable(reason: str) -> None:
+    """Skip a real-host test, or fail it when CI demands the hosts (HARMONIZE_REQUIRE_HOSTS=1)."""
+    if os.environ.get("HARMONIZE_REQUIRE_HOSTS") == "1":
+        pytest.fail(f"HARMONIZE_REQUIRE_HOSTS=1 but {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

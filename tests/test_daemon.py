@@ -7,8 +7,6 @@ aict-light weights, so nothing touches the user's files and no trained weights a
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
 import subprocess
@@ -30,10 +28,10 @@ from backend.engine import Engine
 from backend.model import create_model
 from backend.model.weights import save_weights
 from backend.pipeline import load_model
+from tests.daemon_process import SERVE, DaemonProcess, daemon_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-SERVE = [sys.executable, "-m", "backend", "serve"]
 
 
 @pytest.fixture(scope="module")
@@ -48,68 +46,9 @@ def weights(tmp_path_factory) -> Path:
     return path
 
 
-def daemon_env(root: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, **extra}
-    for name in ("RUNTIME", "LOG", "DATA", "CACHE", "CONFIG"):
-        env[f"HARMONIZE_{name}_DIR"] = str(root / name.lower())
-    env.pop("HARMONIZE_WEIGHTS", None)
-    return env
-
-
-class Daemon:
-    """A ``harmonize serve`` subprocess; output goes to files under ``root``."""
-
-    def __init__(self, root: Path, weights: Path, *args: str, **env: str) -> None:
-        self.root = root
-        self.env = daemon_env(root, **env)
-        self.endpoint_file = root / "runtime" / "daemon.json"
-        self.out = open(root / f"serve-{time.monotonic_ns()}.out", "wb")  # noqa: SIM115
-        cmd = [*SERVE, "--weights", str(weights), "--log-level", "DEBUG", *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.out, stderr=self.out)
-        deadline = time.monotonic() + 90
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"daemon did not start: {self.output()}")
-            time.sleep(0.1)
-
-    def _ready(self) -> bool:
-        try:
-            return json.loads(self.endpoint_file.read_text())["pid"] == self.proc.pid
-        except (OSError, ValueError, KeyError):
-            return False
-
-    @property
-    def info(self) -> dict:
-        return json.loads(self.endpoint_file.read_text())
-
-    def client(self, **kw) -> Client:
-        kw.setdefault("timeout", 60)
-        return Client.from_endpoint_file(self.endpoint_file, **kw)
-
-    def rss(self) -> int:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) << 10
-
-    def output(self) -> str:
-        self.out.flush()
-        return (Path(self.out.name).read_bytes()[-3000:]).decode(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.out.close()
-        return code
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, weights):
-    run = Daemon(tmp_path_factory.mktemp("daemon"), weights)
+    run = DaemonProcess(tmp_path_factory.mktemp("daemon"), weights)
     yield run
     assert run.stop() == 0, run.output()
     assert not run.endpoint_file.exists()
@@ -250,7 +189,7 @@ def hostile(rng: random.Random, token: str, good: list) -> list:
 def test_hostile_input_never_crashes_the_daemon(tmp_path, weights):
     """10,000 generated messages (plus oversized frames) from several sockets: every one is
     answered or dropped, RSS grows by less than 50 MB, and ping still works."""
-    run = Daemon(tmp_path, weights, HARMONIZE_MAX_PIXELS="1000000")  # 16 MB frame limit
+    run = DaemonProcess(tmp_path, weights, HARMONIZE_MAX_PIXELS="1000000")  # 16 MB frame limit
     ctx = zmq.Context.instance()
     socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
     try:
@@ -354,7 +293,7 @@ def test_run_daemon_matches_in_process_run(daemon, weights, tmp_path, monkeypatc
 
 
 def test_daemon_killed_and_restarted_client_reconnects(tmp_path, weights, engine):
-    first = Daemon(tmp_path, weights)
+    first = DaemonProcess(tmp_path, weights)
     client = first.client(timeout=2.0, retries=15)
     try:
         case = payload(7, 60, 50, "uint16")
@@ -362,7 +301,7 @@ def test_daemon_killed_and_restarted_client_reconnects(tmp_path, weights, engine
         old = first.info
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
         assert first.endpoint_file.exists()  # stale: dead pid
-        second = Daemon(tmp_path, weights)  # replaces the stale file
+        second = DaemonProcess(tmp_path, weights)  # replaces the stale file
         try:
             assert second.info["token"] != old["token"]
             assert np.array_equal(
@@ -376,7 +315,7 @@ def test_daemon_killed_and_restarted_client_reconnects(tmp_path, weights, engine
 
 
 def test_sigterm_during_a_job_exits_cleanly(tmp_path, weights):
-    run = Daemon(tmp_path, weights)
+    run = DaemonProcess(tmp_path, weights)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)

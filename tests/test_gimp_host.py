@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -43,6 +42,8 @@ import pytest
 from backend import plugin_support as S
 from backend.compose import composite, crop_box
 from backend.protocol import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
+from tests.conftest import host_unavailable
+from tests.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.gimp, pytest.mark.host, pytest.mark.slow]
 
@@ -53,17 +54,10 @@ W, H = 160, 120
 OBJ_W, OBJ_H = 60, 44
 
 
-def unavailable(reason: str) -> None:
-    """Skip, or fail when CI demands the hosts (HARMONIZE_REQUIRE_HOSTS=1)."""
-    if os.environ.get("HARMONIZE_REQUIRE_HOSTS") == "1":
-        pytest.fail(f"HARMONIZE_REQUIRE_HOSTS=1 but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def gimp_chroot() -> None:
     if sys.platform != "linux" or os.geteuid() != 0:
-        unavailable("the GIMP 3 chroot needs Linux and root (debootstrap, chroot, mount)")
+        host_unavailable("the GIMP 3 chroot needs Linux and root (debootstrap, chroot, mount)")
     proc = subprocess.run(
         ["bash", str(SCRIPT), "provision"],
         capture_output=True,
@@ -72,7 +66,7 @@ def gimp_chroot() -> None:
         check=False,
     )
     if proc.returncode != 0:
-        unavailable(f"could not provision the GIMP 3 chroot: {proc.stderr.strip()[-800:]}")
+        host_unavailable(f"could not provision the GIMP 3 chroot: {proc.stderr.strip()[-800:]}")
 
 
 # ---- the scene --------------------------------------------------------------------------------
@@ -138,30 +132,8 @@ def daemon(gimp_chroot: None, weights: Path, tmp_path_factory: pytest.TempPathFa
            ) -> Iterator[Path]:  # fmt: skip
     """A real daemon on 127.0.0.1; yields the job folder whose runtime/ holds its endpoint."""
     job = tmp_path_factory.mktemp("gimp-job")
-    env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(job / "runtime"),
-           "HARMONIZE_LOG_DIR": str(job / "log")}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backend", "serve", "--weights", str(weights), "--device", "cpu",
-         "--port", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    endpoint = job / "runtime" / "daemon.json"
-    deadline = time.monotonic() + 120
-    while not endpoint.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the daemon did not start: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    try:
+    with DaemonProcess(job, weights, "--device", "cpu", "--port", "0"):
         yield job
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def install_deps() -> list[str]:

@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 
 from backend.model.weights import save_weights
+from tests.conftest import host_unavailable
+from tests.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.krita, pytest.mark.host, pytest.mark.slow]
 
@@ -43,13 +45,6 @@ and ``harmonize run`` (which works on the full image) sees exactly the same inpu
 KRITA_TIMEOUT = 300
 
 
-def unavailable(reason: str) -> None:
-    """Skip, or fail when CI demands the hosts (HARMONIZE_REQUIRE_HOSTS=1)."""
-    if os.environ.get("HARMONIZE_REQUIRE_HOSTS") == "1":
-        pytest.fail(f"HARMONIZE_REQUIRE_HOSTS=1 but {reason}")
-    pytest.skip(reason)
-
-
 APT = "apt-get install krita python3-pyqt5 python3-sip xvfb xauth python3-zmq python3-msgpack"
 
 
@@ -57,11 +52,11 @@ def need_host(*programs: str) -> None:
     """Krita's programs and the modules its Python needs (Debian's python3)."""
     missing = [p for p in programs if shutil.which(p) is None]
     if missing:
-        unavailable(f"{', '.join(missing)} not installed ({APT})")
+        host_unavailable(f"{', '.join(missing)} not installed ({APT})")
     code = "import PyQt5, zmq, msgpack"
     probe = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, check=False)
     if probe.returncode:
-        unavailable(f"Krita's Python (/usr/bin/python3) cannot `{code}` ({APT})")
+        host_unavailable(f"Krita's Python (/usr/bin/python3) cannot `{code}` ({APT})")
 
 
 # ---- images -----------------------------------------------------------------------------------
@@ -163,44 +158,10 @@ def weights(tmp_path_factory: pytest.TempPathFactory, light_model: Any) -> Path:
 def daemon(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Iterator[dict[str, str]]:
     """A real ``harmonize serve`` on 127.0.0.1 (CPU); yields the environment that finds it."""
     need_host("kritarunner")
-    root = tmp_path_factory.mktemp("daemon")
-    env = {
-        **os.environ,
-        "HARMONIZE_RUNTIME_DIR": str(root / "run"),
-        "HARMONIZE_LOG_DIR": str(root / "log"),
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backend",
-            "serve",
-            "--weights",
-            str(weights),
-            "--device",
-            "cpu",
-            "--port",
-            "0",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    endpoint = root / "run" / "daemon.json"
-    deadline = time.monotonic() + 120
-    while not endpoint.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"harmonize serve did not start: {proc.stdout.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    yield env
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
+    with DaemonProcess(
+        tmp_path_factory.mktemp("daemon"), weights, "--device", "cpu", "--port", "0"
+    ) as run:
+        yield run.env
 
 
 # ---- 1. kritarunner ---------------------------------------------------------------------------
@@ -486,7 +447,7 @@ def test_release_zip_imports_and_loads_its_wheels(tmp_path: Path, runner_home: P
     need_host("kritarunner")
     importer = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
     if not importer.is_file():
-        unavailable(f"{importer} is missing (Debian's krita package ships it)")
+        host_unavailable(f"{importer} is missing (Debian's krita package ships it)")
     from backend import plugin_install
 
     version = subprocess.run(

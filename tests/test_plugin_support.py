@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from hypothesis import strategies as st
 from backend import plugin_support as S
 from backend import protocol as P
 from backend.compose import crop_box
+from tests.daemon_process import DaemonProcess
 
 # ---- geometry ---------------------------------------------------------------------------------
 
@@ -195,27 +194,8 @@ def real_daemon(tmp_path_factory: pytest.TempPathFactory, light_model) -> Iterat
     tmp = tmp_path_factory.mktemp("daemon")
     weights = tmp / "w.pt"
     save_weights(weights, light_model, "aict-light", {"note": "random, tests"}, half=False)
-    env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp / "run"),
-           "HARMONIZE_LOG_DIR": str(tmp / "log")}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backend", "serve", "--weights", str(weights), "--device", "cpu"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (tmp / "run" / "daemon.json").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"daemon did not start: {proc.communicate()[1].decode()[-1500:]}")
-        time.sleep(0.1)
-    yield tmp / "run"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stderr is not None:
-        proc.stderr.close()
+    with DaemonProcess(tmp, weights, "--device", "cpu"):
+        yield tmp / "runtime"
 
 
 def test_harmonize_through_a_real_daemon(real_daemon: Path, monkeypatch: pytest.MonkeyPatch):
