@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from training import iharmony4, recipes
 from training.augment import crop_box, crop_flip, fit_size, limit_size
@@ -59,12 +57,8 @@ def generator(folder: tuple[Path, Path, Path]) -> CompositeGenerator:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
+def _one_thread(one_torch_thread: None) -> None:
     """Tiny tensors: one torch thread is many times faster than two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- recipes ----------------------------------------------------------------------------------
