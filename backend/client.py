@@ -340,6 +340,18 @@ def serve_command() -> list[str]:
     return [exe, "serve"] if exe else [sys.executable, "-m", "backend", "serve"]
 
 
+def _answering_client(
+    path: Path, timeout: float, retries: int, *, ping_timeout: float
+) -> Client | None:
+    """A client for the daemon named in ``path`` if it answers a ping, else None."""
+    try:
+        client = Client.from_endpoint_file(path, timeout=timeout, retries=retries)
+        client.ping(timeout=ping_timeout, retries=0)
+    except DaemonError:
+        return None
+    return client
+
+
 def ensure_daemon(
     *,
     command: Sequence[str] | None = None,
@@ -356,12 +368,9 @@ def ensure_daemon(
     goes to its log file. ``args`` are passed on (e.g. ``["--weights", path]``).
     """
     path = Path(endpoint_file) if endpoint_file else default_endpoint_file()
-    try:
-        client = Client.from_endpoint_file(path, timeout=timeout, retries=retries)
-        client.ping(timeout=2.0, retries=0)
+    client = _answering_client(path, timeout, retries, ping_timeout=2.0)
+    if client is not None:
         return client
-    except DaemonError:
-        pass
     cmd = [*(command or serve_command()), "--port", "0", "--idle-timeout", f"{idle_timeout:g}"]
     cmd += ["--quiet", *args]
     with tempfile.TemporaryFile() as errors:  # start-up errors only: --quiet drops stderr later
@@ -370,12 +379,9 @@ def ensure_daemon(
         threading.Thread(target=proc.wait, name="harmonize-reaper", daemon=True).start()
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
-            try:
-                client = Client.from_endpoint_file(path, timeout=timeout, retries=retries)
-                client.ping(timeout=1.0, retries=0)
+            client = _answering_client(path, timeout, retries, ping_timeout=1.0)
+            if client is not None:
                 return client
-            except DaemonError:
-                pass
             code = proc.poll()
             if code is not None and code != 1:  # 1: another daemon won the race; keep looking
                 errors.seek(0)
