@@ -19,6 +19,7 @@ on another port with a new token) and send again, up to ``retries`` times.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -37,8 +38,10 @@ import zmq
 
 try:  # inside the backend package, or vendored as a package beside protocol.py
     from . import protocol as P
-except ImportError:  # vendored as a top-level module beside protocol.py (GIMP plug-in dir)
+    from . import shm
+except ImportError:  # vendored as top-level modules beside protocol.py (GIMP plug-in dir)
     import protocol as P  # type: ignore[no-redef]
+    import shm  # type: ignore[no-redef]
 
 APP = "harmonize"
 ENDPOINT_FILE = "daemon.json"
@@ -46,6 +49,8 @@ REPLY_LIMITS = P.Limits(max_pixels=1 << 40)
 """Replies come from the daemon we chose: only their structure is checked, not their size."""
 DEFAULT_IDLE_TIMEOUT = 1800.0
 """Seconds an auto-started daemon waits without requests before exiting."""
+CLIENT_TRANSPORTS = ("auto", P.FRAMES, P.SHM)
+"""``auto``: shared memory when the daemon offers it and runs on this machine, else frames."""
 
 
 class DaemonError(Exception):
@@ -115,12 +120,18 @@ def read_endpoint_file(path: Path | None = None) -> dict[str, Any]:
 
 @dataclass
 class HarmonizeResult:
-    """A harmonized crop: ``pixels`` ``(h, w, 4|3)`` to paste at ``offset`` ``(x, y)``."""
+    """A harmonized crop: ``pixels`` ``(h, w, 4|3)`` to paste at ``offset`` ``(x, y)``.
+
+    ``pixels.data`` is a read-only buffer that stays valid for as long as it is referenced
+    (over shared memory: a view of the segment, which the client then stops reusing).
+    ``transport`` says how the pixels travelled (``"frames"`` or ``"shm"``).
+    """
 
     pixels: P.Pixels
     offset: tuple[int, int]
     cached: bool
     timings: dict[str, float] = field(default_factory=dict)
+    transport: str = P.FRAMES
 
 
 class Client:
@@ -131,6 +142,8 @@ class Client:
             ``endpoint_file`` (default: the runtime dir's) to discover and re-discover them.
         timeout: seconds of silence before a request is retried.
         retries: extra attempts after the first.
+        transport: how ``harmonize`` sends pixels: ``"auto"`` (default, or
+            ``$HARMONIZE_TRANSPORT``), ``"frames"`` or ``"shm"`` (see :data:`CLIENT_TRANSPORTS`).
     """
 
     def __init__(
@@ -142,7 +155,13 @@ class Client:
         timeout: float = 30.0,
         retries: int = 3,
         context: zmq.Context | None = None,
+        transport: str | None = None,
     ) -> None:
+        transport = transport or os.environ.get("HARMONIZE_TRANSPORT") or "auto"
+        if transport not in CLIENT_TRANSPORTS:
+            raise ValueError(f"transport must be one of {CLIENT_TRANSPORTS}; got {transport!r}")
+        self.transport = transport
+        self._segment: shm.Segment | None = None
         self.endpoint_file = endpoint_file
         self.endpoint = endpoint or ""
         self.token = token or ""
@@ -165,9 +184,14 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the socket and remove the shared-memory segment (a result view still held
+        keeps its own mapping)."""
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
 
     def _discover(self) -> bool:
         """Re-read the endpoint file; True if it names another endpoint or token."""
@@ -304,26 +328,126 @@ class Client:
             backdrop: ``(H, W, 3)``: what is visible below the layer.
         """
         options = P.HarmonizeOptions(strength, crop_margin, dtype, output)
-        reply = self.request(
-            P.HARMONIZE,
-            {"options": options.to_wire()},
-            P.harmonize_frames(layer, mask, backdrop),
-            on_progress=on_progress,
-            cancel=cancel,
-        )
+        frames = P.harmonize_frames(layer, mask, backdrop)
+        body = {"options": options.to_wire()}
+        kwargs = {"on_progress": on_progress, "cancel": cancel}
+        if self._shm_wanted():
+            result = self._harmonize_shm(body, frames, options, **kwargs)
+            if result is not None:
+                return result
+        reply = self.request(P.HARMONIZE, body, frames, **kwargs)
         result = reply.frames.get("result")
         if result is None:
             raise DaemonError(P.ErrorCode.BAD_MESSAGE, "harmonize reply without a result frame")
-        x, y = reply.body.get("offset", (0, 0))
-        return HarmonizeResult(
-            result, (int(x), int(y)), bool(reply.body.get("cached")), reply.body.get("timings", {})
-        )
+        return _result(reply, result, P.FRAMES)
+
+    # -- shared memory (protocol 1.1) --
+
+    def _shm_wanted(self) -> bool:
+        """Whether to try shared memory; with ``transport="shm"``, an error if impossible."""
+        if self.transport == P.FRAMES:
+            return False
+        if not self.server_info:
+            self.hello()
+        if P.SHM not in self.server_info.get("transports", ()):
+            reason = "the daemon does not offer shared memory (protocol < 1.1 or disabled)"
+        elif not _is_local(self.endpoint):
+            reason = f"the daemon at {self.endpoint} is not on this machine"
+        elif not shm.available():
+            reason = f"shared memory needs Linux with a writable {shm.SHM_DIR}"
+        else:
+            return True
+        if self.transport == P.SHM:
+            raise DaemonError(P.ErrorCode.SHM_UNAVAILABLE, f"transport shm: {reason}")
+        return False
+
+    def _harmonize_shm(
+        self,
+        body: dict[str, Any],
+        frames: dict[str, P.Pixels],
+        options: P.HarmonizeOptions,
+        **kwargs: Any,
+    ) -> HarmonizeResult | None:
+        """Send a harmonize request through this client's segment; None = use frames."""
+        layer = frames["layer"]
+        channels = 4 if options.output == "rgba" else 3
+        capacity = layer.shape[0] * layer.shape[1] * channels
+        capacity *= P.DTYPES[options.dtype or layer.dtype]
+        offsets, input_bytes = shm.plan({n: pix.nbytes for n, pix in frames.items()})
+        try:
+            segment = self._segment_for(input_bytes, capacity)
+        except shm.ShmError as exc:
+            return self._shm_failed(str(exc))
+        for name, pix in frames.items():
+            segment.write(offsets[name], pix.data)
+        try:
+            reply = self.request(
+                P.HARMONIZE, {**body, "shm": segment.describe(offsets, frames)}, **kwargs
+            )
+        except DaemonError as exc:
+            if exc.code != P.ErrorCode.SHM_UNAVAILABLE:
+                raise
+            return self._shm_failed(exc.message)
+        desc = reply.body.get("result")
+        try:
+            if not isinstance(desc, dict) or desc.get("offset") != segment.result_offset:
+                raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, "no result in the segment")
+            spec = {k: v for k, v in desc.items() if k != "offset"}
+            template = P.check_frame(spec, None, REPLY_LIMITS)
+        except P.ProtocolError as exc:
+            raise DaemonError(P.ErrorCode.BAD_MESSAGE, f"harmonize reply: {exc.message}") from None
+        if template.nbytes > segment.result_capacity:
+            raise DaemonError(P.ErrorCode.BAD_MESSAGE, "harmonize reply: result over capacity")
+        pixels = P.Pixels(segment.result(template.nbytes), template.shape, template.dtype)
+        return _result(reply, pixels, P.SHM)
+
+    def _segment_for(self, input_bytes: int, result_bytes: int) -> shm.Segment:
+        """This client's segment, reused while the request fits and no earlier result view is
+        still held; otherwise a new one replaces it."""
+        old = self._segment
+        if old is not None and old.fits(input_bytes, result_bytes) and old.reusable():
+            return old
+        if old is not None:
+            old.close()
+            self._segment = None
+        self._segment = shm.Segment(input_bytes, result_bytes)
+        return self._segment
+
+    def _shm_failed(self, reason: str) -> None:
+        """Shared memory does not work with this daemon: frames from now on (auto)."""
+        if self.transport == P.SHM:
+            raise DaemonError(P.ErrorCode.SHM_UNAVAILABLE, f"transport shm: {reason}")
+        self.transport = P.FRAMES
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
 
     def cancel(self, job_id: str) -> bool:
         return bool(self.request(P.CANCEL, {"id": job_id}).body.get("cancelled"))
 
     def shutdown(self) -> None:
         self.request(P.SHUTDOWN, retries=0)
+
+
+def _result(reply: P.Message, pixels: P.Pixels, transport: str) -> HarmonizeResult:
+    x, y = reply.body.get("offset", (0, 0))
+    cached, timings = bool(reply.body.get("cached")), reply.body.get("timings", {})
+    return HarmonizeResult(pixels, (int(x), int(y)), cached, timings, transport)
+
+
+def _is_local(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is on this machine (loopback TCP or ipc)."""
+    if endpoint.startswith("ipc://"):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _version() -> str:

@@ -47,9 +47,11 @@ def layer_rgb(layer: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(layer)
 
 
-def with_alpha(rgb: np.ndarray, layer: np.ndarray) -> np.ndarray:
-    """``(H, W, 4)``: ``rgb`` plus the alpha of ``layer`` (RGBA, or RGB = opaque) in rgb's dtype."""
-    out = np.empty((*rgb.shape[:2], 4), rgb.dtype)
+def with_alpha(rgb: np.ndarray, layer: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W, 4)``: ``rgb`` plus the alpha of ``layer`` (RGBA, or RGB = opaque) in rgb's dtype,
+    written into ``out`` (C-contiguous ``(H, W, 4)`` of rgb's dtype) when given."""
+    if out is None:
+        out = np.empty((*rgb.shape[:2], 4), rgb.dtype)
     if layer.shape[2] == 3:
         out[..., :3] = rgb
         out[..., 3] = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(rgb.dtype, 1.0)

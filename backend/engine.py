@@ -76,7 +76,11 @@ class Engine:
         return maps, False
 
     def run(
-        self, frames: dict[str, np.ndarray], options: P.HarmonizeOptions, checkpoint: Callable
+        self,
+        frames: dict[str, np.ndarray],
+        options: P.HarmonizeOptions,
+        checkpoint: Callable,
+        destination: Callable[[tuple[int, ...], np.dtype], np.ndarray | None] | None = None,
     ) -> tuple[np.ndarray, tuple[int, int], dict[str, Any]]:
         """Harmonize one layer.
 
@@ -86,6 +90,8 @@ class Engine:
             options: validated request options.
             checkpoint: called as ``checkpoint(stage, **info)`` between stages; raises
                 :class:`Cancelled` to stop.
+            destination: ``destination(shape, dtype)`` returns an array to write the result
+                into (e.g. a view of a client's shared memory), or None for a new one.
 
         Returns:
             ``(result crop (h, w, 4|3) in the requested dtype, (x, y) offset, reply info)``.
@@ -123,8 +129,13 @@ class Engine:
         times["apply"] = time.perf_counter() - tick
         tick = time.perf_counter()
         out = convert(out, options.dtype or str(layer.dtype))
+        shape = (*out.shape[:2], 4 if options.output == "rgba" else 3)
+        dest = destination(shape, out.dtype) if destination is not None else None
         if options.output == "rgba":
-            out = with_alpha(out, crop)
+            out = with_alpha(out, crop, out=dest)
+        elif dest is not None:
+            np.copyto(dest, out)
+            out = dest
         times["encode"] = time.perf_counter() - tick
         checkpoint("applied")
         return out, (x0, y0), {"cached": cached, "timings": times}

@@ -5,8 +5,8 @@ A plugin folder gets:
 
 - the plugin's own files (from ``plugins/<host>/`` of this project);
 - ``vendor/backend/``: :mod:`backend.plugin_support`, :mod:`backend.client`,
-  :mod:`backend.protocol` and ``_version`` (standard library + pyzmq + msgpack only), so the
-  plugin and the daemon share one implementation;
+  :mod:`backend.protocol`, :mod:`backend.shm` and ``_version`` (standard library + pyzmq +
+  msgpack only), so the plugin and the daemon share one implementation;
 - ``vendor/zmq``, ``vendor/msgpack`` unpacked from wheels for the host Python's version and
   platform, unless the host's Python already imports both (``--deps auto``, the default);
 - ``settings.json``: how to start the daemon (this interpreter) and where its endpoint file is;
@@ -33,7 +33,13 @@ from backend.errors import HarmonizeError, InputError
 
 MARKER = "installed-by-harmonize.json"
 VENDOR = "vendor"
-VENDORED_MODULES = ("_version.py", "protocol.py", "client.py", "plugin_support.py")
+VENDORED_MODULES = (
+    "_version.py",
+    "protocol.py",
+    "shm.py",
+    "client.py",
+    "plugin_support.py",
+)
 """backend modules a plugin carries (checked to need nothing beyond stdlib, pyzmq, msgpack)."""
 WHEELS = ("pyzmq", "msgpack")
 IMPORT_NAMES = {"pyzmq": "zmq", "msgpack": "msgpack"}

@@ -11,6 +11,10 @@ A message is a ZeroMQ multipart message (DEALER client, ROUTER daemon)::
   ``body["frames"] = [{"name": str, "shape": [int, ...], "dtype": "uint8"|"uint16"|"float32"}]``.
 - ``frames``: raw little-endian, C-ordered pixel bytes, one per declaration.
 
+Since 1.1 a client on the daemon's machine may instead put the pixels in a shared-memory
+segment and describe it in ``body["shm"]`` (:mod:`backend.shm`), when the daemon lists
+``"shm"`` in its hello reply's ``transports``.
+
 This module is importable with only the standard library and msgpack (no numpy, no torch), so
 the GIMP and Krita plugins can carry a copy of it next to :mod:`backend.client`. The protocol
 version is independent of the package version (``backend._version``).
@@ -27,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 0)
+PROTOCOL_VERSION: tuple[int, int] = (1, 1)
 """(major, minor). Minor: backwards-compatible additions. Major: peers must be updated."""
 
 # Message types: requests are answered by "<action>_reply", or by "error".
@@ -63,10 +67,15 @@ class ErrorCode:
     OUT_OF_MEMORY = "out_of_memory"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"  # a bug: the daemon logged a traceback
+    SHM_UNAVAILABLE = "shm_unavailable"  # 1.1: the shared-memory segment is not reachable here
     # Client-side only (never sent by the daemon):
     UNREACHABLE = "unreachable"  # no reply after all retries
     NO_DAEMON = "no_daemon"  # no endpoint file / daemon could not be started
 
+
+FRAMES, SHM = "frames", "shm"
+TRANSPORTS = (FRAMES, SHM)
+"""How pixels travel (1.1): raw message frames (always), or a shared-memory segment."""
 
 DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
 """Pixel dtypes on the wire (little-endian) and their item sizes in bytes."""
@@ -278,9 +287,10 @@ def _frame_specs(body: dict[str, Any], count: int, limits: Limits, msg_id: str) 
     return specs
 
 
-def check_frame(spec: Any, size: int, limits: Limits, msg_id: str | None = None) -> Pixels:
-    """Validate one frame declaration against the frame's byte length; returns an empty
-    :class:`Pixels` template (``data=None``). Never allocates from declared sizes."""
+def check_frame(spec: Any, size: int | None, limits: Limits, msg_id: str | None = None) -> Pixels:
+    """Validate one frame declaration against the frame's byte length (``None``: pixels that
+    are not in a frame, e.g. in shared memory); returns an empty :class:`Pixels` template
+    (``data=None``). Never allocates from declared sizes."""
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ProtocolError(ErrorCode.BAD_FRAMES, "each frame needs a 'name' string", msg_id)
     name, shape, dtype = spec["name"], spec.get("shape"), spec.get("dtype")
@@ -316,7 +326,7 @@ def check_frame(spec: Any, size: int, limits: Limits, msg_id: str | None = None)
             msg_id,
         )
     expected = pixels * channels * DTYPES[dtype]
-    if expected != size:
+    if size is not None and expected != size:
         raise ProtocolError(
             ErrorCode.BAD_FRAMES,
             f"frame {name!r}: shape {shape} of {dtype} is {expected} bytes but {size} were sent",

@@ -11,6 +11,7 @@ process around it (endpoint file, signals, logs) is :mod:`backend.daemon`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import queue
@@ -25,6 +26,7 @@ import numpy as np
 import zmq
 
 from backend import protocol as P
+from backend import shm
 from backend.compose import check_same_size
 from backend.endpoint import write_endpoint_file  # noqa: F401  (re-exported)
 from backend.engine import EmptyMask, Engine
@@ -51,6 +53,7 @@ class ServerConfig:
     max_queue: int = 16  # jobs queued or running
     max_queued_bytes: int = 4 << 30  # their pixel frames together
     cache_size: int = 4
+    shm: bool = field(default_factory=shm.available)  # offer the shared-memory transport
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
 
@@ -84,6 +87,19 @@ class Job:
     state: str = "queued"  # queued -> running -> done | cancelled
     lock: threading.Lock = field(default_factory=threading.Lock)
     cancel: threading.Event = field(default_factory=threading.Event)
+    shm: shm.Request | None = None  # the client's segment, when the pixels came that way
+    segment: Any = None  # its mapping (mmap) while the job runs
+    result_spec: dict[str, Any] = field(default_factory=dict)  # the result written there
+
+    def release(self) -> None:
+        """Drop the frames (views of a client's segment, whose mapping the server keeps)."""
+        views = [pix.data for pix in self.msg.frames.values()]
+        self.msg.frames = {}
+        self.segment = None
+        if self.shm is not None:
+            for view in views:
+                with contextlib.suppress(BufferError):
+                    view.release()
 
 
 def _array(pix: P.Pixels) -> np.ndarray:
@@ -150,6 +166,8 @@ class Server:
         self.stats = {"received": 0, "errors": 0, "jobs": 0}
         self._stopping = False  # a plain flag: set from signal handlers
         self._last_activity = self._last_heartbeat = time.monotonic()
+        self._last_sweep = self._last_prune = -1e9
+        self.segments = shm.Mappings()  # main thread only
         self._worker = threading.Thread(target=self._work, name="harmonize-worker", daemon=True)
 
     # -- setup --
@@ -198,6 +216,7 @@ class Server:
                         self._handle(parts)
                 self._check_idle()
                 self._heartbeat()
+                self._prune_segments()
         finally:
             self._shutdown()
 
@@ -291,6 +310,7 @@ class Server:
     def info(self) -> dict[str, Any]:
         return {
             **self.engine.info(),
+            "transports": [P.FRAMES, P.SHM] if self.config.shm else [P.FRAMES],
             "queued": self.queue.qsize(),
             "limits": {
                 "max_pixels": self.limits.max_pixels,
@@ -298,7 +318,59 @@ class Server:
             },
         }
 
+    def _map_shm(self, msg: P.Message) -> tuple[shm.Request, Any]:
+        """Check a request's ``"shm"`` description, map the segment and point the message's
+        frames into it (zero copy)."""
+        if not self.config.shm:
+            raise P.ProtocolError(
+                P.ErrorCode.SHM_UNAVAILABLE, "this daemon does not offer shared memory", msg.id
+            )
+        if msg.frames:
+            raise P.ProtocolError(
+                P.ErrorCode.BAD_FRAMES, "send pixels as frames or in shm, not both", msg.id
+            )
+        request = shm.parse_request(msg.body["shm"], self.limits, msg.id)
+        self._sweep_segments()
+        segment = self.segments.open(request, msg.id)
+        view = memoryview(segment)
+        msg.frames = {
+            name: P.Pixels(view[offset : offset + pix.nbytes], pix.shape, pix.dtype)
+            for name, (offset, pix) in request.frames.items()
+        }
+        view.release()
+        return request, segment
+
+    def _prune_segments(self) -> None:
+        now = time.monotonic()
+        if self.segments and now - self._last_prune > 1.0:
+            self._last_prune = now
+            self.segments.prune()
+
+    def _sweep_segments(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep > 60.0:
+            self._last_sweep = now
+            removed = shm.sweep_stale()
+            if removed:
+                log.info("removed %d shared-memory segment(s) left by dead clients", removed)
+
     def _enqueue(self, route: list[Any], msg: P.Message) -> None:
+        segment = request = None
+        if "shm" in msg.body:
+            request, segment = self._map_shm(msg)
+        try:
+            job = self._admit(route, msg)
+        except BaseException:
+            Job(route, msg, P.HarmonizeOptions(), shm=request, segment=segment).release()
+            raise
+        job.shm, job.segment = request, segment
+        self.jobs[msg.id] = job
+        self.stats["jobs"] += 1
+        self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)
+        self.queue.put(job)
+
+    def _admit(self, route: list[Any], msg: P.Message) -> Job:
+        """Check a harmonize request against the queue's limits; returns its (new) job."""
         check_harmonize_frames(msg)
         options = P.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id)
         if self._stopping:
@@ -320,11 +392,7 @@ class Server:
                 f"{self.config.max_queued_bytes >> 20} MiB); retry when they are done",
                 msg.id,
             )
-        job = Job(route, msg, options, size)
-        self.jobs[msg.id] = job
-        self.stats["jobs"] += 1
-        self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)
-        self.queue.put(job)
+        return Job(route, msg, options, size)
 
     def _cancel(self, route: list[Any], msg: P.Message) -> None:
         target = msg.body.get("id")
@@ -355,10 +423,15 @@ class Server:
             if job is None:
                 return
             with job.lock:
-                if job.state == "cancelled":
-                    continue
-                job.state = "running"
-            final = self._run(job)
+                skip = job.state == "cancelled"
+                job.state = "done" if skip else "running"
+            if skip:
+                job.release()
+                continue
+            try:
+                final = self._run(job)
+            finally:
+                job.release()
             with job.lock:
                 job.state = "done"
             self.jobs.pop(job.msg.id, None)  # before the reply: the client may send the next job
@@ -378,10 +451,14 @@ class Server:
 
         try:
             arrays = {name: _array(pix) for name, pix in job.msg.frames.items()}
-            out, (x, y), info = self.engine.run(arrays, job.options, checkpoint)
+            out, (x, y), info = self.engine.run(
+                arrays, job.options, checkpoint, self._destination(job)
+            )
         except Cancelled:
             log.info("job %s cancelled", parent)
             return error(P.ErrorCode.CANCELLED, "cancelled")
+        except P.ProtocolError as exc:
+            return error(exc.code, exc.message)
         except EmptyMask:
             return error(
                 P.ErrorCode.EMPTY_MASK, "the mask is empty (no pixel above 0): nothing to do"
@@ -402,7 +479,32 @@ class Server:
         h, w = out.shape[:2]
         log.info("job %s: %d x %d at (%d, %d), cached=%s", parent, w, h, x, y, info["cached"])
         body = {"offset": [x, y], "size": [w, h], **info}
-        return P.pack(P.reply_type(P.HARMONIZE), body, {"result": P.Pixels.of(out)}, parent=parent)
+        result = P.Pixels.of(out)
+        if job.segment is None:
+            return P.pack(P.reply_type(P.HARMONIZE), body, {"result": result}, parent=parent)
+        body["result"] = {**job.result_spec, "offset": job.shm.result_offset}
+        return P.pack(P.reply_type(P.HARMONIZE), body, parent=parent)
+
+    @staticmethod
+    def _destination(job: Job) -> Any:
+        """Where the engine writes a shared-memory job's result: the segment's result region
+        (its capacity checked first). None for a frames job."""
+        if job.segment is None:
+            return None
+
+        def destination(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            count = shape[0] * shape[1] * shape[2]
+            if count * dtype.itemsize > job.shm.result_capacity:
+                raise P.ProtocolError(
+                    P.ErrorCode.BAD_FRAMES,
+                    f"shm: the result needs {count * dtype.itemsize} bytes but the segment's "
+                    f"result region holds {job.shm.result_capacity}",
+                )
+            job.result_spec = {"name": "result", "shape": list(shape), "dtype": dtype.name}
+            offset = job.shm.result_offset
+            return np.frombuffer(job.segment, dtype, count, offset).reshape(shape)
+
+        return destination
 
     # -- shutdown --
 
@@ -420,6 +522,7 @@ class Server:
         if self._worker.is_alive():
             self._worker.join(timeout=30)
         self._forward_outgoing()  # the running job's last reply ("cancelled") goes out
+        self.segments.close()
         for sock in (self._worker_out, self.outbox, self.router):
             sock.close(linger=0)
         log.info("stopped (%s)", ", ".join(f"{k} {v}" for k, v in self.stats.items()))

@@ -7,6 +7,7 @@ aict-light weights, so nothing touches the user's files and no trained weights a
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 import torch
 import zmq
 
-from backend import cli
+from backend import cli, shm
 from backend import protocol as P
 from backend.client import Client, DaemonError, ensure_daemon
 from backend.engine import Engine
@@ -141,11 +142,12 @@ def test_concurrent_clients_get_correct_replies(daemon, engine):
     assert not failures, failures[:5]
 
 
-def hostile(rng: random.Random, token: str, good: list) -> list:
-    """One generated message: a random kind of malformed, lying or unauthorised input."""
+def hostile(rng: random.Random, token: str, good: list, segment: dict) -> list:
+    """One generated message: a random kind of malformed, lying or unauthorised input.
+    ``segment``: the valid ``"shm"`` description of a real segment holding ``good``'s frames."""
     env = {"version": [1, 0], "id": rng.randbytes(6).hex(), "type": P.PING, "token": token}
     env["parent"] = None
-    kind = rng.randrange(13)
+    kind = rng.randrange(14)
     if kind == 0:  # random frames
         return [rng.randbytes(rng.randrange(0, 2000)) for _ in range(rng.randrange(1, 6))]
     if kind == 1:  # truncated envelope
@@ -182,6 +184,21 @@ def hostile(rng: random.Random, token: str, good: list) -> list:
         field = rng.choice(["id", "version", "type", "token", "parent"])
         env[field] = rng.choice([None, 12, [1, 2, 3], "i" * 200, {"a": 1}, -1])
         return [msgpack.packb(env), msgpack.packb({})]
+    if kind == 12:  # shared-memory descriptions that lie about names, offsets and sizes
+        desc = json.loads(json.dumps(segment))
+        where = rng.choice(["name", "size", "offset", "shape", "result"])
+        if where == "name":
+            desc["name"] = rng.choice(["../" * 5 + "etc/passwd", "x", desc["name"][:-1] + "z"])
+        elif where == "size":
+            desc["size"] = rng.choice([0, -1, 1 << 62, desc["size"] + 4096, "big"])
+        elif where == "offset":
+            desc["frames"][rng.randrange(3)]["offset"] = rng.randrange(-8, 1 << 34)
+        elif where == "shape":
+            desc["frames"][rng.randrange(3)]["shape"] = [rng.randrange(1, 1 << 20)] * 3
+        else:
+            offset, capacity = rng.randrange(0, 1 << 20), rng.randrange(1 << 24)
+            desc["result"] = {"offset": offset, "capacity": capacity}
+        return P.pack(P.HARMONIZE, {"shm": desc}, token=token)
     return [b"", *P.pack(P.PING, token=token)]  # REQ-style delimiter before a valid ping
 
 
@@ -192,20 +209,27 @@ def test_hostile_input_never_crashes_the_daemon(tmp_path, weights):
     run = DaemonProcess(tmp_path, weights, HARMONIZE_MAX_PIXELS="1000000")  # 16 MB frame limit
     ctx = zmq.Context.instance()
     socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
+    segment = None
     try:
         token, endpoint = run.info["token"], run.info["endpoint"]
         for sock in socks:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)
         layer, mask, back = (P.Pixels.of(v) for v in payload(0, 40, 30, "uint8").values())
-        good = P.pack(P.HARMONIZE, {}, P.harmonize_frames(layer, mask, back), token=token)
+        frames = P.harmonize_frames(layer, mask, back)
+        good = P.pack(P.HARMONIZE, {}, frames, token=token)
+        offsets, size = shm.plan({n: pix.nbytes for n, pix in frames.items()})
+        segment = shm.Segment(size, 40 * 30 * 4)
+        for name, pix in frames.items():
+            segment.write(offsets[name], pix.data)
+        described = segment.describe(offsets, frames)
         rng = random.Random(1234)
         replies = 0
 
         def blast(count: int) -> None:
             nonlocal replies
             for n in range(count):
-                socks[n % 4].send_multipart(hostile(rng, token, good))
+                socks[n % 4].send_multipart(hostile(rng, token, good, described))
                 for sock in socks:
                     while sock.poll(0):
                         sock.recv_multipart()
@@ -239,6 +263,8 @@ def test_hostile_input_never_crashes_the_daemon(tmp_path, weights):
         for sock in socks:
             sock.close(linger=0)
         assert run.stop() == 0, run.output()
+        if segment is not None:
+            segment.close()
 
 
 CLIENT_SCRIPT = """

@@ -186,17 +186,19 @@ def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
     """The plugins' copies: import with numpy/torch blocked, in the package and vendored."""
     vendored = tmp_path / "vendored"
     vendored.mkdir()
-    for name in ("protocol.py", "client.py"):
+    from backend.plugin_install import VENDORED_MODULES
+
+    for name in VENDORED_MODULES:
         shutil.copy(ROOT / "backend" / name, vendored / name)
     code = textwrap.dedent(
         f"""
         import sys
         for name in ("numpy", "torch", "cv2", "platformdirs"):
             sys.modules[name] = None  # any import of these now fails
-        import backend.client, backend.protocol
+        import backend.client, backend.protocol, backend.shm, backend.plugin_support
         sys.path.insert(0, {str(vendored)!r})
-        import client, protocol
-        assert client.P is protocol
+        import client, protocol, shm, plugin_support
+        assert client.P is protocol and client.shm is shm and shm.P is protocol
         print(client.runtime_dir())
         """
     )

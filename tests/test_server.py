@@ -101,7 +101,7 @@ def scene(h=96, w=128, dtype=np.uint8, alpha="opaque", seed=0):
         layer[..., 3] = full
     elif alpha == "soft":
         layer[..., 3] = noise(h, w)
-        mask = mask.astype(np.float64) * layer[..., 3] / full
+        mask = mask.astype(np.float64) / full * layer[..., 3] / full  # alpha x selection
         mask = (mask * full).astype(dtype) if full != 1.0 else mask.astype(np.float32)
     return layer, mask, noise(h, w, 3)
 
@@ -305,13 +305,13 @@ class GatedEngine(Engine):
         super().__init__(model)
         self.gate = threading.Event()
 
-    def run(self, frames, options, checkpoint):
+    def run(self, frames, options, checkpoint, destination=None):
         def gated(stage, **info):
             checkpoint(stage, **info)
             assert self.gate.wait(20)
             checkpoint(stage, **info)  # cancellation is seen here
 
-        return super().run(frames, options, gated)
+        return super().run(frames, options, gated, destination)
 
 
 def test_cancel_queued_and_running_jobs_while_ping_is_answered(model):

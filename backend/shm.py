@@ -1,0 +1,378 @@
+"""Shared-memory transport for pixel frames between a client and a daemon on one machine.
+
+New in protocol 1.1 (spec: docs/protocol.md, "Shared memory"). Instead of sending megabytes of
+pixels through a TCP socket, a client on the same machine writes them into a segment: a file
+in ``/dev/shm`` (Linux tmpfs) that it creates, and names in the request. The daemon maps the
+file, reads the frames in place and writes the result into the segment's result region.
+
+Who owns what:
+
+- The **client** creates, reuses, grows and unlinks its segment (:class:`Segment`). The name
+  ``harmonize-<creator pid>-<32 hex>`` lets a daemon remove segments whose creator died
+  (:func:`sweep_stale`), so a killed plugin leaves nothing behind in ``/dev/shm`` for long.
+- The **daemon** only maps a segment for the duration of one job (:func:`open_segment`) after
+  checking the request's description of it (:func:`parse_request`): name pattern, no symlink,
+  a regular file owned by its own user with mode 0600, the exact declared size, and every
+  frame and the result region inside it and disjoint. Anything wrong becomes an error reply.
+
+Trust: only processes of the daemon's own user can create such a file, and those can already
+do anything the daemon can; the checks are against mistakes and other users, not against the
+same user. A client that shrinks its segment while the daemon reads it would crash the daemon
+(SIGBUS), which is why only same-user, same-machine clients get this transport.
+
+Standard library only (a plugin carries a copy, like :mod:`backend.client`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import mmap
+import os
+import re
+import secrets
+import stat
+import sys
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+try:  # inside the backend package, or vendored beside protocol.py
+    from . import protocol as P
+except ImportError:
+    import protocol as P  # type: ignore[no-redef]
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "harmonize-"
+NAME_PATTERN = re.compile(r"harmonize-([0-9]{1,10})-[0-9a-f]{32}\Z")
+ALIGN = 64
+"""Frame offsets are multiples of this (cache-line aligned rows for SIMD loops)."""
+PAGE = mmap.ALLOCATIONGRANULARITY
+"""The result region starts on a page so a client can map it on its own."""
+
+
+class ShmError(Exception):
+    """A segment cannot be created or used on this side (the caller falls back to frames)."""
+
+
+def available() -> bool:
+    """True where this module works: Linux with a writable ``/dev/shm``."""
+    return sys.platform.startswith("linux") and os.access(SHM_DIR, os.W_OK | os.X_OK)
+
+
+def align(n: int, to: int = ALIGN) -> int:
+    return -(-n // to) * to
+
+
+def plan(frame_sizes: Mapping[str, int]) -> tuple[dict[str, int], int]:
+    """Offsets of frames packed back to back (each :data:`ALIGN`-aligned), and the bytes they
+    need."""
+    offsets, end = {}, 0
+    for name, size in frame_sizes.items():
+        offsets[name] = end
+        end = align(end + size)
+    return offsets, end
+
+
+# ---- client side ----------------------------------------------------------------------------
+
+
+class Segment:
+    """A client's segment: an input region for frames, then a page-aligned result region.
+
+    Created ``O_EXCL`` with mode 0600; ``posix_fallocate`` allocates every page up front, so
+    a full ``/dev/shm`` (e.g. a container's 64 MB default) fails here with a clear error and
+    not as a SIGBUS later. Both regions stay mapped for the segment's life (mapping costs page
+    faults), so a client reuses one segment while requests fit and no caller still holds the
+    previous result (:meth:`reusable`). :meth:`close` unmaps and unlinks.
+    """
+
+    def __init__(
+        self, input_capacity: int, result_capacity: int, directory: Path = SHM_DIR
+    ) -> None:
+        self.name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
+        self.path = Path(directory) / self.name
+        self.result_offset = align(max(input_capacity, 1), PAGE)
+        self.result_capacity = align(max(result_capacity, 1), PAGE)
+        self.size = self.result_offset + self.result_capacity
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self._fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise ShmError(f"cannot create {self.path}: {exc.strerror}") from None
+        # unlinked by close(), or when this object is collected, or at interpreter exit
+        self._discard = weakref.finalize(self, _remove_file, self._fd, str(self.path))
+        try:
+            os.posix_fallocate(self._fd, 0, self.size)
+            self._inputs = mmap.mmap(self._fd, self.result_offset)
+            populate = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._results = mmap.mmap(
+                self._fd, self.result_capacity, flags=populate, offset=self.result_offset
+            )
+        except OSError as exc:
+            self._discard()
+            raise ShmError(
+                f"cannot allocate {self.size >> 20} MiB in {directory} ({exc.strerror}); "
+                "it may be too small (containers: --shm-size)"
+            ) from None
+
+    @property
+    def input_capacity(self) -> int:
+        return self.result_offset
+
+    def fits(self, input_bytes: int, result_bytes: int) -> bool:
+        """Big enough for a request, and not more than 4 times too big."""
+        need = align(input_bytes, PAGE) + align(result_bytes, PAGE)
+        return (
+            input_bytes <= self.input_capacity
+            and result_bytes <= self.result_capacity
+            and self.size < 4 * need
+        )
+
+    def reusable(self) -> bool:
+        """False while a view from :meth:`result` is still referenced somewhere.
+
+        ``mmap.resize`` refuses while buffers are exported; resizing the result mapping (the
+        file's tail) to its own size changes nothing otherwise.
+        """
+        try:
+            self._results.resize(self.result_capacity)
+        except BufferError:
+            return False
+        return True
+
+    def write(self, offset: int, data: Any) -> None:
+        """Copy a buffer into the input region at ``offset``."""
+        src = memoryview(data).cast("B")
+        with memoryview(self._inputs) as view:
+            view[offset : offset + src.nbytes] = src
+
+    def result(self, nbytes: int) -> memoryview:
+        """A read-only view of the first ``nbytes`` of the result region; it stays valid (and
+        the segment is not reused) for as long as it is referenced."""
+        return memoryview(self._results).toreadonly()[:nbytes]
+
+    def describe(self, offsets: Mapping[str, int], frames: Mapping[str, P.Pixels]) -> dict:
+        """The request body's ``"shm"`` entry for ``frames`` written at ``offsets``."""
+        return {
+            "name": self.name,
+            "size": self.size,
+            "frames": [{**pix.spec(n), "offset": offsets[n]} for n, pix in frames.items()],
+            "result": {"offset": self.result_offset, "capacity": self.result_capacity},
+        }
+
+    def close(self) -> None:
+        """Unlink the file and unmap (a result view still held keeps its own mapping)."""
+        for mapping in (self._inputs, self._results):
+            with contextlib.suppress(BufferError):
+                mapping.close()
+        self._discard()
+
+
+def _remove_file(fd: int, path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+# ---- daemon side ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked ``"shm"`` description: frame templates (``data=None``) with their offsets."""
+
+    name: str
+    size: int
+    frames: dict[str, tuple[int, P.Pixels]]
+    result_offset: int
+    result_capacity: int
+
+
+def _int(raw: Any, what: str, msg_id: str | None) -> int:
+    if type(raw) is not int or raw < 0:
+        raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, f"shm: {what} must be an int >= 0", msg_id)
+    return raw
+
+
+def parse_request(raw: Any, limits: P.Limits, msg_id: str | None = None) -> Request:
+    """Check a request body's ``"shm"`` entry; nothing is opened or allocated.
+
+    Raises :class:`~backend.protocol.ProtocolError` (``bad_frames`` or ``too_large``).
+    """
+
+    def bad(text: str) -> P.ProtocolError:
+        return P.ProtocolError(P.ErrorCode.BAD_FRAMES, f"shm: {text}", msg_id)
+
+    if not isinstance(raw, dict) or set(raw) != {"name", "size", "frames", "result"}:
+        raise bad("must be a map of name, size, frames, result")
+    name = raw["name"]
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise bad(f"name must match {NAME_PATTERN.pattern}")
+    size = _int(raw["size"], "size", msg_id)
+    ceiling = limits.max_frames * limits.max_frame_bytes + limits.max_frame_bytes
+    if size > ceiling:
+        raise P.ProtocolError(
+            P.ErrorCode.TOO_LARGE, f"shm: size {size} is over the limit of {ceiling}", msg_id
+        )
+    specs, result = raw["frames"], raw["result"]
+    if not isinstance(specs, list) or len(specs) > limits.max_frames:
+        raise bad(f"frames must be a list of at most {limits.max_frames}")
+    if not isinstance(result, dict) or set(result) != {"offset", "capacity"}:
+        raise bad("result must be a map of offset, capacity")
+    result_region = (
+        _int(result["offset"], "result offset", msg_id),
+        _int(result["capacity"], "result capacity", msg_id),
+    )
+    regions = [result_region]
+    frames: dict[str, tuple[int, P.Pixels]] = {}
+    for spec in specs:
+        if not isinstance(spec, dict):
+            raise bad("each frame must be a map")
+        offset = _int(spec.get("offset"), "frame offset", msg_id)
+        declared = {k: v for k, v in spec.items() if k != "offset"}
+        template = P.check_frame(declared, None, limits, msg_id)
+        if spec["name"] in frames:
+            raise bad(f"frame {spec['name']!r} declared twice")
+        frames[spec["name"]] = (offset, template)
+        regions.append((offset, template.nbytes))
+    for start, length in regions:
+        if start + length > size:
+            raise bad(f"region {start}..{start + length} lies outside the {size}-byte segment")
+    ordered = sorted(regions)
+    for (a, alen), (b, _) in itertools.pairwise(ordered):
+        if a + alen > b:
+            raise bad("frames and the result region overlap")
+    return Request(name, size, frames, *result_region)
+
+
+class Mappings:
+    """The daemon's mappings of client segments, kept while their clients reuse them.
+
+    Mapping 300 MB costs ~10 ms (``MAP_POPULATE``) and unmapping ~5 ms, so a segment stays
+    mapped across requests as long as its file exists with the same inode; :meth:`prune`
+    (called about once a second by the daemon loop) drops the mappings of removed files, and
+    at most ``keep`` stay mapped. Main-thread only; a job's views keep their mapping alive
+    even after it is dropped here.
+    """
+
+    def __init__(self, directory: Path = SHM_DIR, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self._maps: dict[str, tuple[tuple[int, int], mmap.mmap]] = {}
+
+    def open(self, request: Request, msg_id: str | None = None) -> mmap.mmap:
+        """Map a client's segment read-write after checking the file itself.
+
+        Raises ``ProtocolError``: ``shm_unavailable`` when the file does not exist here
+        (another machine, container or mount namespace: the client then falls back to
+        frames), else ``bad_frames`` naming the problem.
+        """
+        path = self.directory / request.name
+        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise P.ProtocolError(
+                P.ErrorCode.SHM_UNAVAILABLE,
+                f"shm: no segment {path} on the daemon's side; send frames instead",
+                msg_id,
+            ) from None
+        except OSError as exc:
+            raise P.ProtocolError(
+                P.ErrorCode.SHM_UNAVAILABLE, f"shm: cannot open {path}: {exc.strerror}", msg_id
+            ) from None
+        try:
+            st = os.fstat(fd)
+            _check_file(st, request.size, path, msg_id)
+            identity = (st.st_dev, st.st_ino)
+            cached = self._maps.pop(request.name, None)
+            if cached is not None and cached[0] == identity:
+                self._maps[request.name] = cached  # most recent last
+                return cached[1]
+            if cached is not None:
+                _unmap(cached[1])
+            # MAP_POPULATE: map every page now, instead of one page fault per 4 KiB later
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            mapping = mmap.mmap(fd, request.size, flags=flags)
+        finally:
+            os.close(fd)
+        self._maps[request.name] = (identity, mapping)
+        while len(self._maps) > self.keep:
+            _unmap(self._maps.pop(next(iter(self._maps)))[1])
+        return mapping
+
+    def prune(self) -> None:
+        """Unmap segments whose file was removed or replaced."""
+        for name, (identity, mapping) in list(self._maps.items()):
+            try:
+                st = os.stat(self.directory / name, follow_symlinks=False)
+                gone = (st.st_dev, st.st_ino) != identity
+            except OSError:
+                gone = True
+            if gone:
+                del self._maps[name]
+                _unmap(mapping)
+
+    def close(self) -> None:
+        for _identity, mapping in self._maps.values():
+            _unmap(mapping)
+        self._maps.clear()
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+
+def _check_file(st: os.stat_result, size: int, path: Path, msg_id: str | None) -> None:
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = "belongs to another user"
+    elif st.st_mode & 0o077:
+        problem = f"has mode {stat.S_IMODE(st.st_mode):o}; it must be 600"
+    elif st.st_size != size:
+        problem = f"is {st.st_size} bytes, not the declared {size}"
+    if problem:
+        raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, f"shm: {path} {problem}", msg_id)
+
+
+def _unmap(mapping: mmap.mmap) -> None:
+    """Unmap now, or, while a job still has views of it, when the last one goes."""
+    with contextlib.suppress(BufferError):
+        mapping.close()
+
+
+def sweep_stale(directory: Path = SHM_DIR) -> int:
+    """Unlink this user's segments whose creating process is gone; returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        found = NAME_PATTERN.match(entry.name)
+        if not found or _alive(int(found.group(1))):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid == os.geteuid():
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that pid: not ours, leave it
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True

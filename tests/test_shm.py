@@ -1,0 +1,301 @@
+"""The shared-memory transport (protocol 1.1): segments, the daemon's checks of a request's
+description, mapping reuse, stale-segment sweeping, and the client/server round trip with
+fallback to frames."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from backend import protocol as P
+from backend import shm
+from backend.client import Client, DaemonError
+from backend.engine import Engine
+from tests.test_server import Running, as_array, random_model, recv_final, scene, send_harmonize
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="shared memory needs Linux /dev/shm")
+
+
+def own_segments() -> set[str]:
+    return {n for n in os.listdir(shm.SHM_DIR) if n.startswith(f"harmonize-{os.getpid()}-")}
+
+
+@pytest.fixture
+def frames():
+    layer, mask, back = scene(40, 30)
+    return {"layer": P.Pixels.of(layer), "mask": P.Pixels.of(mask), "backdrop": P.Pixels.of(back)}
+
+
+@pytest.fixture
+def written(frames):
+    """A segment holding ``frames`` and its (valid) request description."""
+    offsets, size = shm.plan({n: p.nbytes for n, p in frames.items()})
+    segment = shm.Segment(size, 40 * 30 * 4)
+    for name, pix in frames.items():
+        segment.write(offsets[name], pix.data)
+    yield segment, segment.describe(offsets, frames)
+    segment.close()
+
+
+# ---- the client's segment -----------------------------------------------------------------
+
+
+def test_segment_is_private_preallocated_and_removed_on_close():
+    segment = shm.Segment(1000, 5000)
+    st = os.stat(segment.path)
+    assert oct(st.st_mode & 0o777) == oct(0o600)
+    assert st.st_size == segment.size and st.st_blocks * 512 >= segment.size  # allocated
+    assert segment.result_offset % shm.PAGE == 0 and segment.result_capacity >= 5000
+    assert segment.path.name in own_segments()
+    segment.close()
+    assert not segment.path.exists()
+    segment.close()  # twice is harmless
+
+
+def test_a_forgotten_segment_is_removed_when_collected():
+    segment = shm.Segment(10, 10)
+    path = segment.path
+    del segment
+    gc.collect()
+    assert not path.exists()
+
+
+def test_a_held_result_view_stops_reuse_and_stays_valid():
+    segment = shm.Segment(64, 64)
+    assert segment.reusable()
+    view = segment.result(16)
+    assert view.readonly and view.nbytes == 16
+    alias = np.frombuffer(view, np.uint8)
+    del view
+    assert not segment.reusable()  # the numpy array still reads the region
+    segment.close()  # unlinks; the array keeps its mapping
+    assert alias.sum() == 0
+    del alias
+    segment2 = shm.Segment(64, 64)
+    segment2.result(8).release()
+    assert segment2.reusable()
+    segment2.close()
+
+
+def test_segment_fits_requests_up_to_four_times_smaller():
+    segment = shm.Segment(1 << 20, 1 << 20)
+    assert segment.fits(1 << 20, 1 << 20) and segment.fits(1 << 19, 1 << 18)
+    assert not segment.fits((1 << 20) + 1, 10) and not segment.fits(10, (1 << 20) + 1)
+    assert not segment.fits(1000, 1000)  # far too big: the client makes a smaller one
+    segment.close()
+
+
+def test_a_full_shm_dir_is_a_clear_error(tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(shm.ShmError, match=r"cannot allocate .* --shm-size"):
+        shm.Segment(100, 100, directory=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- the daemon's checks ------------------------------------------------------------------
+
+
+def mutate(desc: dict, path: str, value) -> dict:
+    out = copy.deepcopy(desc)
+    target = out
+    *keys, last = path.split(".")
+    for key in keys:
+        target = target[int(key)] if key.isdigit() else target[key]
+    if value is KeyError:
+        del target[last]
+    else:
+        target[int(last) if last.isdigit() else last] = value
+    return out
+
+
+BAD_DESCRIPTIONS = [
+    ("name", "../../etc/passwd", "name must match"),
+    ("name", "harmonize-1-" + "g" * 32, "name must match"),
+    ("name", "/dev/shm/harmonize-1-" + "a" * 32, "name must match"),
+    ("name", 7, "name must match"),
+    ("size", -1, "size must be an int"),
+    ("size", True, "size must be an int"),
+    ("size", 1 << 60, "over the limit"),
+    ("size", 100, "outside the 100-byte segment"),
+    ("frames", "all", "frames must be a list"),
+    ("frames", [{}] * 9, "frames must be a list of at most"),
+    ("frames.0.offset", -64, "frame offset must be an int"),
+    ("frames.0.offset", 1.5, "frame offset must be an int"),
+    ("frames.0.offset", KeyError, "frame offset must be an int"),
+    ("frames.1.offset", 0, "overlap"),
+    ("frames.0.shape", [40, 30, 9], "channels"),
+    ("frames.0.shape", [1 << 20, 1 << 20, 4], "over the limit"),
+    ("frames.0.dtype", "float64", "dtype must be one of"),
+    ("frames.2.name", "layer", "declared twice"),
+    ("result", {"offset": 0}, "result must be a map"),
+    ("result.offset", 0, "overlap"),
+    ("result.capacity", 1 << 40, "outside"),
+    ("extra", 1, "must be a map of"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD_DESCRIPTIONS)
+def test_bad_descriptions_are_refused_before_anything_is_opened(written, path, value, message):
+    _segment, desc = written
+    with pytest.raises(P.ProtocolError, match=message) as caught:
+        shm.parse_request(mutate(desc, path, value), P.Limits(), "id1")
+    assert caught.value.code in (P.ErrorCode.BAD_FRAMES, P.ErrorCode.TOO_LARGE)
+    assert caught.value.msg_id == "id1"
+
+
+def test_a_valid_description_maps_the_frames_in_place(written, frames):
+    segment, desc = written
+    request = shm.parse_request(desc, P.Limits())
+    mappings = shm.Mappings()
+    mapping = mappings.open(request)
+    for name, (offset, template) in request.frames.items():
+        assert template.shape == frames[name].shape
+        assert mapping[offset : offset + template.nbytes] == bytes(frames[name].data)
+    assert mappings.open(request) is mapping  # same file: the mapping is reused
+    segment.close()
+    mappings.prune()
+    assert len(mappings) == 0
+    mappings.close()
+
+
+def test_the_file_itself_is_checked(written, tmp_path):
+    segment, desc = written
+    mappings = shm.Mappings()
+    request = shm.parse_request(desc, P.Limits())
+    os.chmod(segment.path, 0o644)
+    with pytest.raises(P.ProtocolError, match="has mode 644") as caught:
+        mappings.open(request)
+    assert caught.value.code == P.ErrorCode.BAD_FRAMES
+    os.chmod(segment.path, 0o600)
+    os.truncate(segment.path, segment.size - shm.PAGE)
+    with pytest.raises(P.ProtocolError, match="not the declared"):
+        mappings.open(request)
+    missing = shm.parse_request(mutate(desc, "name", "harmonize-1-" + "0" * 32), P.Limits())
+    with pytest.raises(P.ProtocolError, match="no segment") as caught:
+        mappings.open(missing)
+    assert caught.value.code == P.ErrorCode.SHM_UNAVAILABLE
+    link = tmp_path / missing.name
+    link.symlink_to(segment.path)
+    with pytest.raises(P.ProtocolError, match="cannot open"):
+        shm.Mappings(tmp_path).open(missing)  # O_NOFOLLOW
+    assert len(mappings) == 0
+
+
+def test_stale_segments_of_dead_clients_are_swept(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f"harmonize-{dead.stdout.strip()}-{'a' * 32}"
+    live = tmp_path / f"harmonize-{os.getpid()}-{'b' * 32}"
+    other = tmp_path / "harmonize-notes.txt"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    assert shm.sweep_stale(tmp_path) == 1
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+# ---- through a server -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(random_model(0))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_shm_results_equal_frames_results_bit_for_bit(engine, dtype):
+    run = Running(engine)
+    try:
+        layer, mask, back = scene(70, 90, dtype, alpha="soft", seed=3)
+        with Client(run.endpoint, run.token, transport="frames") as frames_client:
+            expected = send_harmonize(frames_client, layer, mask, back, strength=0.7)
+        with Client(run.endpoint, run.token, transport="shm") as shm_client:
+            got = send_harmonize(shm_client, layer, mask, back, strength=0.7)
+            assert (got.transport, expected.transport) == ("shm", "frames")
+            assert got.offset == expected.offset
+            np.testing.assert_array_equal(as_array(got.pixels), as_array(expected.pixels))
+            name = shm_client._segment.name
+            assert name in own_segments()
+            again = send_harmonize(shm_client, layer, mask, back, strength=0.7)
+            assert shm_client._segment.name != name  # `got` still holds the first result
+            np.testing.assert_array_equal(as_array(again.pixels), as_array(got.pixels))
+            del got, again
+            send_harmonize(shm_client, layer, mask, back)
+            reused = shm_client._segment.name
+            send_harmonize(shm_client, layer, mask, back)
+            assert shm_client._segment.name == reused  # nothing held: the segment is reused
+        assert not (shm.SHM_DIR / name).exists() and not (shm.SHM_DIR / reused).exists()
+    finally:
+        run.close()
+    assert len(run.server.segments) == 0
+
+
+def test_auto_falls_back_to_frames_when_the_daemon_cannot_see_the_segment(engine, tmp_path):
+    run = Running(engine)
+    run.server.segments.directory = tmp_path  # as if the daemon ran in another container
+    try:
+        with Client(run.endpoint, run.token) as client:
+            layer, mask, back = scene()
+            first = send_harmonize(client, layer, mask, back)
+            assert first.transport == "frames" and client.transport == "frames"
+            assert client._segment is None
+        with Client(run.endpoint, run.token, transport="shm") as forced:
+            with pytest.raises(DaemonError, match="no segment") as caught:
+                send_harmonize(forced, layer, mask, back)
+            assert caught.value.code == P.ErrorCode.SHM_UNAVAILABLE
+    finally:
+        run.close()
+
+
+def test_a_daemon_without_shm_gets_frames(engine):
+    run = Running(engine, shm=False)
+    try:
+        with Client(run.endpoint, run.token) as client:
+            assert client.hello()["transports"] == ["frames"]
+            assert send_harmonize(client, *scene()).transport == "frames"
+        forced = Client(run.endpoint, run.token, transport="shm")
+        with forced, pytest.raises(DaemonError, match="does not offer shared memory"):
+            send_harmonize(forced, *scene())
+    finally:
+        run.close()
+
+
+def test_hostile_shm_requests_get_errors_and_the_daemon_keeps_serving(engine, written):
+    _segment, desc = written
+    run = Running(engine)
+    sock = run.raw()
+    try:
+        cases = [mutate(desc, path, value) for path, value, _ in BAD_DESCRIPTIONS]
+        cases += [
+            mutate(desc, "name", f"harmonize-1-{'c' * 32}"),  # no such file
+            mutate(desc, "result.capacity", 64),  # result does not fit: refused at the end
+        ]
+        for body_shm in cases:
+            parts = P.pack(P.HARMONIZE, {"shm": body_shm}, token=run.token)
+            msg_id = P.unpack(parts, local="client").id
+            sock.send_multipart(parts)
+            reply = recv_final(sock, msg_id)
+            assert reply.type == P.ERROR, body_shm
+            assert reply.body["code"] in ("bad_frames", "too_large", "shm_unavailable")
+        pixels = P.harmonize_frames(*(P.Pixels.of(a) for a in scene(40, 30)))
+        both = P.pack(P.HARMONIZE, {"shm": desc}, pixels, token=run.token)
+        sock.send_multipart(both)
+        reply = recv_final(sock, P.unpack(both, local="client").id)
+        assert "not both" in reply.body["message"]
+        assert run.client.ping()["pid"] == os.getpid()
+        good = send_harmonize(run.client, *scene(40, 30))
+        assert good.transport == "shm"
+    finally:
+        run.close()
