@@ -1,16 +1,18 @@
-"""Round trip of a large RGBA layer through the daemon vs in-process ``harmonize``, in one run.
+"""Round trip of a large RGBA layer through the daemon vs the same work in-process, in one run.
 
-    nice -n 10 python benchmarks/bench_daemon.py                 # 4096 x 4096, random weights
+    nice -n 10 python benchmarks/bench_daemon.py                 # 4096 x 4096, both transports
     python benchmarks/bench_daemon.py --size 2048 --repeat 5 --weights my.pt --device cuda
 
-Starts ``harmonize serve`` as a subprocess (private tmp runtime/log dirs), sends the layer,
-mask and backdrop over TCP with ``crop_margin=None`` (the whole layer, so both sides do the
-same network + LUT work) and a different backdrop each time (no prediction-cache hits).
+Starts ``harmonize serve`` as a subprocess (private tmp runtime/log dirs) and sends the layer,
+mask and backdrop with ``crop_margin=None`` (the whole layer) and a different backdrop each
+time (no prediction-cache hits), once per transport: ``frames`` (pixels inside the ZeroMQ
+message over TCP) and ``shm`` (protocol 1.1: a shared-memory segment, TCP only for the
+envelope).
 
-- ``compute``: the daemon's own predict + apply time (reported in the reply);
-- ``overhead`` = round trip - compute: serialisation, TCP, frame decode, compositing, result
-  encode and the client's receive; the target is <= 10 % of ``compute``;
-- ``in-process``: ``backend.pipeline.harmonize`` on the composite, same model, for reference.
+- ``job``: the daemon's own work on the request (compose + predict + apply + encode, as it
+  reports in the reply): what ``Engine.run`` does, which is also timed in this process;
+- ``transport + decode`` = round trip - job: copying pixels in and out, sockets, message
+  decode and checks, the client's receive. The target is <= 10 % of the job.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from backend import protocol as P  # noqa: E402
 from backend.client import Client  # noqa: E402
-from backend.compose import composite  # noqa: E402
+from backend.engine import Engine  # noqa: E402
 
 
 def make_layer(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,14 +110,18 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="default: random aict-light (timing only)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lut-backend", default="auto", help="auto | torch | cpu-kernel | ...")
+    parser.add_argument("--transport", choices=["both", "frames", "shm"], default="both")
     args = parser.parse_args()
+    transports = ["frames", "shm"] if args.transport == "both" else [args.transport]
 
     import torch
 
     from backend.model import create_model
     from backend.model.weights import save_weights
-    from backend.pipeline import harmonize, load_model
+    from backend.pipeline import load_model
 
+    rows: dict[str, list[tuple[float, ...]]] = {t: [] for t in transports}
+    local: list[float] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         weights = args.weights
@@ -123,58 +129,61 @@ def main() -> None:
             torch.manual_seed(0)
             weights = tmp / "random.pt"
             save_weights(weights, create_model("aict-light"), "aict-light")
-        model = load_model(weights, device=args.device)
+        engine = Engine(load_model(weights, device=args.device), lut_backend=args.lut_backend)
+        options = P.HarmonizeOptions(crop_margin=None)
         proc, endpoint_file = start_daemon(weights, args.device, args.lut_backend, tmp)
         try:
-            client = Client.from_endpoint_file(endpoint_file, timeout=600, retries=0)
-            info = client.hello()
-            rows = []
-            for rep in range(args.repeat + 1):  # the first round warms both sides up
+            clients = {
+                t: Client.from_endpoint_file(endpoint_file, timeout=600, retries=0, transport=t)
+                for t in transports
+            }
+            info = clients[transports[0]].hello()
+            for rep in range(args.repeat + 1):  # the first round warms everything up
                 layer, mask, back = make_layer(args.size, seed=rep)
-                frames = [P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back)]
                 start = time.perf_counter()
-                result = client.harmonize(*frames, crop_margin=None)
-                out = np.frombuffer(result.pixels.data, np.uint8).reshape(result.pixels.shape)
-                roundtrip = time.perf_counter() - start
-                t = result.timings
-                compute = t["predict"] + t["apply"]
-                comp = composite(layer[..., :3], mask.astype(np.float32) / 255, back)
-                start = time.perf_counter()
-                reference = harmonize(comp, mask, model=model, lut_backend=args.lut_backend)
-                inprocess = time.perf_counter() - start
-                solid = mask == 255  # where layer semantics and composite semantics coincide
-                same = np.array_equal(out[..., :3][solid], reference[solid])
+                reference, _, _ = engine.run(
+                    {"layer": layer, "mask": mask, "backdrop": back}, options, lambda *a, **k: None
+                )
+                engine.cache.clear()
                 if rep:
-                    rows.append((roundtrip, compute, inprocess, t["compose"], t["encode"], same))
-            client.close()
+                    local.append(time.perf_counter() - start)
+                for transport, client in clients.items():
+                    frames = [P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back)]
+                    start = time.perf_counter()
+                    result = client.harmonize(*frames, crop_margin=None)
+                    out = np.frombuffer(result.pixels.data, np.uint8)
+                    roundtrip = time.perf_counter() - start
+                    assert result.transport == transport, (result.transport, transport)
+                    t = result.timings
+                    job = t["compose"] + t["predict"] + t["apply"] + t["encode"]
+                    same = np.array_equal(out.reshape(reference.shape), reference)
+                    del out, result
+                    if rep:
+                        rows[transport].append((roundtrip, job, same))
+            for client in clients.values():
+                client.close()
         finally:
             proc.terminate()
             proc.wait(60)
 
-    def med(i: int) -> float:
-        return statistics.median(r[i] for r in rows)
-
-    roundtrip, compute, inprocess = med(0), med(1), med(2)
-    overhead = roundtrip - compute
+    mib_in, mib_out = args.size**2 * 8 / 2**20, args.size**2 * 4 / 2**20
     print(
         f"device {info['device']}, LUT backend {args.lut_backend}, "
-        f"layer {args.size}x{args.size} RGBA uint8 "
-        f"({args.size**2 * 8 / 2**20:.0f} MiB in, {args.size**2 * 4 / 2**20:.0f} MiB out), "
-        f"median of {len(rows)}"
+        f"layer {args.size}x{args.size} RGBA uint8 ({mib_in:.0f} MiB in, {mib_out:.0f} MiB out), "
+        f"median of {args.repeat}"
     )
-    print(f"round trip      {roundtrip:7.3f} s")
-    print(f"daemon compute  {compute:7.3f} s   (predict + apply)")
-    print(
-        f"overhead        {overhead:7.3f} s   = {100 * overhead / compute:.1f} % of compute "
-        f"(compose {med(3):.3f} s, result encode {med(4):.3f} s, rest transport/decode)"
-    )
-    print(
-        f"in-process      {inprocess:7.3f} s   harmonize() on the composite; round trip is "
-        f"{100 * (roundtrip / inprocess - 1):+.1f} %"
-    )
+    print(f"in-process job          {statistics.median(local):7.3f} s   Engine.run, same work")
+    for transport, data in rows.items():
+        roundtrip = statistics.median(r[0] for r in data)
+        job = statistics.median(r[1] for r in data)
+        overhead = roundtrip - job
+        print(
+            f"{transport:6s} round trip {roundtrip:7.3f} s   daemon job {job:.3f} s   "
+            f"transport + decode {overhead:.3f} s = {100 * overhead / job:.1f} % of the job   "
+            f"identical to in-process: {all(r[2] for r in data)}"
+        )
     floor = zmq_floor(args.size**2 * 8, args.size**2 * 4, args.repeat)
-    print(f"bare zmq TCP    {floor:7.3f} s   same bytes echoed, no processing (transport floor)")
-    print(f"results identical to in-process where mask = 1: {all(r[5] for r in rows)}")
+    print(f"bare zmq TCP            {floor:7.3f} s   same bytes echoed, no processing")
 
 
 if __name__ == "__main__":
