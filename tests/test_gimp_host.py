@@ -17,9 +17,11 @@ python3-zmq/msgpack under ``$HARMONIZE_CI_CACHE``. The test then
    unchanged, the names, positions and the error message.
 
 Undo: GIMP 3.0's PDB has no procedure that performs an undo (only undo-group start/end,
-enable/disable, freeze/thaw), so it cannot be driven from batch mode. The unit tests check
-that every change happens inside one undo group; docs/gimp.md records the manual check
-under Xvfb (Ctrl+Z removes the result in one step).
+enable/disable, freeze/thaw), so batch mode cannot check it. ``test_undo_and_redo_in_the_gui``
+therefore starts the GIMP *GUI* from the same chroot on an Xvfb display
+(tests/hosts/gimp3-gui.sh), with tests/hosts/gimp_undo.py as its startup script: it opens an
+image in a window and runs the procedure; the test then presses Ctrl+Z and Ctrl+Y in that
+window with xdotool, and the script reports the layer list after each key.
 
 Skipped with a reason when the chroot cannot be provisioned (not root, no network for
 debootstrap), unless ``HARMONIZE_REQUIRE_HOSTS=1`` (CI) turns the skip into a failure.
@@ -27,8 +29,12 @@ debootstrap), unless ``HARMONIZE_REQUIRE_HOSTS=1`` (CI) turns the skip into a fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +56,8 @@ pytestmark = [pytest.mark.gimp, pytest.mark.host, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "hosts" / "gimp3-trixie.sh"
 BATCH = REPO / "tests" / "hosts" / "gimp_batch.py"
+GUI = REPO / "tests" / "hosts" / "gimp3-gui.sh"
+UNDO = REPO / "tests" / "hosts" / "gimp_undo.py"
 W, H = 160, 120
 OBJ_W, OBJ_H = 60, 44
 
@@ -322,3 +330,98 @@ def test_empty_mask_is_a_message(gimp_run: dict[str, Any]):
     assert report["status"] == "execution-error"
     assert "Nothing to harmonize" in report["error"], report["error"]
     assert [lay["name"] for lay in report["tree_after"]] == ["object", "Background"]
+
+
+# ---- undo, in the GUI -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xvfb() -> Iterator[str]:
+    """A private Xvfb display (``:N``); the display number comes back through -displayfd."""
+    for tool, package in (("Xvfb", "xvfb"), ("xdotool", "xdotool")):
+        if shutil.which(tool) is None:
+            host_unavailable(f"{tool} is not installed (apt install {package})")
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+        pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 30)
+        number = os.read(read, 64).decode().strip() if ready else ""
+        if not number.isdigit():
+            host_unavailable("Xvfb did not start within 30 s")
+        yield f":{number}"
+    finally:
+        os.close(read)
+        proc.terminate()
+        proc.wait(10)
+
+
+def _undo_report(out: Path, count: int, timeout: float) -> dict[str, Any]:
+    """Wait until gimp_undo.py has reported ``count`` layer lists (or crashed)."""
+    deadline = time.monotonic() + timeout
+    report: dict[str, Any] = {"states": []}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):  # not written yet / being replaced
+            report = json.loads((out / "undo.json").read_text())
+        if len(report["states"]) >= count or report.get("status") == "crashed":
+            return report
+        time.sleep(0.1)
+    return report
+
+
+def _press(display: str, keys: str) -> None:
+    """Focus GIMP's image window and press ``keys`` there (XTEST, as a user's keyboard)."""
+    env = {**os.environ, "DISPLAY": display}
+    search = subprocess.run(
+        ["xdotool", "search", "--sync", "--onlyvisible", "--name", " – GIMP$"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    window = search.stdout.split()[0]
+    subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=30, check=True)
+    subprocess.run(["xdotool", "key", "--clearmodifiers", keys], env=env, timeout=30, check=True)
+
+
+def test_undo_and_redo_in_the_gui(gimp_run: dict[str, Any], xvfb: str):
+    """A fresh paste, harmonized: one Ctrl+Z in GIMP's window brings back exactly the floating
+    selection and the layers as they were (names, pixels); Ctrl+Y redoes the whole step."""
+    job = gimp_run["job"]  # the plug-in is installed there, bg.png / obj.png written
+    out = job / "out"
+    for stale in ("undo.json", "undo.stop"):
+        (out / stale).unlink(missing_ok=True)
+    (job / "undo.py").write_text(UNDO.read_text())
+    log = job / "gimp-gui.log"
+    with log.open("wb") as sink:
+        gimp = subprocess.Popen(
+            ["bash", str(GUI), str(job), "undo.py", "HARMONIZE_RUNTIME_DIR=/job/runtime"],
+            env={**os.environ, "DISPLAY": xvfb}, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        report = _undo_report(out, 2, timeout=240)
+        assert report.get("status") == "success", (report, log.read_text()[-3000:])
+        before, after = report["states"][:2]
+        assert [floating for _, floating, _ in before] == [True, False]  # the paste, the photo
+        assert [name for name, _, _ in after] == [
+            S.result_name(after[1][0]),
+            after[1][0],
+            before[1][0],
+        ]
+        assert not after[1][1] and after[1][2] == before[0][2]  # now a layer, pixels unchanged
+        _press(xvfb, "ctrl+z")
+        report = _undo_report(out, 3, timeout=30)
+        assert report["states"][2:] == [before], "one Ctrl+Z did not restore the paste"
+        _press(xvfb, "ctrl+y")
+        report = _undo_report(out, 4, timeout=30)
+        assert report["states"][3:] == [after], "Ctrl+Y did not redo the whole step"
+    finally:
+        (out / "undo.stop").touch()
+        try:
+            gimp.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(gimp.pid, signal.SIGTERM)
+            gimp.wait(30)
+    assert gimp.returncode == 0, log.read_text()[-3000:]

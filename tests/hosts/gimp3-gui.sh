@@ -1,6 +1,7 @@
 #!/bin/bash
-# GIMP 3 *GUI* from the test chroot on a host X server (for screenshots and manual checks;
-# not used by CI). The chroot comes from `gimp3-trixie.sh provision`.
+# GIMP 3 *GUI* from the test chroot on a host X server: the undo test of
+# tests/test_gimp_host.py, screenshots and manual checks. The chroot comes from
+# `gimp3-trixie.sh provision`.
 #
 #   Xvfb :99 -screen 0 1400x900x24 -nolisten tcp &
 #   gimp3-gui.sh JOB_DIR [OPEN_PY] [ENV=VALUE ...]
@@ -21,6 +22,8 @@ if [ $# -ge 1 ] && [[ $1 != *=* ]]; then
   OPEN=(--batch-interpreter=python-fu-eval -b "exec(open('/job/$1').read())"); shift
 fi
 [ -x "$ROOT/usr/bin/gimp-3.0" ] || { echo "no chroot at $ROOT: run gimp3-trixie.sh provision" >&2; exit 2; }
+exec 9>"$ROOT.lock"
+flock -s 9                                # shared: a rebuild of the chroot waits for us
 MOUNTS=()
 cleanup() {
   local i
