@@ -19,9 +19,10 @@ python3-zmq/msgpack under ``$HARMONIZE_CI_CACHE``. The test then
 Undo: GIMP 3.0's PDB has no procedure that performs an undo (only undo-group start/end,
 enable/disable, freeze/thaw), so batch mode cannot check it. ``test_undo_and_redo_in_the_gui``
 therefore starts the GIMP *GUI* from the same chroot on an Xvfb display
-(tests/hosts/gimp3-gui.sh), with tests/hosts/gimp_undo.py as its startup script: it opens an
-image in a window and runs the procedure; the test then presses Ctrl+Z and Ctrl+Y in that
-window with xdotool, and the script reports the layer list after each key.
+(tests/hosts/gimp3-gui.sh), with tests/hosts/gimp_gui.py as its startup script: it pastes
+into an image in a window and runs the procedure; the test presses Ctrl+Z and Ctrl+Y in that
+window with xdotool, and the script reports the layers after each key. The same GIMP then runs
+the procedure interactively: the dialog's preview, then OK (Return).
 
 Skipped with a reason when the chroot cannot be provisioned (not root, no network for
 debootstrap), unless ``HARMONIZE_REQUIRE_HOSTS=1`` (CI) turns the skip into a failure.
@@ -57,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "hosts" / "gimp3-trixie.sh"
 BATCH = REPO / "tests" / "hosts" / "gimp_batch.py"
 GUI = REPO / "tests" / "hosts" / "gimp3-gui.sh"
-UNDO = REPO / "tests" / "hosts" / "gimp_undo.py"
+GUI_SCRIPT = REPO / "tests" / "hosts" / "gimp_gui.py"
 W, H = 160, 120
 OBJ_W, OBJ_H = 60, 44
 
@@ -360,49 +361,82 @@ def xvfb() -> Iterator[str]:
         proc.wait(10)
 
 
-def _undo_report(out: Path, count: int, timeout: float) -> dict[str, Any]:
-    """Wait until gimp_undo.py has reported ``count`` layer lists (or crashed)."""
+def _report(out: Path, name: str, ready: Any, timeout: float) -> dict[str, Any]:
+    """Wait until gimp_gui.py's ``name`` report satisfies ``ready`` (or the script crashed)."""
     deadline = time.monotonic() + timeout
-    report: dict[str, Any] = {"states": []}
+    report: dict[str, Any] = {}
     while time.monotonic() < deadline:
+        if (out / "crash.json").exists():
+            pytest.fail(f"gimp_gui.py crashed: {(out / 'crash.json').read_text()}")
         with contextlib.suppress(OSError, ValueError):  # not written yet / being replaced
-            report = json.loads((out / "undo.json").read_text())
-        if len(report["states"]) >= count or report.get("status") == "crashed":
+            report = json.loads((out / name).read_text())
+        if report and ready(report):
             return report
         time.sleep(0.1)
     return report
 
 
-def _press(display: str, keys: str) -> None:
-    """Focus GIMP's image window and press ``keys`` there (XTEST, as a user's keyboard)."""
+def _xdotool(display: str, *args: str) -> str:
     env = {**os.environ, "DISPLAY": display}
-    search = subprocess.run(
-        ["xdotool", "search", "--sync", "--onlyvisible", "--name", " – GIMP$"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    window = search.stdout.split()[0]
-    subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=30, check=True)
-    subprocess.run(["xdotool", "key", "--clearmodifiers", keys], env=env, timeout=30, check=True)
+    done = subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    return done.stdout
 
 
-def test_undo_and_redo_in_the_gui(gimp_run: dict[str, Any], xvfb: str):
-    """A fresh paste, harmonized: one Ctrl+Z in GIMP's window brings back exactly the floating
-    selection and the layers as they were (names, pixels); Ctrl+Y redoes the whole step."""
+def _press(display: str, window_name: str, keys: str) -> None:
+    """Focus the window whose title matches ``window_name`` and press ``keys`` there (XTEST,
+    as a user's keyboard)."""
+    found = _xdotool(display, "search", "--sync", "--onlyvisible", "--name", window_name)
+    window = found.split()[0]
+    _xdotool(display, "windowfocus", "--sync", window)
+    _xdotool(display, "key", "--clearmodifiers", keys)
+
+
+IMAGE_WINDOW = " – GIMP$"  # an image window's title ends with this (en dash)
+DIALOG_WINDOW = "^Harmonize Layer$"
+
+
+@pytest.fixture(scope="module")
+def gimp_gui(gimp_run: dict[str, Any], xvfb: str) -> Iterator[dict[str, Any]]:
+    """The GIMP GUI from the chroot on the Xvfb display, running tests/hosts/gimp_gui.py."""
     job = gimp_run["job"]  # the plug-in is installed there, bg.png / obj.png written
     out = job / "out"
-    for stale in ("undo.json", "undo.stop"):
+    for stale in ("undo.json", "undo.stop", "dialog.json", "crash.json"):
         (out / stale).unlink(missing_ok=True)
-    (job / "undo.py").write_text(UNDO.read_text())
+    (job / "gui.py").write_text(GUI_SCRIPT.read_text())
     log = job / "gimp-gui.log"
+    daemon_log = job / "log" / "daemon.log"
+
+    def daemon_jobs() -> list[str]:
+        """The daemon's log line of every finished harmonize job ("..., cached=True")."""
+        return [x for x in daemon_log.read_text().splitlines() if "cached=" in x]
+
+    jobs_before = len(daemon_jobs())
     with log.open("wb") as sink:
         gimp = subprocess.Popen(
-            ["bash", str(GUI), str(job), "undo.py", "HARMONIZE_RUNTIME_DIR=/job/runtime"],
+            ["bash", str(GUI), str(job), "gui.py", "HARMONIZE_RUNTIME_DIR=/job/runtime"],
             env={**os.environ, "DISPLAY": xvfb}, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+    yield {"out": out, "display": xvfb, "log": log, "jobs": daemon_jobs, "before": jobs_before}
+    (out / "undo.stop").touch()  # whatever happened: let the script finish, then quit
+    with contextlib.suppress(subprocess.SubprocessError):  # a dialog left open: Cancel
+        if not (out / "dialog.json").exists():
+            _press(xvfb, DIALOG_WINDOW, "Escape")
     try:
-        report = _undo_report(out, 2, timeout=240)
-        assert report.get("status") == "success", (report, log.read_text()[-3000:])
+        gimp.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(gimp.pid, signal.SIGTERM)
+        gimp.wait(30)
+
+
+def test_undo_and_redo_in_the_gui(gimp_gui: dict[str, Any]):
+    """A fresh paste, harmonized: one Ctrl+Z in GIMP's window brings back exactly the floating
+    selection and the layers as they were (names, pixels); Ctrl+Y redoes the whole step."""
+    out, display = gimp_gui["out"], gimp_gui["display"]
+    try:
+        report = _report(out, "undo.json", lambda r: len(r["states"]) >= 2, timeout=240)
+        assert report.get("status") == "success", (report, gimp_gui["log"].read_text()[-3000:])
         before, after = report["states"][:2]
         assert [floating for _, floating, _ in before] == [True, False]  # the paste, the photo
         assert [name for name, _, _ in after] == [
@@ -411,17 +445,33 @@ def test_undo_and_redo_in_the_gui(gimp_run: dict[str, Any], xvfb: str):
             before[1][0],
         ]
         assert not after[1][1] and after[1][2] == before[0][2]  # now a layer, pixels unchanged
-        _press(xvfb, "ctrl+z")
-        report = _undo_report(out, 3, timeout=30)
+        _press(display, IMAGE_WINDOW, "ctrl+z")
+        report = _report(out, "undo.json", lambda r: len(r["states"]) >= 3, timeout=30)
         assert report["states"][2:] == [before], "one Ctrl+Z did not restore the paste"
-        _press(xvfb, "ctrl+y")
-        report = _undo_report(out, 4, timeout=30)
+        _press(display, IMAGE_WINDOW, "ctrl+y")
+        report = _report(out, "undo.json", lambda r: len(r["states"]) >= 4, timeout=30)
         assert report["states"][3:] == [after], "Ctrl+Y did not redo the whole step"
     finally:
-        (out / "undo.stop").touch()
-        try:
-            gimp.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(gimp.pid, signal.SIGTERM)
-            gimp.wait(30)
-    assert gimp.returncode == 0, log.read_text()[-3000:]
+        (out / "undo.stop").touch()  # on to the dialog phase
+
+
+def test_dialog_preview_then_ok_in_the_gui(gimp_gui: dict[str, Any]):
+    """The interactive dialog on another paste: its preview asks the daemon once while the
+    dialog is open, OK then re-uses the daemon's cached prediction, and no preview layer is
+    left behind."""
+    out, display, jobs = gimp_gui["out"], gimp_gui["display"], gimp_gui["jobs"]
+    (out / "undo.stop").touch()
+    first = gimp_gui["before"] + 1  # the undo phase ran one job
+    _xdotool(display, "search", "--sync", "--onlyvisible", "--name", DIALOG_WINDOW)
+    deadline = time.monotonic() + 60
+    while len(jobs()) <= first and time.monotonic() < deadline:  # the preview's request
+        time.sleep(0.1)
+    time.sleep(0.5)  # nothing else may follow while the dialog is open
+    assert len(jobs()) == first + 1 and jobs()[first].endswith("cached=False"), jobs()[first:]
+    _press(display, DIALOG_WINDOW, "Return")  # OK
+    report = _report(out, "dialog.json", lambda r: "status" in r, timeout=60)
+    assert report["status"] == "success", report
+    pasted = report["layers"][1][0]
+    assert report["layers"] == [[S.result_name(pasted), False], [pasted, False],
+                                ["Background", False]]  # fmt: skip
+    assert len(jobs()) == first + 2 and jobs()[-1].endswith("cached=True"), jobs()[first:]

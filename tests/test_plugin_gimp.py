@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +30,13 @@ def gi() -> Iterator[types.SimpleNamespace]:
     spec = importlib.util.spec_from_file_location("harmonize_gimp_plugin", PLUGIN)
     assert spec is not None and spec.loader is not None
     plugin = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = plugin  # as GIMP runs it: a module of its own (dataclasses need it)
     spec.loader.exec_module(plugin)
     modules.plugin = plugin
     try:
         yield modules
     finally:
+        sys.modules.pop(spec.name, None)
         restore()
 
 
@@ -142,10 +145,10 @@ def scene(gi: Any, precision: Any = None, *, size: tuple[int, int] = (80, 60)) -
 
 
 def run(gi: Any, image: Any, layer: Any, *, strength: float = 1.0, replace: bool = False,
-        mode: Any = None) -> tuple[Any, Any]:  # fmt: skip
+        mode: Any = None, preview: bool = True) -> tuple[Any, Any]:  # fmt: skip
     plugin = gi.plugin.HarmonizePlugIn()
     proc = plugin.do_create_procedure(S.PROCEDURE_NAME)
-    config = mock.Config(strength=strength, replace=replace)
+    config = mock.Config(strength=strength, replace=replace, preview=preview)
     return plugin.run(proc, mode or gi.Gimp.RunMode.NONINTERACTIVE, image, [layer], config, None)
 
 
@@ -334,7 +337,8 @@ def test_daemon_errors_become_messages_and_leave_the_image(gi: Any, daemon: Fake
     daemon.error = (code, "details")
     s = scene(gi)
     names = [lay.name for lay in s["image"].layers]
-    status, error = run(gi, s["image"], s["obj"], mode=gi.Gimp.RunMode.INTERACTIVE)
+    status, error = run(gi, s["image"], s["obj"], mode=gi.Gimp.RunMode.INTERACTIVE,
+                        preview=False)  # fmt: skip
     assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
     assert words in error.message
     assert [lay.name for lay in s["image"].layers] == names
@@ -407,15 +411,102 @@ def test_layer_off_canvas(gi: Any, daemon: FakeDaemon):
     assert "outside the image canvas" in error.message
 
 
-def test_interactive_dialog_cancel(gi: Any, daemon: FakeDaemon):
-    s = scene(gi)
-    gi.dialog.answer = False
+def interactive(gi: Any, image: Any, layer: Any, *, answer: bool = True, interact: Any = None,
+                **options: Any) -> tuple[Any, Any]:  # fmt: skip
+    """Run with the dialog: ``interact(config)`` is what the user does while it is open."""
+    gi.dialog.answer, gi.dialog.interact = answer, interact
     try:
-        status, _ = run(gi, s["image"], s["obj"], mode=gi.Gimp.RunMode.INTERACTIVE)
+        return run(gi, image, layer, mode=gi.Gimp.RunMode.INTERACTIVE, **options)
     finally:
-        gi.dialog.answer = True
+        gi.dialog.answer, gi.dialog.interact = True, None
+
+
+def names(image: Any) -> list[str]:
+    return [lay.name for lay in image.layers]
+
+
+def test_dialog_preview_then_ok_is_one_undo_step(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    before = obj.pixels.copy()
+    seen: dict[str, Any] = {}
+
+    def user(config: Any) -> None:
+        seen["layers"] = names(image)
+        config.set_property("strength", 0.5)  # a slider drag: one preview update for both
+        config.set_property("strength", 0.6)
+
+    status, error = interactive(gi, image, obj, interact=user)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert gi.dialog.last.filled == ["strength", "replace", "preview"]
+    assert seen["layers"] == [
+        "cover", "[Preview] object (harmonized)", "object", "hidden", "Background"
+    ]  # fmt: skip
+    # the first preview, the drag's single update, then OK (the daemon's cache hits there)
+    assert [r["options"]["strength"] for r in daemon.requests] == [1.0, 0.6, 0.6]
+    assert names(image) == ["cover", "object (harmonized)", "object", "hidden", "Background"]
+    kinds = [k for k, _ in image.log]  # the preview never reached the undo stack
+    assert kinds[0] == "undo-group-start" and kinds[-1] == "undo-group-end"
+    assert kinds.count("insert-layer") == 1 and "remove-layer" not in kinds
+    assert image.frozen == 0 and image.undo_enabled
+    np.testing.assert_array_equal(obj.pixels, before)
+    assert obj.visible
+
+
+def test_dialog_cancel_removes_the_preview_and_changes_nothing(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    layers = names(image)
+    seen: dict[str, Any] = {}
+
+    def user(config: Any) -> None:
+        seen["layers"], seen["source visible"] = names(image), obj.visible
+        config.set_property("replace", True)  # the preview then stands in for the layer
+
+    status, _ = interactive(gi, image, obj, answer=False, interact=user)
     assert status == gi.Gimp.PDBStatusType.CANCEL
-    assert daemon.requests == [] and s["image"].log == []
+    assert "[Preview] object (harmonized)" in seen["layers"] and seen["source visible"]
+    assert len(daemon.requests) == 2  # the first preview and the one after "replace"
+    assert names(image) == layers and obj.visible and image.log == []
+    assert image.frozen == 0
+    assert not [c for c in gi.Gimp.calls if c[0].startswith("progress")]  # previews are quiet
+
+
+def test_dialog_without_preview_sends_nothing_until_ok(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    status, _ = interactive(gi, image, obj, answer=False, preview=False)
+    assert status == gi.Gimp.PDBStatusType.CANCEL
+    assert daemon.requests == [] and image.log == []
+
+
+def test_dialog_preview_of_a_floating_paste_hides_it_meanwhile(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    obj.floating = True
+    seen: dict[str, Any] = {}
+    status, error = interactive(
+        gi, image, obj, interact=lambda _c: seen.update(visible=obj.visible, floating=obj.floating)
+    )
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert seen == {"visible": False, "floating": True}  # previewed without converting it
+    assert obj.visible and not obj.is_floating_sel()
+    kinds = [k for k, _ in image.log]
+    assert kinds.index("floating-sel-to-layer") == 1 and "set-visible" not in kinds
+
+
+def test_dialog_preview_failure_is_a_message_and_the_dialog_goes_on(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    seen: dict[str, Any] = {}
+    daemon.error = ("unreachable", "no answer from the harmonize daemon")
+    status, _ = interactive(gi, image, obj, answer=False, interact=lambda c: seen.update(c.values))
+    assert status == gi.Gimp.PDBStatusType.CANCEL
+    assert seen["preview"] is False  # turned off after the failure
+    messages = [c[1][0] for c in gi.Gimp.calls if c[0] == "message"]
+    assert len(messages) == 1 and messages[0].startswith("Preview turned off:")
+    assert "no answer" in messages[0]
+    assert names(image) == ["cover", "object", "hidden", "Background"] and image.log == []
 
 
 def test_timings_on_request(gi: Any, daemon: FakeDaemon, monkeypatch, capsys):

@@ -104,7 +104,41 @@ class GError(Exception):
         return cls(message)
 
 
-GLib = types.SimpleNamespace(Error=GError, quark_from_string=lambda _s: 1)
+class MainLoop:
+    """GLib's idle and timeout sources: queued here, run by :meth:`run_pending` (the tests
+    call it where GTK's main loop would run them, e.g. while a dialog is open)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[int, Any] = {}
+        self.next_id = 1
+
+    def add(self, _delay_ms: int, func: Any, *args: Any) -> int:
+        source, self.next_id = self.next_id, self.next_id + 1
+        self.sources[source] = (func, args)
+        return source
+
+    def idle_add(self, func: Any, *args: Any) -> int:
+        return self.add(0, func, *args)
+
+    def remove(self, source: int) -> bool:
+        return self.sources.pop(source, None) is not None
+
+    def run_pending(self) -> None:
+        while self.sources:
+            source = min(self.sources)
+            func, args = self.sources.pop(source)
+            if func(*args):  # True: call again later (not needed by the plug-in)
+                self.sources[self.add(0, func, *args)] = (func, args)
+
+
+LOOP = MainLoop()
+GLib = types.SimpleNamespace(
+    Error=GError,
+    quark_from_string=lambda _s: 1,
+    timeout_add=LOOP.add,
+    idle_add=LOOP.idle_add,
+    source_remove=LOOP.remove,
+)
 GObject = types.SimpleNamespace(ParamFlags=types.SimpleNamespace(READWRITE=3))
 
 
@@ -319,6 +353,18 @@ class Image:
         self.undo_enabled = False
         return True
 
+    def undo_freeze(self) -> bool:
+        """Changes are not recorded until the matching thaw (a preview's temporary layer)."""
+        self.frozen = getattr(self, "frozen", 0) + 1
+        self.undo_enabled = False
+        return True
+
+    def undo_thaw(self) -> bool:
+        assert getattr(self, "frozen", 0) > 0, "undo_thaw without undo_freeze"
+        self.frozen -= 1
+        self.undo_enabled = self.frozen == 0
+        return True
+
     def duplicate(self) -> Image:
         dup = Image(self.width, self.height, self.precision)
         dup.selection = self.selection.copy()
@@ -423,18 +469,31 @@ class Procedure:
     def add_boolean_argument(self, name: str, *spec: Any) -> None:
         self.arguments[name] = ("boolean", *spec)
 
+    def add_boolean_aux_argument(self, name: str, *spec: Any) -> None:
+        self.arguments[name] = ("aux boolean", *spec)
+
     def new_return_values(self, status: PDBStatusType, error: GError) -> tuple[Any, GError]:
         return status, error
 
 
 class Config:
-    """A procedure config: ``get_property`` of the registered arguments."""
+    """A procedure config: the registered arguments' values, with ``notify::NAME`` signals."""
 
     def __init__(self, **values: Any) -> None:
         self.values = values
+        self.handlers: dict[str, list[Any]] = {}
 
     def get_property(self, name: str) -> Any:
         return self.values[name]
+
+    def set_property(self, name: str, value: Any) -> None:
+        self.values[name] = value
+        for handler in self.handlers.get(f"notify::{name}", []):
+            handler(self, name)
+
+    def connect(self, signal: str, handler: Any) -> int:
+        self.handlers.setdefault(signal, []).append(handler)
+        return len(self.handlers[signal])
 
 
 class _Gimp(types.SimpleNamespace):
@@ -488,16 +547,30 @@ def _make_gimp() -> _Gimp:
 
 
 class _Dialog:
+    """``GimpUi.ProcedureDialog``: ``run`` runs the pending GLib sources, then
+    ``interact(config)`` (what the user does while it is open), and answers ``answer``."""
+
     answer = True
+    interact: Any = None
+    last: _Dialog | None = None
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.filled: list[str] | None = None
 
     @classmethod
-    def new(cls, *_args: Any) -> _Dialog:
-        return cls()
+    def new(cls, _procedure: Any, config: Any, _title: str) -> _Dialog:
+        _Dialog.last = cls(config)
+        return _Dialog.last
 
-    def fill(self, _names: Any) -> None:
-        pass
+    def fill(self, names: Any) -> None:
+        self.filled = names
 
     def run(self) -> bool:
+        LOOP.run_pending()
+        if _Dialog.interact is not None:
+            _Dialog.interact(self.config)
+            LOOP.run_pending()
         return _Dialog.answer
 
     def destroy(self) -> None:

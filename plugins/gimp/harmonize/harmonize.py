@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -113,6 +114,70 @@ def _write(drawable: Gimp.Drawable, data: bytes, box: S.Box, babl_format: str) -
     drawable.update(box.x - ox, box.y - oy, box.w, box.h)
 
 
+@dataclass
+class _Inputs:
+    """What is sent for ``layer``: its pixels, mask and backdrop over ``region``."""
+
+    fmt: S.WireFormat
+    layer_box: S.Box
+    region: S.Box
+    pixels: bytes
+    mask: bytes
+    backdrop: bytes
+
+
+def _read_inputs(image: Gimp.Image, layer: Gimp.Layer, timings: dict[str, float]) -> _Inputs:
+    fmt = S.wire_format(image.get_precision().value_name.removeprefix("GIMP_PRECISION_"))
+    layer_box = _layer_box(layer)
+    region = S.context_box(layer_box, image.get_width(), image.get_height())
+    start = time.perf_counter()
+    pixels = _read(layer, region, fmt.rgba)
+    timings["read_layer"] = round(time.perf_counter() - start, 4)
+    mask, backdrop = _mask_and_backdrop(image, layer, region, fmt)
+    timings["mask_backdrop"] = round(time.perf_counter() - start - timings["read_layer"], 4)
+    return _Inputs(fmt, layer_box, region, pixels, mask, backdrop)
+
+
+def _request(
+    inputs: _Inputs, strength: float, settings: S.Settings, *, progress: bool = True
+) -> S.Result:
+    """Send ``inputs`` to the daemon; ``progress``: report the stages on GIMP's progress bar
+    (not for previews, which must stay quiet)."""
+
+    def on_progress(fraction: float, stage: str) -> None:
+        Gimp.progress_set_text(S.progress_text(stage))
+        Gimp.progress_update(fraction)
+
+    return S.harmonize(
+        inputs.pixels, inputs.mask, inputs.backdrop, inputs.region.w, inputs.region.h,
+        inputs.fmt, strength=strength, settings=settings,
+        on_progress=on_progress if progress else None,
+    )  # fmt: skip
+
+
+def _write_result(new: Gimp.Layer, inputs: _Inputs, result: S.Result) -> S.Box:
+    """Write the daemon's crop into ``new`` (a copy of the source layer); returns the crop in
+    image coordinates. The crop may reach past the layer (context margin): only the part on
+    the layer is written."""
+    crop = result.box.shift(inputs.region.x, inputs.region.y)
+    target = crop.intersect(inputs.layer_box)
+    if not target.empty:
+        local = target.shift(-crop.x, -crop.y)
+        data = S.crop_rows(result.pixels, crop.w, 4 * inputs.fmt.channel_bytes, local)
+        if not new.has_alpha():
+            new.add_alpha()
+        _write(new, data, target, inputs.fmt.rgba)
+    return crop
+
+
+def _insert_copy(image: Gimp.Image, layer: Gimp.Layer, name: str) -> Gimp.Layer:
+    """A copy of ``layer`` named ``name``, directly above it."""
+    new = layer.copy()
+    new.set_name(name)
+    image.insert_layer(new, layer.get_parent(), image.get_item_position(layer))
+    return new
+
+
 def harmonize_layer(
     image: Gimp.Image,
     layer: Gimp.Layer,
@@ -120,57 +185,77 @@ def harmonize_layer(
     replace: bool,
     settings: S.Settings,
 ) -> Gimp.Layer:
-    """Harmonize ``layer``; returns the new layer (inserted in one undo group)."""
-    fmt = S.wire_format(image.get_precision().value_name.removeprefix("GIMP_PRECISION_"))
-    layer_box = _layer_box(layer)
-    region = S.context_box(layer_box, image.get_width(), image.get_height())
+    """Harmonize ``layer``; returns the new layer (the caller wraps this in one undo group)."""
     Gimp.progress_init("Harmonize: reading the layer…")
-    clock = [time.perf_counter()]
     timings: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        clock.append(time.perf_counter())
-        timings[name] = round(clock[-1] - clock[-2], 4)
-
-    pixels = _read(layer, region, fmt.rgba)
-    lap("read_layer")
-    mask, backdrop = _mask_and_backdrop(image, layer, region, fmt)
-    lap("mask_backdrop")
-
-    def on_progress(fraction: float, stage: str) -> None:
-        Gimp.progress_set_text(S.progress_text(stage))
-        Gimp.progress_update(fraction)
-
-    result = S.harmonize(
-        pixels, mask, backdrop, region.w, region.h, fmt,
-        strength=strength, settings=settings, on_progress=on_progress,
-    )  # fmt: skip
-    lap("daemon")
-    # the daemon's crop may reach past the layer (context margin): keep the part on the layer
-    crop = result.box.shift(region.x, region.y)
-    target = crop.intersect(layer_box)
-    new = layer.copy()
-    new.set_name(S.result_name(layer.get_name()))
-    parent = layer.get_parent()
-    position = image.get_item_position(layer)
-    image.insert_layer(new, parent, position)  # directly above the source
-    if not target.empty:
-        local = target.shift(-crop.x, -crop.y)
-        data = S.crop_rows(result.pixels, crop.w, 4 * fmt.channel_bytes, local)
-        if not new.has_alpha():
-            new.add_alpha()
-        _write(new, data, target, fmt.rgba)
+    inputs = _read_inputs(image, layer, timings)
+    start = time.perf_counter()
+    result = _request(inputs, strength, settings)
+    timings["daemon"] = round(time.perf_counter() - start, 4)
+    start = time.perf_counter()
+    new = _insert_copy(image, layer, S.result_name(layer.get_name()))
+    crop = _write_result(new, inputs, result)
     if replace:
         name, visible = layer.get_name(), layer.get_visible()
         image.remove_layer(layer)
         new.set_name(name)
         new.set_visible(visible)
-    lap("write")
+    timings["write"] = round(time.perf_counter() - start, 4)
     Gimp.progress_update(1.0)
     if os.environ.get("HARMONIZE_PLUGIN_TIMINGS"):  # for benchmarks and bug reports
+        region = inputs.region
         size = {"region": [region.w, region.h], "crop": [crop.w, crop.h]}
         print("harmonize-timings", json.dumps({**timings, **size}), file=sys.stderr, flush=True)
     return new
+
+
+class LivePreview:
+    """The dialog's preview on the canvas: a temporary result layer above the source.
+
+    It is added, rewritten and removed with the image's undo stack frozen, so it never
+    becomes an undo step; the inputs are read once. Strength changes re-send them and the
+    daemon re-applies its cached prediction (no network run). The source is hidden while the
+    preview replaces it (the "replace" option, or a floating selection, which stays above any
+    other layer). When the dialog closes everything is put back, and OK runs the real
+    operation, which hits the same cache.
+    """
+
+    PREFIX = "[Preview] "
+
+    def __init__(self, image: Gimp.Image, layer: Gimp.Layer, settings: S.Settings) -> None:
+        self.image, self.source, self.settings = image, layer, settings
+        self.inputs: _Inputs | None = None
+        self.layer: Gimp.Layer | None = None
+        self.source_visible = layer.get_visible()
+
+    def show(self, strength: float, replace: bool) -> None:
+        """Show (or update) the preview; raises :class:`S.PluginError`."""
+        if self.inputs is None:
+            self.inputs = _read_inputs(self.image, self.source, {})
+        result = _request(self.inputs, strength, self.settings, progress=False)
+        self.image.undo_freeze()
+        try:
+            if self.layer is None:
+                name = self.PREFIX + S.result_name(self.source.get_name())
+                self.layer = _insert_copy(self.image, self.source, name)
+            _write_result(self.layer, self.inputs, result)
+            hide = replace or self.source.is_floating_sel()
+            self.source.set_visible(self.source_visible and not hide)
+        finally:
+            self.image.undo_thaw()
+        Gimp.displays_flush()
+
+    def remove(self) -> None:
+        if self.layer is None:
+            return
+        self.image.undo_freeze()
+        try:
+            self.image.remove_layer(self.layer)
+            self.source.set_visible(self.source_visible)
+        finally:
+            self.image.undo_thaw()
+        self.layer = None
+        Gimp.displays_flush()
 
 
 class HarmonizePlugIn(Gimp.PlugIn):
@@ -205,6 +290,10 @@ class HarmonizePlugIn(Gimp.PlugIn):
             "replace", "Re_place the layer", "Replace the layer instead of adding a new one",
             False, GObject.ParamFlags.READWRITE,
         )  # fmt: skip
+        proc.add_boolean_aux_argument(
+            "preview", "Pre_view", "Show the result on the canvas while the dialog is open",
+            True, GObject.ParamFlags.READWRITE,
+        )  # fmt: skip
         return proc
 
     def run(self, procedure, run_mode, image, drawables, config, _data):
@@ -224,9 +313,11 @@ class HarmonizePlugIn(Gimp.PlugIn):
             settings = S.load_settings(_HERE)
         except S.PluginError as exc:
             return fail(str(exc))
-        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config, settings):
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         layer = drawables[0]
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(
+            procedure, config, image, layer, settings
+        ):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         image.undo_group_start()
         try:
             if layer.is_floating_sel():
@@ -246,16 +337,52 @@ class HarmonizePlugIn(Gimp.PlugIn):
         return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
-def _dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, settings: S.Settings) -> bool:
-    """The interactive dialog (strength slider, replace toggle); True on OK."""
+PREVIEW_DELAY_MS = 150
+"""Strength changes closer together than this cause one preview update (slider drags)."""
+
+
+def _dialog(
+    procedure: Gimp.Procedure,
+    config: Gimp.ProcedureConfig,
+    image: Gimp.Image,
+    layer: Gimp.Layer,
+    settings: S.Settings,
+) -> bool:
+    """The interactive dialog (strength, replace, preview on the canvas); True on OK."""
     from gi.repository import GimpUi
 
     GimpUi.init(S.PROCEDURE_NAME)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Harmonize Layer")
-    dialog.fill(None)
+    dialog.fill(["strength", "replace", "preview"])
+    preview = LivePreview(image, layer, settings)
+    pending: list[int] = []
+
+    def refresh() -> bool:
+        pending.clear()
+        if not config.get_property("preview"):
+            preview.remove()
+            return False
+        try:
+            preview.show(config.get_property("strength"), config.get_property("replace"))
+        except S.PluginError as exc:  # say why, then carry on without a preview
+            preview.remove()
+            Gimp.message(f"Preview turned off: {exc}")
+            config.set_property("preview", False)
+        return False  # run once
+
+    def changed(*_args: object) -> None:
+        if not pending:
+            pending.append(GLib.timeout_add(PREVIEW_DELAY_MS, refresh))
+
+    for name in ("strength", "replace", "preview"):
+        config.connect(f"notify::{name}", changed)
+    pending.append(GLib.idle_add(refresh))  # the first preview once the dialog is up
     try:
         return bool(dialog.run())
     finally:
+        for source in pending:
+            GLib.source_remove(source)
+        preview.remove()
         dialog.destroy()
 
 
