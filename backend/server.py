@@ -35,6 +35,8 @@ from backend.errors import HarmonizeError, InputError
 log = logging.getLogger("harmonize.daemon")
 
 POLL_MS = 200
+SWEEP_S = 2.0
+"""How often the daemon looks for shared-memory segments of clients that died."""
 HEARTBEAT_S = 2.0
 """While a job is queued or running, its client gets an ``alive`` event this often, so a long
 stage never looks like a dead daemon to a client's timeout."""
@@ -217,6 +219,7 @@ class Server:
                 self._check_idle()
                 self._heartbeat()
                 self._prune_segments()
+                self._sweep_segments()
         finally:
             self._shutdown()
 
@@ -330,7 +333,6 @@ class Server:
                 P.ErrorCode.BAD_FRAMES, "send pixels as frames or in shm, not both", msg.id
             )
         request = shm.parse_request(msg.body["shm"], self.limits, msg.id)
-        self._sweep_segments()
         segment = self.segments.open(request, msg.id)
         view = memoryview(segment)
         msg.frames = {
@@ -347,8 +349,9 @@ class Server:
             self.segments.prune()
 
     def _sweep_segments(self) -> None:
+        """Remove segments left in /dev/shm by clients that died (at most every 2 s)."""
         now = time.monotonic()
-        if now - self._last_sweep > 60.0:
+        if self.config.shm and now - self._last_sweep > SWEEP_S:
             self._last_sweep = now
             removed = shm.sweep_stale()
             if removed:

@@ -103,7 +103,8 @@ class Segment:
         except OSError as exc:
             raise ShmError(f"cannot create {self.path}: {exc.strerror}") from None
         # unlinked by close(), or when this object is collected, or at interpreter exit
-        self._discard = weakref.finalize(self, _remove_file, self._fd, str(self.path))
+        owner = os.getpid()
+        self._discard = weakref.finalize(self, _remove_file, self._fd, str(self.path), owner)
         try:
             os.posix_fallocate(self._fd, 0, self.size)
             self._inputs = mmap.mmap(self._fd, self.result_offset)
@@ -171,11 +172,12 @@ class Segment:
         self._discard()
 
 
-def _remove_file(fd: int, path: str) -> None:
+def _remove_file(fd: int, path: str, owner: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    if os.getpid() == owner:  # not in a forked child, whose copy of the client is not the owner
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 # ---- daemon side ----------------------------------------------------------------------------

@@ -288,8 +288,13 @@ def test_client_killed_mid_request(daemon, engine):
         stdout=subprocess.PIPE,
         text=True,
     )
+
+    def segments() -> list[Path]:
+        return list(Path("/dev/shm").glob(f"harmonize-{proc.pid}-*"))
+
     try:
         assert proc.stdout.readline().strip() == "received"
+        assert segments(), "the client sends through shared memory"
     finally:
         proc.kill()
         proc.wait(30)
@@ -298,6 +303,10 @@ def test_client_killed_mid_request(daemon, engine):
     with daemon.client() as client:
         assert client.ping()["pid"] == daemon.proc.pid
         assert np.array_equal(remote(client, case), local(engine, case))
+    deadline = time.monotonic() + 10  # the dead client's segment: the daemon removes it
+    while segments() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not segments()
 
 
 def test_run_daemon_matches_in_process_run(daemon, weights, tmp_path, monkeypatch):

@@ -66,6 +66,15 @@ def test_a_forgotten_segment_is_removed_when_collected():
     assert not path.exists()
 
 
+def test_only_the_creating_process_removes_the_file(tmp_path):
+    """A forked child's copy of a client must not unlink its parent's segment at exit."""
+    path = tmp_path / "segment"
+    for owner, removed in ((os.getpid() + 1, False), (os.getpid(), True)):
+        path.write_bytes(b"x")
+        shm._remove_file(os.open(path, os.O_RDONLY), str(path), owner)
+        assert path.exists() is not removed
+
+
 def test_a_held_result_view_stops_reuse_and_stays_valid():
     segment = shm.Segment(64, 64)
     assert segment.reusable()
