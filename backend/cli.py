@@ -384,7 +384,8 @@ def cmd_ping(args: argparse.Namespace) -> int:
         f"pid {info.get('pid')}\n"
         f"device {info.get('device')}, variant {info.get('variant')}, weights "
         f"{info.get('weights_id')}, free memory "
-        f"{'?' if memory is None else f'{memory / 2**30:.1f} GiB'}, {info.get('queued')} queued"
+        f"{'?' if memory is None else f'{memory / 2**30:.1f} GiB'}, {info.get('queued')} queued\n"
+        f"pixels travel by {' or '.join(info.get('transports', ['frames']))}"
     )
     return 0
 

@@ -89,6 +89,7 @@ def test_ping_cli_and_second_serve_says_so(daemon, weights, monkeypatch, capsys)
     assert cli.main(["ping"]) == 0
     out = capsys.readouterr().out
     assert f"pid {daemon.proc.pid}" in out and "variant aict-light" in out
+    assert ("by frames or shm" if shm.available() else "by frames") in out
     assert oct(daemon.endpoint_file.stat().st_mode & 0o777) == "0o600"
     second = subprocess.run(
         [*SERVE, "--weights", str(weights)],
