@@ -358,22 +358,9 @@ class Server:
                 log.info("removed %d shared-memory segment(s) left by dead clients", removed)
 
     def _enqueue(self, route: list[Any], msg: P.Message) -> None:
-        segment = request = None
-        if "shm" in msg.body:
+        request = segment = None
+        if "shm" in msg.body:  # a refused request's views die with it; the mapping stays cached
             request, segment = self._map_shm(msg)
-        try:
-            job = self._admit(route, msg)
-        except BaseException:
-            Job(route, msg, P.HarmonizeOptions(), shm=request, segment=segment).release()
-            raise
-        job.shm, job.segment = request, segment
-        self.jobs[msg.id] = job
-        self.stats["jobs"] += 1
-        self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)
-        self.queue.put(job)
-
-    def _admit(self, route: list[Any], msg: P.Message) -> Job:
-        """Check a harmonize request against the queue's limits; returns its (new) job."""
         check_harmonize_frames(msg)
         options = P.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id)
         if self._stopping:
@@ -395,7 +382,11 @@ class Server:
                 f"{self.config.max_queued_bytes >> 20} MiB); retry when they are done",
                 msg.id,
             )
-        return Job(route, msg, options, size)
+        job = Job(route, msg, options, size, shm=request, segment=segment)
+        self.jobs[msg.id] = job
+        self.stats["jobs"] += 1
+        self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)
+        self.queue.put(job)
 
     def _cancel(self, route: list[Any], msg: P.Message) -> None:
         target = msg.body.get("id")
@@ -482,9 +473,9 @@ class Server:
         h, w = out.shape[:2]
         log.info("job %s: %d x %d at (%d, %d), cached=%s", parent, w, h, x, y, info["cached"])
         body = {"offset": [x, y], "size": [w, h], **info}
-        result = P.Pixels.of(out)
         if job.segment is None:
-            return P.pack(P.reply_type(P.HARMONIZE), body, {"result": result}, parent=parent)
+            result = {"result": P.Pixels.of(out)}
+            return P.pack(P.reply_type(P.HARMONIZE), body, result, parent=parent)
         body["result"] = {**job.result_spec, "offset": job.shm.result_offset}
         return P.pack(P.reply_type(P.HARMONIZE), body, parent=parent)
 

@@ -132,9 +132,10 @@ def _read_inputs(image: Gimp.Image, layer: Gimp.Layer, timings: dict[str, float]
     region = S.context_box(layer_box, image.get_width(), image.get_height())
     start = time.perf_counter()
     pixels = _read(layer, region, fmt.rgba)
-    timings["read_layer"] = round(time.perf_counter() - start, 4)
+    read = time.perf_counter()
     mask, backdrop = _mask_and_backdrop(image, layer, region, fmt)
-    timings["mask_backdrop"] = round(time.perf_counter() - start - timings["read_layer"], 4)
+    timings["read_layer"] = round(read - start, 4)
+    timings["mask_backdrop"] = round(time.perf_counter() - read, 4)
     return _Inputs(fmt, layer_box, region, pixels, mask, backdrop)
 
 
