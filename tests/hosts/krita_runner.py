@@ -59,7 +59,6 @@ def _build(case: dict[str, Any]) -> tuple[Any, Any]:
 
 def run_case(case: dict[str, Any]) -> None:
     from harmonize import host
-    from harmonize.deps import plugin_support
 
     out = Path(case["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -72,15 +71,7 @@ def run_case(case: dict[str, Any]) -> None:
     (out / "backdrop.raw").write_bytes(inputs.backdrop)
     (out / "mask.raw").write_bytes(inputs.mask)
     start = time.perf_counter()
-    result = plugin_support().harmonize(
-        inputs.layer,
-        inputs.mask,
-        inputs.backdrop,
-        inputs.region.w,
-        inputs.region.h,
-        inputs.fmt,
-        strength=case["strength"],
-    )
+    result = host.send(inputs, strength=case["strength"])
     call_s = time.perf_counter() - start
     start = time.perf_counter()
     layer = host.build_layer(doc, source, inputs, result.pixels, result.box)

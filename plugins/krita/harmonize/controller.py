@@ -138,13 +138,8 @@ class Controller(QtCore.QObject):
         inputs = job["inputs"]
         try:
             ps = plugin_support()
-            result = ps.harmonize(
-                inputs.layer,
-                inputs.mask,
-                inputs.backdrop,
-                inputs.region.w,
-                inputs.region.h,
-                inputs.fmt,
+            result = host.send(
+                inputs,
                 strength=job["strength"],
                 settings=self.settings(),
                 on_progress=lambda f, stage: self.progress.emit(f, ps.progress_text(stage)),

@@ -423,6 +423,17 @@ def update_layer(doc: Any, layer: Any, inputs: Inputs, rgba: bytes, box: Any) ->
     doc.refreshProjection()
 
 
+def send(inputs: Inputs, *, strength: float, **call: Any) -> Any:
+    """Send what :func:`read_inputs` gathered to the daemon (blocking; no Krita API, so any
+    thread may call it); returns :class:`plugin_support.Result`. ``call`` (settings,
+    on_progress, cancel) goes to :func:`plugin_support.harmonize`."""
+    region = inputs.region
+    return plugin_support().harmonize(
+        inputs.layer, inputs.mask, inputs.backdrop, region.w, region.h, inputs.fmt,
+        strength=strength, **call,
+    )  # fmt: skip
+
+
 def harmonize_node(
     doc: Any, node: Any, *, strength: float = 1.0, settings: Any = None, **call: Any
 ) -> Any:
@@ -431,20 +442,8 @@ def harmonize_node(
     The GUI splits these steps across threads (see :mod:`.controller`); kritarunner tests and
     scripts call this directly. ``call`` goes to :func:`plugin_support.harmonize`.
     """
-    ps = plugin_support()
     inputs = read_inputs(doc, node)
-    region = inputs.region
-    result = ps.harmonize(
-        inputs.layer,
-        inputs.mask,
-        inputs.backdrop,
-        region.w,
-        region.h,
-        inputs.fmt,
-        strength=strength,
-        settings=settings,
-        **call,
-    )
+    result = send(inputs, strength=strength, settings=settings, **call)
     layer = build_layer(doc, node, inputs, result.pixels, result.box)
     insert_above(doc, node, layer)
     return layer
