@@ -19,7 +19,7 @@ python3-zmq/msgpack under ``$HARMONIZE_CI_CACHE``. The test then
 Undo: GIMP 3.0's PDB has no procedure that performs an undo (only undo-group start/end,
 enable/disable, freeze/thaw), so batch mode cannot check it. ``test_undo_and_redo_in_the_gui``
 therefore starts the GIMP *GUI* from the same chroot on an Xvfb display
-(tests/hosts/gimp3-gui.sh), with tests/hosts/gimp_gui.py as its startup script: it pastes
+(``gimp3-trixie.sh gui``), with tests/hosts/gimp_gui.py as its startup script: it pastes
 into an image in a window and runs the procedure; the test presses Ctrl+Z and Ctrl+Y in that
 window with xdotool, and the script reports the layers after each key. The same GIMP then runs
 the procedure interactively: the dialog's preview, then OK (Return).
@@ -57,7 +57,6 @@ pytestmark = [pytest.mark.gimp, pytest.mark.host, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "hosts" / "gimp3-trixie.sh"
 BATCH = REPO / "tests" / "hosts" / "gimp_batch.py"
-GUI = REPO / "tests" / "hosts" / "gimp3-gui.sh"
 GUI_SCRIPT = REPO / "tests" / "hosts" / "gimp_gui.py"
 W, H = 160, 120
 OBJ_W, OBJ_H = 60, 44
@@ -414,7 +413,7 @@ def gimp_gui(gimp_run: dict[str, Any], xvfb: str) -> Iterator[dict[str, Any]]:
     jobs_before = len(daemon_jobs())
     with log.open("wb") as sink:
         gimp = subprocess.Popen(
-            ["bash", str(GUI), str(job), "gui.py", "HARMONIZE_RUNTIME_DIR=/job/runtime"],
+            ["bash", str(SCRIPT), "gui", str(job), "gui.py", "HARMONIZE_RUNTIME_DIR=/job/runtime"],
             env={**os.environ, "DISPLAY": xvfb}, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip

@@ -9,6 +9,12 @@
 #       `gimp-console-3.0 -i` with the batch script /job/BATCH_PY (python-fu-eval), as
 #       HOME=/job/home, with a clean environment (env -i, PATH=/usr/bin:/bin) plus ENV=VALUE.
 #       The exit code is GIMP's: 0 ok, 64 when the batch script raised.
+#   gimp3-trixie.sh gui JOB_DIR [OPEN_PY] [ENV=VALUE ...]
+#       The same, but the GIMP *GUI* on the host's X server $DISPLAY (default :99; its
+#       /tmp/.X11-unix is bind-mounted too), e.g. on `Xvfb :99 -screen 0 1400x900x24 -nolisten
+#       tcp`. OPEN_PY (in JOB_DIR) runs through python-fu-eval once GIMP is up: the undo and
+#       dialog tests of tests/test_gimp_host.py, screenshots, manual checks. Drive it with
+#       xdotool; it ends when GIMP quits.
 #
 # Needs root and debootstrap (installed with apt when missing). Only /proc and the job folder are
 # mounted (never /dev), and both are unmounted on exit. Heavy steps run under `nice -n 10`.
@@ -77,26 +83,46 @@ provision() {
   echo "$ROOT"
 }
 
+# Mount /proc and the job folder JOB (at /job) into the chroot, holding the lock shared.
+enter() {
+  [ -x "$ROOT/usr/bin/gimp-console-3.0" ] || die "no chroot at $ROOT: run '$0 provision' first"
+  exec 9>"$ROOT.lock"
+  flock -s 9                              # shared: a rebuild waits until this run is done
+  mkdir -p "$ROOT/job" "$1/home"
+  do_mount -t proc proc "$ROOT/proc"
+  do_mount --bind "$1" "$ROOT/job"
+}
+
 run() {
   [ $# -ge 2 ] || die "usage: $0 run JOB_DIR BATCH_PY [ENV=VALUE ...]"
   local job batch
   job=$(realpath "$1"); batch=$2; shift 2
-  [ -x "$ROOT/usr/bin/gimp-console-3.0" ] || die "no chroot at $ROOT: run '$0 provision' first"
   [ -f "$job/$batch" ] || die "no batch script $job/$batch"
-  exec 9>"$ROOT.lock"
-  flock -s 9                              # shared: a rebuild waits until this run is done
-  mkdir -p "$ROOT/job"
-  do_mount -t proc proc "$ROOT/proc"
-  do_mount --bind "$job" "$ROOT/job"
-  mkdir -p "$job/home"
+  enter "$job"
   # env -i: the host's PATH (pyenv shims, venvs) must not choose the plug-in's python3.
   nice -n 10 chroot "$ROOT" env -i HOME=/job/home PATH=/usr/bin:/bin LANG=C.UTF-8 "$@" \
     gimp-console-3.0 -i --batch-interpreter=python-fu-eval \
     -b "exec(open('/job/$batch').read())" --quit
 }
 
+gui() {
+  [ $# -ge 1 ] || die "usage: $0 gui JOB_DIR [OPEN_PY] [ENV=VALUE ...]"
+  local job open=()
+  job=$(realpath "$1"); shift
+  if [ $# -ge 1 ] && [[ $1 != *=* ]]; then
+    [ -f "$job/$1" ] || die "no script $job/$1"
+    open=(--batch-interpreter=python-fu-eval -b "exec(open('/job/$1').read())"); shift
+  fi
+  enter "$job"
+  mkdir -p "$ROOT/tmp/.X11-unix"
+  do_mount --bind /tmp/.X11-unix "$ROOT/tmp/.X11-unix"
+  chroot "$ROOT" env -i HOME=/job/home PATH=/usr/bin:/bin LANG=C.UTF-8 \
+    DISPLAY="${DISPLAY:-:99}" "$@" gimp-3.0 --no-splash "${open[@]}"
+}
+
 case "${1:-}" in
   provision) provision ;;
   run) shift; run "$@" ;;
-  *) die "usage: $0 provision | run JOB_DIR BATCH_PY [ENV=VALUE ...]" ;;
+  gui) shift; gui "$@" ;;
+  *) die "usage: $0 provision | run JOB_DIR BATCH_PY [ENV=VALUE ...] | gui JOB_DIR [OPEN_PY] [ENV=VALUE ...]" ;;
 esac
