@@ -61,7 +61,7 @@ class Engine:
         return time.perf_counter() - start
 
     def _maps(self, comp: np.ndarray, mask: np.ndarray) -> tuple[Any, bool]:
-        from backend.pipeline import low_res_input, predict
+        from backend.pipeline import low_res_input, run_network
 
         x = low_res_input(comp, mask, self.model.config.input_size)
         key = hashlib.sha256(f"{self.weights_id}:{self.variant}:".encode() + x.numpy().tobytes())
@@ -69,7 +69,7 @@ class Engine:
         if digest in self.cache:
             self.cache.move_to_end(digest)
             return self.cache[digest], True
-        maps = predict(comp, mask, model=self.model)
+        maps = run_network(x, self.model)  # the key's input: validated, resized once
         self.cache[digest] = maps
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)

@@ -70,9 +70,13 @@ def _model_device(model: AICTNet) -> torch.device:
 
 
 @torch.inference_mode()
+def run_network(x: torch.Tensor, model: AICTNet) -> LutMaps:
+    """The network on an input from :func:`low_res_input` (``(1, 4, S, S)`` float32)."""
+    return model(x.to(_model_device(model)))
+
+
 def _predict(image: np.ndarray, mask: np.ndarray, model: AICTNet) -> LutMaps:
-    x = low_res_input(image, mask, model.config.input_size).to(_model_device(model))
-    return model(x)
+    return run_network(low_res_input(image, mask, model.config.input_size), model)
 
 
 def predict(composite: np.ndarray, mask: np.ndarray, *, model: AICTNet) -> LutMaps:
