@@ -7,6 +7,7 @@ a rotating log, SIGTERM/SIGINT handling, systemd readiness, and clean removal of
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -146,6 +147,10 @@ def serve(
         engine = Engine(model, lut_backend=config.lut_backend, cache_size=config.cache_size)
         _log_versions(engine, str(model.metadata.get("path")))
         log.info("warm-up job took %.2f s", engine.warm_up())
+        # torch, numpy and the model are loaded for good: keep the cyclic garbage collector
+        # from walking their ~170,000 objects again (a full pass takes ~65 ms mid-request)
+        gc.collect()
+        gc.freeze()
         server = Server(engine, config)
         endpoint = server.bind()
         if path.exists():
