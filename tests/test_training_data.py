@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from training import colour_ops as ops
 from training import iharmony4, recipes
 from training.augment import crop_box, crop_flip, fit_size, limit_size
 from training.masks import feather, label_region, place_bank_mask
@@ -64,18 +66,16 @@ def _one_thread(one_torch_thread: None) -> None:
 # -- recipes ----------------------------------------------------------------------------------
 def test_exposure_one_stop_doubles_linear_light() -> None:
     img = np.full((2, 2, 3), 0.2, np.float32)
-    out = recipes.apply_recipe(img, [{"op": "exposure", "stops": 1.0}])
-    np.testing.assert_allclose(
-        recipes.srgb_to_linear(out), 2 * recipes.srgb_to_linear(img), rtol=1e-4
-    )
+    out = ops.apply_recipe(img, [{"op": "exposure", "stops": 1.0}])
+    np.testing.assert_allclose(ops.srgb_to_linear(out), 2 * ops.srgb_to_linear(img), rtol=1e-4)
 
 
 def test_white_balance_keeps_grey_luminance_and_warms() -> None:
     img = np.full((1, 1, 3), 0.5, np.float32)
-    out = recipes.apply_recipe(img, [{"op": "white_balance", "temperature": 0.3, "tint": 0.0}])
-    lin_in, lin_out = recipes.srgb_to_linear(img), recipes.srgb_to_linear(out)
-    assert float(lin_out[0, 0] @ recipes.LUMA) == pytest.approx(
-        float(lin_in[0, 0] @ recipes.LUMA), rel=1e-4
+    out = ops.apply_recipe(img, [{"op": "white_balance", "temperature": 0.3, "tint": 0.0}])
+    lin_in, lin_out = ops.srgb_to_linear(img), ops.srgb_to_linear(out)
+    assert float(lin_out[0, 0] @ ops.LUMA) == pytest.approx(
+        float(lin_in[0, 0] @ ops.LUMA), rel=1e-4
     )
     assert out[0, 0, 0] > 0.5 > out[0, 0, 2]
 
@@ -83,15 +83,15 @@ def test_white_balance_keeps_grey_luminance_and_warms() -> None:
 def test_hue_and_saturation_keep_grey_grey() -> None:
     grey = np.full((3, 3, 3), 0.4, np.float32)
     for step in ({"op": "hue", "degrees": 25.0}, {"op": "saturation", "factor": 1.7}):
-        np.testing.assert_allclose(recipes.apply_recipe(grey, [step]), grey, atol=1e-5)
+        np.testing.assert_allclose(ops.apply_recipe(grey, [step]), grey, atol=1e-5)
 
 
 def test_transfer_moves_lab_statistics() -> None:
     img = smooth_photo(40, 40, 1).astype(np.float32) / 255
     full = np.ones((40, 40), np.float32)
-    src = recipes.region_lab_stats(img, full)
+    src = ops.region_lab_stats(img, full)
     target = ([60.0, 10.0, -5.0], [src[1][0] * 1.2, src[1][1], src[1][2]])
-    out = recipes.apply_recipe(
+    out = ops.apply_recipe(
         img,
         [
             {
@@ -104,21 +104,59 @@ def test_transfer_moves_lab_statistics() -> None:
             }
         ],
     )
-    mean, _ = recipes.region_lab_stats(out, full)
+    mean, _ = ops.region_lab_stats(out, full)
     np.testing.assert_allclose(mean, target[0], atol=2.0)
 
 
 def test_unknown_recipe_op_is_named() -> None:
     with pytest.raises(ValueError, match="blur"):
-        recipes.apply_recipe(np.zeros((1, 1, 3), np.float32), [{"op": "blur"}])
+        ops.apply_recipe(np.zeros((1, 1, 3), np.float32), [{"op": "blur"}])
+
+
+def test_affine_lut_and_quantile_ops_keep_identity() -> None:
+    img = smooth_photo(20, 30, 2).astype(np.float32) / 255
+    axis = np.linspace(0, 1, 5)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).tolist()
+    q = np.linspace(0, 1, 17)
+    steps = [
+        {"op": "affine", "matrix": np.eye(3).tolist(), "offset": [0, 0, 0]},
+        {"op": "lut3d", "table": grid},
+        {"op": "quantile_map", "src_q": [q.tolist()] * 3, "dst_q": [q.tolist()] * 3, "amount": 1},
+        {"op": "split_tone", "shadows": [0, 0, 0], "highlights": [0, 0, 0]},
+        {"op": "fade", "amount": 0.0, "colour": [0.5, 0.5, 0.5]},
+    ]
+    for step in steps:
+        np.testing.assert_allclose(ops.apply_recipe(img, [step]), img, atol=1e-4)
+
+
+def test_every_transfer_method_moves_the_mean_towards_the_target() -> None:
+    rng = np.random.default_rng(1)
+    src = (smooth_photo(30, 30, 3).astype(np.float32) / 255).reshape(-1, 3)
+    dst = np.clip(src * [0.5, 0.8, 1.1] + [0.3, 0.1, 0.0], 0, 1).astype(np.float32)
+    seen = set()
+    for _ in range(40):
+        recipe = recipes.draw_transfer(rng, src, dst, strong=True)
+        json.dumps(recipe)
+        seen.add(recipe[0]["op"])
+        out = ops.apply_recipe(src[None], recipe[:1])[0]
+        before = np.abs(src.mean(0) - dst.mean(0)).sum()
+        assert np.abs(out.mean(0) - dst.mean(0)).sum() < 0.5 * before
+    assert seen == {"transfer", "rgb_transfer", "quantile_map", "affine"}
 
 
 def test_drawn_recipes_are_json_and_vary() -> None:
     rng = np.random.default_rng(0)
-    kinds = {recipes.recipe_kind(recipes.draw_photographic(rng, 0.5)) for _ in range(5)}
-    assert kinds == {"photographic"}
-    ops = {s["op"] for _ in range(40) for s in recipes.draw_photographic(rng, 0.5)}
-    assert {"exposure", "white_balance"} <= ops and len(ops) >= 5
+    looks = [recipes.draw_look(rng, 0.5, strong=False) for _ in range(60)]
+    lights = [recipes.draw_light(rng, 0.5, strong=True) for _ in range(60)]
+    json.dumps([looks, lights, recipes.draw_jitter(rng)])
+    look_ops = {s["op"] for r in looks for s in r}
+    assert {"lut3d", "split_tone", "curve", "white_balance", "saturation"} <= look_ops
+    stops = [s["stops"] for r in lights for s in r if s["op"] == "exposure"]
+    assert max(abs(x) for x in stops) > 2.0  # the heavy tail reaches more than two stops
+    families = [recipes.draw_family(rng) for _ in range(2000)]
+    for name, share in recipes.FAMILY_MIX.items():
+        assert abs(sum(f == name for f, _ in families) / 2000 - share) < 0.05
+    assert abs(np.mean([s for _, s in families]) - recipes.STRONG_PROBABILITY) < 0.05
 
 
 # -- masks and augmentation -------------------------------------------------------------------
@@ -187,6 +225,22 @@ def test_generator_never_touches_pixels_outside_the_mask(generator: CompositeGen
         changed += int((t.composite[~outside] != t.real[~outside]).any())
         assert max(t.mask.shape) <= 80
     assert changed >= 10
+
+
+def test_generator_jitters_the_photo_and_labels_families(
+    generator: CompositeGenerator,
+) -> None:
+    metas = [generator.triplet(i).meta for i in range(30)]
+    assert {m["kind"] for m in metas} == set(recipes.FAMILY_MIX)
+    assert any(m["jitter"] for m in metas) and any(m["strong"] for m in metas)
+
+
+def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:
+    photos, _, bank = write_photo_folder(tmp_path, n=2)
+    grey = cv2.cvtColor(cv2.imread(str(photos / "p1.png")), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(photos / "p1.png"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    gen = CompositeGenerator(scan_folder("t", photos), sorted(bank.iterdir()), max_side=80)
+    assert all(gen.triplet(i).meta["photo"] == "t/p0" for i in range(12))
 
 
 def test_generator_is_seeded_and_reproducible(folder: tuple[Path, Path, Path]) -> None:

@@ -1,220 +1,228 @@
-"""Colour recipes that turn a photo region into a plausible compositing mistake.
+"""Which compositing mistakes the synthetic data makes, and how often.
 
-Real composites differ from their scene mostly by global photographic changes (exposure, white
-balance, tone curve, saturation: a layer taken from a differently retouched photo) or by carrying
-another object's colour statistics. Each recipe here is one such change, drawn at random from a
-seeded generator, and applied to a whole ``(H, W, 3)`` float32 image in [0, 1]; the caller
-blends the result into the masked region only.
+Real composites (iHarmony4 and what artists paste) go wrong in three ways, and each family here
+mirrors one of them; :data:`FAMILY_MIX` records the mix:
 
-A recipe is drawn once (:func:`draw_recipe`) and is then a plain, JSON-serialisable description
-(a list of ``{"op": name, ...parameters}``) so a composite can be logged and reproduced.
+* ``transfer`` (HCOCO kind): the object carries the colours of another photo's object, moved
+  there by one of four classical transfers: Reinhard mean/std in CIE Lab, mean/std per RGB
+  channel, per-channel histogram matching, or a linear (covariance-matching) colour transfer;
+* ``look`` (HFlickr / HAdobe5k kind): the object went through a photographic look: a smooth
+  random 3D LUT, split toning, tone curves, white balance, saturation, a channel mix or a fade,
+  as editing presets do;
+* ``light`` (HDay2Night kind): the object was lit differently: exposure of up to 3 stops, colour
+  temperature, flattened or raised contrast, haze.
+
+A share :data:`STRONG_PROBABILITY` of composites draws every magnitude from a wider
+distribution (the heavy tail of strong mismatches real users bring: a bright paste in a dim
+scene, a warm object in cool light). :func:`draw_jitter` is the separate global change applied
+to the *whole* photo before a composite is made, so the ground truth's colours vary from one view
+of a photo to the next and a network cannot memorise them.
+
+Every drawing function returns a JSON-serialisable recipe (:mod:`training.colour_ops`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
-import cv2
 import numpy as np
 
-Recipe = list[dict[str, Any]]
-"""A list of operations, applied in order; each is ``{"op": name, **parameters}``."""
+from training.colour_ops import LUMA, Recipe, region_lab_stats
 
-LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
-"""Rec. 709 luminance weights (for linear and, approximately, for sRGB values)."""
-
-TRANSFER_PROBABILITY = 0.35
-"""Share of composites made by colour-statistics transfer (HCOCO kind); the rest are
-photographic edits (HAdobe5k / HFlickr kind)."""
-TRANSFER_STD_RATIO = (0.5, 2.0)
-"""Bounds on the Lab std ratio of a transfer (a flat silhouette must not become noise)."""
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] to linear light (same shape, float32)."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+FAMILY_MIX: dict[str, float] = {"transfer": 0.35, "look": 0.35, "light": 0.30}
+"""Share of each recipe family in the synthetic stream (and in the validation set)."""
+STRONG_PROBABILITY = 0.3
+"""Share of composites whose magnitudes come from the wide ("strong") distributions."""
+JITTER_PROBABILITY = 0.8
+"""Share of training views whose whole photo is first given a random global colour change."""
+TRANSFER_METHODS = ("lab_meanstd", "rgb_meanstd", "histogram", "linear")
+LINEAR_GAIN_RANGE = (0.4, 2.5)
+"""Bounds on the eigenvalues of a linear colour transfer (no collapse, no noise blow-up)."""
+QUANTILES = np.linspace(0.0, 1.0, 17)
 
 
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear light (clipped to [0, 1]) to sRGB-encoded values in [0, 1] (float32)."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
+def _normal(rng: np.random.Generator, sd: float, limit: float) -> float:
+    return float(np.clip(rng.normal(0.0, sd), -limit, limit))
 
 
-def _exposure(img: np.ndarray, stops: float) -> np.ndarray:
-    return linear_to_srgb(srgb_to_linear(img) * np.float32(2.0**stops))
+# -- transfers (HCOCO kind) -------------------------------------------------------------------
+def _pixel_stats(pix: np.ndarray) -> tuple[list[float], list[float]]:
+    return pix.mean(0).tolist(), pix.std(0).tolist()
 
 
-def _white_balance(img: np.ndarray, temperature: float, tint: float) -> np.ndarray:
-    # Warmer = more red, less blue; tint = more green (magenta when negative). Gains are
-    # normalised to keep the luminance of grey unchanged, so exposure stays a separate knob.
-    gains = np.array(
-        [math.exp(temperature), math.exp(tint), math.exp(-temperature)], dtype=np.float32
-    )
-    gains /= float(LUMA @ gains)
-    return linear_to_srgb(srgb_to_linear(img) * gains)
+def _linear_transfer(src: np.ndarray, dst: np.ndarray, amount: float) -> dict:
+    """Monge-Kantorovich linear map taking ``src``'s colour covariance onto ``dst``'s."""
+    eye = np.eye(3) * 1e-4
+    cs, cd = np.cov(src.T) + eye, np.cov(dst.T) + eye
+
+    def sqrtm(c: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh(c)
+        return (v * np.sqrt(np.maximum(w, 1e-8))) @ v.T
+
+    rs = sqrtm(cs)
+    rs_inv = np.linalg.inv(rs)
+    a = rs_inv @ sqrtm(rs @ cd @ rs) @ rs_inv
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    a = (v * np.clip(w, *LINEAR_GAIN_RANGE)) @ v.T
+    a = np.eye(3) + amount * (a - np.eye(3))
+    # y = a x + t with t chosen so that the source mean lands on the (blended) target mean.
+    target = src.mean(0) + amount * (dst.mean(0) - src.mean(0))
+    t = target - a @ src.mean(0)
+    return {"op": "affine", "matrix": a.tolist(), "offset": t.tolist()}
 
 
-def _gamma(img: np.ndarray, gamma: float) -> np.ndarray:
-    return np.clip(img, 0.0, 1.0) ** np.float32(gamma)
+def draw_transfer(
+    rng: np.random.Generator, src: np.ndarray, dst: np.ndarray, strong: bool
+) -> Recipe:
+    """The object takes (partly) the colours of another region.
+
+    Args:
+        src: ``(N, 3)`` float32 pixels of the object, [0, 1].
+        dst: ``(N, 3)`` float32 pixels of another photo's object (or whole frame), [0, 1].
+        strong: a full transfer, plus an exposure change more often.
+    """
+    method = TRANSFER_METHODS[int(rng.integers(len(TRANSFER_METHODS)))]
+    amount = float(rng.uniform(0.85, 1.0) if strong else rng.uniform(0.55, 1.0))
+    if method == "lab_meanstd":
+        s = region_lab_stats(src[None], np.ones((1, len(src)), np.float32))
+        d = region_lab_stats(dst[None], np.ones((1, len(dst)), np.float32))
+        step = {"op": "transfer", "src_mean": s[0], "src_std": s[1], "dst_mean": d[0]}
+        step |= {"dst_std": d[1], "amount": amount}
+    elif method == "rgb_meanstd":
+        (sm, ss), (dm, ds) = _pixel_stats(src), _pixel_stats(dst)
+        step = {"op": "rgb_transfer", "src_mean": sm, "src_std": ss, "dst_mean": dm}
+        step |= {"dst_std": ds, "amount": amount}
+    elif method == "histogram":
+        sq = np.quantile(src, QUANTILES, axis=0).T.tolist()
+        dq = np.quantile(dst, QUANTILES, axis=0).T.tolist()
+        step = {"op": "quantile_map", "src_q": sq, "dst_q": dq, "amount": amount}
+    else:
+        step = _linear_transfer(src.astype(np.float64), dst.astype(np.float64), amount)
+    recipe: Recipe = [step]
+    if rng.random() < (0.5 if strong else 0.25):
+        stops = _normal(rng, 1.0 if strong else 0.4, 2.5 if strong else 1.0)
+        recipe.append({"op": "exposure", "stops": stops})
+    return recipe
 
 
-def _curve(img: np.ndarray, knots: list[list[float]]) -> np.ndarray:
-    # One monotone piecewise-linear curve per channel (identical rows = a global tone curve).
-    xs = np.linspace(0.0, 1.0, len(knots[0]), dtype=np.float32)
-    lut_x = np.linspace(0.0, 1.0, 256, dtype=np.float32)
-    out = np.empty_like(img)
-    for c in range(3):
-        lut = np.interp(lut_x, xs, np.asarray(knots[c], dtype=np.float32)).astype(np.float32)
-        out[..., c] = np.interp(img[..., c], lut_x, lut)
-    return out
-
-
-def _contrast(img: np.ndarray, factor: float, pivot: float) -> np.ndarray:
-    return np.clip((img - pivot) * np.float32(factor) + pivot, 0.0, 1.0)
-
-
-def _saturation(img: np.ndarray, factor: float) -> np.ndarray:
-    lum = (img @ LUMA)[..., None]
-    return np.clip(lum + (img - lum) * np.float32(factor), 0.0, 1.0)
-
-
-def _hue(img: np.ndarray, degrees: float) -> np.ndarray:
-    # Rotation about the grey axis (Rodrigues), so grey stays grey and luminance barely moves.
-    a = math.radians(degrees)
-    k = np.full(3, 1 / math.sqrt(3), dtype=np.float32)
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], dtype=np.float32)
-    rot = np.eye(3, dtype=np.float32) + math.sin(a) * kx + (1 - math.cos(a)) * (kx @ kx)
-    return np.clip(img @ rot.T.astype(np.float32), 0.0, 1.0)
-
-
-def _lab(img: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(img, dtype=np.float32), cv2.COLOR_RGB2Lab)
-
-
-def _transfer(
-    img: np.ndarray,
-    src_mean: list[float],
-    src_std: list[float],
-    dst_mean: list[float],
-    dst_std: list[float],
-    amount: float,
-) -> np.ndarray:
-    # Reinhard et al. 2001 in CIE Lab: move the region's Lab statistics onto another photo's.
-    lab = _lab(img)
-    sm, ss = np.asarray(src_mean, np.float32), np.asarray(src_std, np.float32)
-    dm, ds = np.asarray(dst_mean, np.float32), np.asarray(dst_std, np.float32)
-    ratio = np.clip(ds / np.maximum(ss, 1e-3), *TRANSFER_STD_RATIO)  # no noise blow-up
-    moved = (lab - sm) * ratio + dm
-    out = cv2.cvtColor(moved.astype(np.float32), cv2.COLOR_Lab2RGB)
-    return np.clip(img + np.float32(amount) * (np.clip(out, 0, 1) - img), 0.0, 1.0)
-
-
-OPS: dict[str, Callable[..., np.ndarray]] = {
-    "exposure": _exposure,
-    "white_balance": _white_balance,
-    "gamma": _gamma,
-    "curve": _curve,
-    "contrast": _contrast,
-    "saturation": _saturation,
-    "hue": _hue,
-    "transfer": _transfer,
-}
-
-
-def apply_recipe(img: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """Apply ``recipe`` to a whole ``(H, W, 3)`` float32 image in [0, 1]; returns a new array."""
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.float32:
-        raise ValueError(f"image must be (H, W, 3) float32; got {img.shape} {img.dtype}")
-    out = img
-    for step in recipe:
-        params = {k: v for k, v in step.items() if k != "op"}
-        if step.get("op") not in OPS:
-            raise ValueError(f"unknown recipe operation {step.get('op')!r}; known: {list(OPS)}")
-        out = OPS[step["op"]](out, **params)
-    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-def region_lab_stats(img: np.ndarray, mask: np.ndarray) -> tuple[list[float], list[float]]:
-    """Mask-weighted Lab mean and std of an ``(H, W, 3)`` float32 image; mask ``(H, W)``."""
-    lab = _lab(img).reshape(-1, 3)
-    w = mask.reshape(-1, 1).astype(np.float32)
-    total = max(float(w.sum()), 1e-6)
-    mean = (lab * w).sum(0) / total
-    std = np.sqrt(np.maximum(((lab - mean) ** 2 * w).sum(0) / total, 0.0))
-    return mean.tolist(), std.tolist()
-
-
-def _random_curve(rng: np.random.Generator, per_channel: bool) -> list[list[float]]:
+# -- looks (HFlickr / HAdobe5k kind) ----------------------------------------------------------
+def _random_curve(rng: np.random.Generator, per_channel: bool, sd: float) -> list[list[float]]:
     xs = np.linspace(0.0, 1.0, 5)
 
     def one() -> list[float]:
-        ys = xs + rng.normal(0.0, 0.06, 5) * np.array([0.3, 1, 1, 1, 0.3])
-        ys = np.maximum.accumulate(np.clip(ys, 0.0, 1.0))
-        return ys.tolist()
+        ys = xs + rng.normal(0.0, sd, 5) * np.array([0.3, 1, 1, 1, 0.3])
+        return np.maximum.accumulate(np.clip(ys, 0.0, 1.0)).tolist()
 
     base = one()
     return [one() for _ in range(3)] if per_channel else [base, base, base]
 
 
-def draw_photographic(rng: np.random.Generator, fg_mean: float) -> Recipe:
-    """A retouch-style change: mostly exposure and white balance, plus 0-3 other edits.
+def _random_lut(rng: np.random.Generator, scale: float, size: int = 5) -> list:
+    """A smooth random 3D LUT ``(size, size, size, 3)``: a near-identity channel mix plus a few
+    low-frequency waves, like a colour-grading preset."""
+    axis = np.linspace(0.0, 1.0, size)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)  # (n, n, n, 3)
+    mix = np.eye(3) + rng.normal(0.0, 0.07 * scale, (3, 3))
+    out = grid @ mix.T + rng.normal(0.0, 0.03 * scale, 3)
+    for _ in range(3):
+        freq = rng.normal(0.0, 1.2, 3)
+        phase = rng.uniform(0, 2 * math.pi)
+        amp = rng.normal(0.0, 0.04 * scale, 3)
+        out += np.sin(math.pi * grid @ freq + phase)[..., None] * amp
+    return np.clip(out, 0.0, 1.0).round(4).tolist()
 
-    ``fg_mean`` is the mean sRGB value of the region (the contrast pivot).
-    """
+
+def _tint(rng: np.random.Generator, size: float) -> list[float]:
+    v = rng.normal(0.0, 1.0, 3)
+    v -= v @ LUMA  # a hue, not a brightness change
+    return (v / max(float(np.linalg.norm(v)), 1e-6) * size).tolist()
+
+
+def draw_look(rng: np.random.Generator, fg_mean: float, strong: bool) -> Recipe:
+    """A photographic look: 1-3 edits of an editing preset, in random order."""
+    s = 1.8 if strong else 1.0
+    names = ["lut3d", "split_tone", "curve", "white_balance", "saturation", "mix", "fade"]
+    names += ["contrast", "hue"]
+    p = np.array([3, 2, 2, 2, 2, 1, 1, 1, 1], float)
+    count = int(rng.integers(1, 4))
     recipe: Recipe = []
-    if rng.random() < 0.85:
-        recipe.append({"op": "exposure", "stops": float(np.clip(rng.normal(0, 0.75), -2, 2))})
-    if rng.random() < 0.7:
-        recipe.append(
-            {
-                "op": "white_balance",
-                "temperature": float(np.clip(rng.normal(0, 0.18), -0.5, 0.5)),
-                "tint": float(np.clip(rng.normal(0, 0.08), -0.25, 0.25)),
-            }
-        )
-    extras = ["gamma", "curve", "contrast", "saturation", "hue"]
-    for name in rng.permutation(extras)[: rng.integers(0, 4)]:
-        if name == "gamma":
-            recipe.append({"op": "gamma", "gamma": float(math.exp(rng.normal(0, 0.2)))})
+    for name in rng.choice(names, size=count, replace=False, p=p / p.sum()):
+        if name == "lut3d":
+            recipe.append({"op": "lut3d", "table": _random_lut(rng, s)})
+        elif name == "split_tone":
+            recipe.append(
+                {
+                    "op": "split_tone",
+                    "shadows": _tint(rng, rng.uniform(0.03, 0.12) * s),
+                    "highlights": _tint(rng, rng.uniform(0.03, 0.12) * s),
+                }
+            )
         elif name == "curve":
-            recipe.append({"op": "curve", "knots": _random_curve(rng, rng.random() < 0.4)})
-        elif name == "contrast":
-            factor = float(math.exp(np.clip(rng.normal(0, 0.2), -0.5, 0.5)))
-            recipe.append({"op": "contrast", "factor": factor, "pivot": float(fg_mean)})
+            recipe.append(
+                {"op": "curve", "knots": _random_curve(rng, rng.random() < 0.5, 0.06 * s)}
+            )
+        elif name == "white_balance":
+            temp, tint = _normal(rng, 0.2 * s, 0.8), _normal(rng, 0.07 * s, 0.3)
+            recipe.append({"op": "white_balance", "temperature": temp, "tint": tint})
         elif name == "saturation":
-            factor = float(math.exp(np.clip(rng.normal(0, 0.35), -1.2, 0.8)))
+            factor = math.exp(_normal(rng, 0.35 * s, 1.5))
             recipe.append({"op": "saturation", "factor": factor})
+        elif name == "mix":
+            m = np.eye(3) + rng.normal(0.0, 0.06 * s, (3, 3))
+            m /= m.sum(1, keepdims=True)  # grey stays grey
+            recipe.append({"op": "affine", "matrix": m.tolist(), "offset": [0.0, 0.0, 0.0]})
+        elif name == "fade":
+            colour = (0.5 + np.asarray(_tint(rng, 0.08))).clip(0, 1).tolist()
+            recipe.append(
+                {"op": "fade", "amount": float(rng.uniform(0.05, 0.2) * s), "colour": colour}
+            )
+        elif name == "contrast":
+            factor = math.exp(_normal(rng, 0.2 * s, 0.8))
+            recipe.append({"op": "contrast", "factor": factor, "pivot": float(fg_mean)})
         else:
-            recipe.append({"op": "hue", "degrees": float(np.clip(rng.normal(0, 10), -30, 30))})
-    rng.shuffle(recipe)  # edits come in any order in real retouching
+            recipe.append({"op": "hue", "degrees": _normal(rng, 10 * s, 40)})
     return recipe
 
 
-def draw_transfer(
-    rng: np.random.Generator,
-    src_stats: tuple[list[float], list[float]],
-    dst_stats: tuple[list[float], list[float]],
-) -> Recipe:
-    """An HCOCO-style change: the region takes another object's Lab statistics (partly)."""
-    recipe: Recipe = [
+# -- light (HDay2Night kind) ------------------------------------------------------------------
+def draw_light(rng: np.random.Generator, fg_mean: float, strong: bool) -> Recipe:
+    """Another light: exposure (up to 3 stops), colour temperature, contrast, haze."""
+    recipe: Recipe = []
+    if rng.random() < 0.9:
+        stops = _normal(rng, 1.5 if strong else 0.8, 3.0 if strong else 2.0)
+        recipe.append({"op": "exposure", "stops": stops})
+    if rng.random() < 0.75:
+        temp = _normal(rng, 0.4 if strong else 0.2, 0.9)
+        recipe.append(
+            {"op": "white_balance", "temperature": temp, "tint": _normal(rng, 0.06, 0.25)}
+        )
+    if rng.random() < 0.4:
+        factor = math.exp(_normal(rng, 0.35 if strong else 0.2, 0.9))
+        recipe.append({"op": "contrast", "factor": factor, "pivot": float(fg_mean)})
+    if rng.random() < 0.15:
+        colour = (0.6 + np.asarray(_tint(rng, 0.05))).clip(0, 1).tolist()
+        recipe.append({"op": "fade", "amount": float(rng.uniform(0.05, 0.25)), "colour": colour})
+    rng.shuffle(recipe)
+    return recipe
+
+
+def draw_family(rng: np.random.Generator) -> tuple[str, bool]:
+    """``(family, strong)`` drawn with :data:`FAMILY_MIX` and :data:`STRONG_PROBABILITY`."""
+    names = list(FAMILY_MIX)
+    p = np.array([FAMILY_MIX[n] for n in names])
+    family = names[int(rng.choice(len(names), p=p / p.sum()))]
+    return family, bool(rng.random() < STRONG_PROBABILITY)
+
+
+def draw_jitter(rng: np.random.Generator) -> Recipe:
+    """A mild global colour/tone change for a whole photo (against memorising its colours)."""
+    return [
+        {"op": "exposure", "stops": _normal(rng, 0.3, 0.8)},
         {
-            "op": "transfer",
-            "src_mean": src_stats[0],
-            "src_std": src_stats[1],
-            "dst_mean": dst_stats[0],
-            "dst_std": dst_stats[1],
-            "amount": float(rng.uniform(0.6, 1.0)),
-        }
+            "op": "white_balance",
+            "temperature": _normal(rng, 0.08, 0.25),
+            "tint": _normal(rng, 0.03, 0.1),
+        },
+        {"op": "saturation", "factor": math.exp(_normal(rng, 0.15, 0.4))},
+        {"op": "contrast", "factor": math.exp(_normal(rng, 0.1, 0.3)), "pivot": 0.5},
     ]
-    if rng.random() < 0.3:
-        recipe.append({"op": "exposure", "stops": float(np.clip(rng.normal(0, 0.4), -1, 1))})
-    return recipe
-
-
-def recipe_kind(recipe: Recipe) -> str:
-    """``transfer`` or ``photographic`` (for per-kind tables)."""
-    return "transfer" if any(s["op"] == "transfer" for s in recipe) else "photographic"

@@ -71,6 +71,17 @@ def scan_folder(
     return photos
 
 
+PLAIN_PHOTO_FOLDERS = (
+    "sun_hays80",
+    "urban100",
+    "kodak24",
+    "mcmaster",
+    "set14",
+    "lomiri_wallpapers",
+)
+"""Photo folders of ``../shared/data`` without masks (see each folder's README)."""
+
+
 def shared_sources(data: str | Path) -> dict[str, list[Photo]]:
     """The photo sources of ``../shared/data`` that exist there (see each folder's README)."""
     root = Path(data)
@@ -87,6 +98,8 @@ def shared_sources(data: str | Path) -> dict[str, list[Photo]]:
             "binary",
         ),
     ]
+    # Photos without masks (objects come from the mask bank), 2.5-5K px for some.
+    specs += [(name, f"{name}/images", None, "none") for name in PLAIN_PHOTO_FOLDERS]
     for name, images, masks, kind in specs:
         if (root / images).is_dir():
             found[name] = scan_folder(

@@ -3,14 +3,18 @@
 For sample ``i`` the generator draws, from a generator seeded by ``(seed, i)`` (so any sample can
 be regenerated alone, in any worker, after any resume):
 
-1. a photo (sources weighted by the square root of their size), and an object mask: the photo's
-   own mask, a region of its segmentation label map, or a shape from the object-mask bank;
-2. (training) the paper's crop of 0.5-1 per side and a horizontal flip, then a downscale so the
-   longer side is at most ``max_side`` (the "full-resolution" side of CPU training);
+1. a colour photo (sources weighted by the square root of their size; greyscale ones redrawn),
+   and an object mask: the photo's own mask, a region of its segmentation label map, or a shape
+   from the object-mask bank;
+2. (training) a view: a crop of 0.3-1 per side of the photo kept at 1024 px (several scales), a
+   horizontal flip and sometimes a quarter turn, then a downscale so the longer side is at most
+   ``max_side`` (the "full-resolution" side of CPU training);
 3. a soft mask edge (anti-aliased or feathered);
-4. a colour recipe (:mod:`training.recipes`): a retouch-style photographic change or a colour
-   statistics transfer from another photo's region;
-5. ``composite = real + mask * (recoloured - real)``, rounded to 8 bits. Where the mask is 0 the
+4. (training) a random global colour change of the whole view (:func:`draw_jitter`): the ground
+   truth changes with it, so no photo's own colours can be memorised;
+5. a recipe family and a recipe (:mod:`training.recipes`): a transfer of another photo's
+   colours, a photographic look, or another light; a share of them strong;
+6. ``composite = real + mask * (recoloured - real)``, rounded to 8 bits. Where the mask is 0 the
    composite equals the photo bit for bit.
 """
 
@@ -28,21 +32,29 @@ import torch
 from backend.imageio import read_image
 from training import masks as M
 from training.augment import crop_box, fit_size, resize_image
+from training.colour_ops import apply_recipe, region_pixels
 from training.recipes import (
-    TRANSFER_PROBABILITY,
-    apply_recipe,
-    draw_photographic,
+    JITTER_PROBABILITY,
+    draw_family,
+    draw_jitter,
+    draw_light,
+    draw_look,
     draw_transfer,
-    recipe_kind,
-    region_lab_stats,
 )
 from training.samples import Triplet, training_example
 from training.sources import Photo
 
 MIN_CHANGE_FMSE = 20.0
 """Smallest foreground MSE (0..255 scale) of a composite; milder recipes are redrawn."""
-CACHE_SIDE = 640
-"""Photos are decoded once and kept in memory downscaled to this longer side."""
+CACHE_SIDE = 1024
+"""Photos are decoded once and kept in memory downscaled to this longer side (large enough
+that crops at several scales of a 4K photo are different views, not the same blur)."""
+MIN_CROP_RATIO = 0.3
+"""Smallest crop side as a share of the cached photo's side (training views)."""
+ROTATE_PROBABILITY = 0.2
+"""Share of training views turned by a quarter (either way)."""
+GREY_TOLERANCE = 3
+"""A photo whose channels never differ by more than this (0..255) is greyscale content."""
 
 
 class CompositeGenerator:
@@ -85,7 +97,8 @@ class CompositeGenerator:
         self.seed, self.max_side, self.augment = seed, max_side, augment
         self.cache_side, self.max_bank_fill = cache_side, max_bank_fill
         self._cache: dict[Path, np.ndarray] = {}
-        self._stats: dict[tuple[Path, int], tuple[list[float], list[float]]] = {}
+        self._pixels: dict[tuple[Path, int], np.ndarray] = {}
+        self._grey: dict[Path, bool] = {}
 
     # -- inputs -------------------------------------------------------------------------------
     def photo(self, p: Photo) -> np.ndarray:
@@ -99,6 +112,8 @@ class CompositeGenerator:
                 )
             img = resize_image(rgb, fit_size(*rgb.shape[:2], self.cache_side))
             self._cache[p.image] = img
+            spread = img[::4, ::4].max(axis=2).astype(np.int16) - img[::4, ::4].min(axis=2)
+            self._grey[p.image] = int(spread.max()) <= GREY_TOLERANCE
         return img
 
     def _bank_mask(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray | None:
@@ -143,10 +158,9 @@ class CompositeGenerator:
             )
         return mask, "bank"
 
-    def _other_stats(
-        self, exclude: Photo, rng: np.random.Generator
-    ) -> tuple[list[float], list[float]]:
-        """Lab statistics of an object (or the whole frame) of another photo."""
+    def _other_pixels(self, exclude: Photo, rng: np.random.Generator) -> np.ndarray:
+        """Up to 2048 ``(N, 3)`` float32 pixels of an object (or the whole frame) of another
+        photo: the colours a transfer moves the object to."""
         source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
         pool = self.by_source[source]
         other = pool[int(rng.integers(len(pool)))]
@@ -154,7 +168,7 @@ class CompositeGenerator:
             other = pool[(pool.index(other) + 1) % len(pool)]
         region = int(rng.integers(4))  # a few fixed regions per photo, cached
         key = (other.image, region)
-        if key not in self._stats:
+        if key not in self._pixels:
             img = self.photo(other)
             small = resize_image(img, fit_size(*img.shape[:2], 160))
             sub = np.random.default_rng([zlib.crc32(str(other.key).encode()), region])
@@ -162,43 +176,83 @@ class CompositeGenerator:
                 m = np.ones(small.shape[:2], np.float32)
             else:
                 m, _ = self.object_mask(other, small.shape[:2], sub)
-            self._stats[key] = region_lab_stats(small.astype(np.float32) / 255, m)
-        return self._stats[key]
+            self._pixels[key] = region_pixels(small.astype(np.float32) / 255, m, 2048)
+        return self._pixels[key]
 
-    # -- samples ------------------------------------------------------------------------------
-    def triplet(self, index: int) -> Triplet:
-        """Synthetic composite number ``index`` (deterministic)."""
-        rng = np.random.default_rng([self.seed, index])
-        source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
-        pool = self.by_source[source]
-        p = pool[int(rng.integers(len(pool)))]
-        img = self.photo(p)
-        mask, origin = self.object_mask(p, img.shape[:2], rng)
-        if self.augment:
+    def _draw_photo(self, rng: np.random.Generator) -> tuple[Photo, np.ndarray]:
+        """A photo (sources weighted by the square root of their size) and its cached pixels;
+        greyscale photos are redrawn (a colour recipe on them teaches nothing)."""
+        for _ in range(8):
+            source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
+            pool = self.by_source[source]
+            p = pool[int(rng.integers(len(pool)))]
+            img = self.photo(p)
+            if not self._grey.get(p.image, False):
+                break
+        return p, img
+
+    def _view(
+        self, p: Photo, img: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(image, binary mask, mask origin)`` of one training view of photo ``p``: a crop at
+        a random scale (a large photo gives many different views), a flip and sometimes a
+        quarter turn. Without augmentation: the whole photo."""
+        if not self.augment:
+            mask, origin = self.object_mask(p, img.shape[:2], rng)
+            return img, mask, origin
+        # Crops never smaller than 3/4 of the training side, so they are not upscaled much.
+        side = min(img.shape[:2])
+        ratio = min(1.0, max(MIN_CROP_RATIO, 0.75 * (self.max_side or side) / side))
+        if not p.masks:  # a bank shape is placed on the crop itself
+            y0, x0, ch, cw = crop_box(*img.shape[:2], rng, ratio)
+            img = img[y0 : y0 + ch, x0 : x0 + cw]
+            mask, origin = self.object_mask(p, img.shape[:2], rng)
+        else:
+            mask, origin = self.object_mask(p, img.shape[:2], rng)
             for _ in range(10):
-                y0, x0, ch, cw = crop_box(*img.shape[:2], rng)
+                y0, x0, ch, cw = crop_box(*img.shape[:2], rng, ratio)
                 share = M.fraction(mask[y0 : y0 + ch, x0 : x0 + cw])
                 if M.MIN_FRACTION / 2 <= share <= 0.85:
                     break
             else:
                 y0, x0, ch, cw = 0, 0, *img.shape[:2]
             img, mask = img[y0 : y0 + ch, x0 : x0 + cw], mask[y0 : y0 + ch, x0 : x0 + cw]
-            if rng.random() < 0.5:
-                img, mask = img[:, ::-1], mask[:, ::-1]
+        if rng.random() < 0.5:
+            img, mask = img[:, ::-1], mask[:, ::-1]
+        if rng.random() < ROTATE_PROBABILITY:
+            k = 1 if rng.random() < 0.5 else 3
+            img, mask = np.rot90(img, k), np.rot90(mask, k)
+        return np.ascontiguousarray(img), np.ascontiguousarray(mask), origin
+
+    # -- samples ------------------------------------------------------------------------------
+    def triplet(self, index: int) -> Triplet:
+        """Synthetic composite number ``index`` (deterministic)."""
+        rng = np.random.default_rng([self.seed, index])
+        p, img = self._draw_photo(rng)
+        img, mask, origin = self._view(p, img, rng)
         size = fit_size(*img.shape[:2], self.max_side)
-        real8 = np.ascontiguousarray(resize_image(np.ascontiguousarray(img), size))
-        binary = (resize_image(np.ascontiguousarray(mask), size) >= 0.5).astype(np.float32)
+        real8 = np.ascontiguousarray(resize_image(img, size))
+        binary = (resize_image(mask, size) >= 0.5).astype(np.float32)
         # Quantised to 8 bits so a mask saved as PNG is exactly the one composited with.
         soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
         real = real8.astype(np.float32) / 255.0
+        jitter = draw_jitter(rng) if self.augment and rng.random() < JITTER_PROBABILITY else []
+        if jitter:  # the ground truth changes too: the photo's own colours are not the answer
+            real8 = np.clip(np.floor(apply_recipe(real, jitter) * 255.0 + 0.5), 0, 255)
+            real8 = real8.astype(np.uint8)
+            real = real8.astype(np.float32) / 255.0
         weight = soft[..., None]
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
+        family, strong = draw_family(rng)
         for _ in range(4):
-            if rng.random() < TRANSFER_PROBABILITY:
-                src = region_lab_stats(real, binary)
-                recipe = draw_transfer(rng, src, self._other_stats(p, rng))
+            if family == "transfer":
+                recipe = draw_transfer(
+                    rng, region_pixels(real, binary), self._other_pixels(p, rng), strong
+                )
+            elif family == "look":
+                recipe = draw_look(rng, fg_mean, strong)
             else:
-                recipe = draw_photographic(rng, fg_mean)
+                recipe = draw_light(rng, fg_mean, strong)
             recoloured = apply_recipe(real, recipe)
             comp = np.floor((real + weight * (recoloured - real)) * 255.0 + 0.5)
             comp8 = np.clip(comp, 0, 255).astype(np.uint8)
@@ -211,8 +265,10 @@ class CompositeGenerator:
         meta = {
             "photo": p.key,
             "mask_origin": origin,
-            "kind": recipe_kind(recipe),
+            "kind": family,
+            "strong": strong,
             "recipe": recipe,
+            "jitter": jitter,
             "fmse": fmse,
         }
         name = f"{p.key.replace('/', '-')}_{index}"
