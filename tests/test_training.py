@@ -24,7 +24,15 @@ from training.evaluate import ContactSheet, evaluate, predict, summarize, write_
 from training.export import export
 from training.losses import harmonization_loss, masked_mse
 from training.samples import collate
-from training.train import EMA, TrainConfig, batch_loss, load_checkpoint, lr_factor, train
+from training.train import (
+    EMA,
+    TrainConfig,
+    batch_loss,
+    choose_precision,
+    load_checkpoint,
+    lr_factor,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"input_size": 64}
@@ -210,6 +218,26 @@ def test_resumed_training_equals_an_uninterrupted_run(tiny_spec: DataSpec, tmp_p
     assert {"composite", "classical", "ema"} <= set(ev) and ev["ema"]["n"] == 3
     assert json.loads((tmp_path / "straight" / "split.json").read_text())["val"]
     assert (tmp_path / "straight" / "best.pt").is_file()
+
+
+def test_precision_is_measured_without_touching_the_training_rng() -> None:
+    model = create_model("aict-light", **SMALL)
+    before = torch.get_rng_state()
+    choice = choose_precision(model, "cpu", batch_size=2, repeat=1)
+    assert torch.equal(before, torch.get_rng_state())
+    assert choice["precision"] in {"fp32", "bf16"} and choice["fp32_s"] > 0 < choice["bf16_s"]
+
+
+def test_bf16_and_no_lr_branch_train_on_the_same_batches(tiny_spec: DataSpec) -> None:
+    ds, _, _ = build_training(replace(tiny_spec, lr_size=64))
+    batch = collate([ds[i] for i in range(2)])
+    model = create_model("aict-light", **SMALL)
+    full = batch_loss(model, batch, TrainConfig(out="x", precision="fp32"))
+    fast = batch_loss(model, batch, TrainConfig(out="x", precision="bf16", lr_weight=0.0))
+    hr_full, loss_fast = float(full[1].detach()), float(fast[0].detach())
+    assert fast[0].dtype == torch.float32 and loss_fast == pytest.approx(hr_full, rel=0.05)
+    fast[0].backward()
+    assert all(p.grad is not None for p in model.class_layer.parameters())
 
 
 def test_time_budget_stops_training(tiny_spec: DataSpec, tmp_path: Path) -> None:
