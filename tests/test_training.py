@@ -280,10 +280,39 @@ def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_p
     comp_row = next(r for r in rows if r["name"] == t.name and r["method"] == "composite")
     assert comp_row["fmse"] == pytest.approx(t.meta["fmse"], rel=1e-4)
     md = write_summary(rows, tmp_path, {"data": "tiny"})
-    assert "| All | model |" in md
+    assert "| All | model |" in md and "| mildest tenth | composite |" in md
+    assert {r["severity"] for r in rows} == {"mildest tenth", "rest"}
     assert (tmp_path / "per_image.csv").read_text().count("\n") == 1 + len(rows)
     files = sheet.save(tmp_path / "sheet.png")
     assert files and files[0].stat().st_size > 0
+
+
+def test_hindsight_affine_undoes_a_global_gain_and_offset() -> None:
+    from training.evaluate import hindsight_affine
+    from training.samples import Triplet
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(40, 200, (20, 24, 3)).astype(np.uint8)
+    mask = np.zeros((20, 24), np.float32)
+    mask[4:16, 5:20] = 1
+    edited = np.clip(real * np.array([0.7, 1.1, 0.9]) + [20, -5, 10], 0, 255)
+    comp = np.where(mask[..., None] > 0, edited.round(), real).astype(np.uint8)
+    out = hindsight_affine(Triplet("t", "s", comp, mask, real)) * 255
+    err = (out - torch.from_numpy(real).permute(2, 0, 1).float()).abs().max()
+    assert float(err) < 1.0  # only the 8-bit rounding of the edit is left
+
+
+def test_mean_colour_error_is_the_distance_of_the_object_means() -> None:
+    real = torch.zeros(3, 4, 4)
+    pred = real.clone()
+    pred[0] += 3.0
+    pred[1] += 4.0
+    mask = torch.zeros(1, 4, 4)
+    mask[:, :2] = 1
+    assert M.mean_colour_error(pred, real, mask) == pytest.approx(5.0, rel=1e-5)
+    assert M.all_metrics(pred, real, mask, with_ssim=False)["mean_err"] == pytest.approx(
+        5.0, rel=1e-5
+    )
 
 
 def test_folder_triplets_without_ground_truth(tmp_path: Path) -> None:
@@ -388,7 +417,8 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
         == 0
     )
     summary = json.loads((ev / "summary.json").read_text())
-    assert set(summary["by_subset"]["All"]) == {"composite", "classical", "model"}
+    assert set(summary["by_subset"]["All"]) == {"composite", "classical", "model", "hindsight"}
+    assert set(summary["by_severity"]) == {"mildest tenth", "rest", "All"}
     assert (ev / "contact_sheet.png").is_file()
     doc = tmp_path / "weights.md"
     doc.write_text("# W\n<!-- report:start -->\nold\n<!-- report:end -->\ntail\n")

@@ -57,7 +57,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--val-fraction", type=float, default=0.1, help="share of whole photos held out (synthetic)"
     )
-    g.add_argument("--val-count", type=int, default=64, help="validation composites")
+    g.add_argument("--val-count", type=int, default=400, help="validation composites")
     g.add_argument(
         "--max-side",
         type=_side,
@@ -168,6 +168,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             model = model_from_checkpoint(ck, ema=not a.raw).to(device)
         else:
             model = load_model(a.weights, device=device)
+    if all(t.real is not None for t in triplets):
+        methods.append("hindsight")  # the ceiling of a global per-channel correction
     sheet = E.ContactSheet(rows_per_sheet=a.sheet_rows, max_rows=a.sheet_max)
     rows = E.evaluate(
         triplets,
@@ -350,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("make-synthetic", help="write synthetic composites (iHarmony4 layout)")
     _add_data(s)
     s.add_argument("--split", choices=("train", "val"), default="val")
-    s.add_argument("--count", type=int, default=200)
+    s.add_argument("--count", type=int, default=400)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_make_synthetic)
 

@@ -40,7 +40,7 @@ class DataSpec:
     iharmony4: str | None = None
     subsets: tuple[str, ...] = ()
     val_fraction: float = 0.1
-    val_count: int = 64
+    val_count: int = 400
     max_side: int | None = 352
     val_max_side: int | None = 512
     lr_size: int = 256

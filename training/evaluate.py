@@ -6,10 +6,14 @@ Methods compared in one run, on the same images:
 * ``classical``: :func:`backend.color_stats.classical_transfer`, the per-channel mean/std match
   of the foreground to the background, computed at full resolution;
 * ``model``: the network (LUT maps from the 256 x 256 input, applied to the full-resolution
-  composite by the differentiable reference :func:`backend.lut.reference.apply_luts`).
+  composite by the differentiable reference :func:`backend.lut.reference.apply_luts`);
+* ``hindsight``: (needs the real image; a ceiling, not a method) the per-channel gain and offset
+  fitted by least squares on the object's own pixels against the truth: what a perfect global
+  correction of that form would score.
 
 Metrics (:mod:`training.metrics`) are per image on the 0..255 scale, then averaged per subset,
-per recipe kind (synthetic data) and over all images.
+per recipe kind (synthetic data), per severity (the composite's fMSE: the mildest tenth, the
+rest, and the strong tail of the recipes) and over all images.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from training.metrics import all_metrics
 from training.samples import Triplet, to_chw
 
 METHODS = ("composite", "classical", "model")
-METRICS = ("mse", "fmse", "psnr", "ssim")
+METRICS = ("mse", "fmse", "psnr", "mean_err", "ssim")
 BAND_ROWS = 1024
 """Images taller than this are mapped through the LUTs in bands (bounded memory)."""
 
@@ -65,14 +69,35 @@ def predict(model: AICTNet, t: Triplet, device: torch.device | str = "cpu") -> T
     return torch.cat(bands, dim=2)[0]
 
 
+def hindsight_affine(t: Triplet) -> Tensor:
+    """The composite with a per-channel ``gain * x + offset`` fitted on the object against the
+    real image (mask-weighted least squares), blended by the mask: ``(3, H, W)`` in [0, 1]."""
+    if t.real is None:
+        raise ValueError(f"{t.name}: the hindsight fit needs the real image")
+    comp, real = to_chw(t.composite).double(), to_chw(t.real).double()
+    w = torch.from_numpy(np.ascontiguousarray(t.mask, dtype=np.float64))
+    total = w.sum().clamp_min(1e-9)
+    out = comp.clone()
+    for c in range(3):
+        mx, my = (comp[c] * w).sum() / total, (real[c] * w).sum() / total
+        var = ((comp[c] - mx) ** 2 * w).sum() / total
+        cov = ((comp[c] - mx) * (real[c] - my) * w).sum() / total
+        gain = cov / var if var > 1e-9 else torch.zeros((), dtype=torch.float64)
+        fitted = (gain * (comp[c] - mx) + my).clamp(0, 1)
+        out[c] = comp[c] + w * (fitted - comp[c])
+    return out.float()
+
+
 @torch.no_grad()
 def baseline(method: str, t: Triplet) -> Tensor:
-    """``composite`` or ``classical`` output ``(3, H, W)`` in [0, 1]."""
+    """``composite``, ``classical`` or ``hindsight`` output ``(3, H, W)`` in [0, 1]."""
     comp = to_chw(t.composite)
     if method == "composite":
         return comp
     if method == "classical":
         return classical_transfer(comp[None], _mask_tensor(t.mask, "cpu"))[0]
+    if method == "hindsight":
+        return hindsight_affine(t)
     raise ValueError(f"unknown baseline {method!r}")
 
 
@@ -126,9 +151,20 @@ def evaluate(
         for method, pred in outs.items():
             values = all_metrics((pred * 255.0).clamp(0, 255), real, mask, with_ssim=with_ssim)
             kind = str(t.meta.get("kind", t.subset))
-            rows.append(
-                {"name": t.name, "subset": t.subset, "kind": kind, "method": method, **values}
-            )
+            strong = "strong" if t.meta.get("strong") else "normal"
+            row = {"name": t.name, "subset": t.subset, "kind": kind, "recipe": strong}
+            rows.append({**row, "method": method, **values})
+    return label_severity(rows)
+
+
+def label_severity(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``severity`` to every row: ``mildest tenth`` for the tenth of the images whose
+    composite is closest to the truth (lowest composite fMSE), else ``rest``. Without the
+    ``composite`` method in ``rows`` every image is ``rest``."""
+    comp = {r["name"]: r["fmse"] for r in rows if r["method"] == "composite"}
+    mild = set(sorted(comp, key=comp.__getitem__)[: max(1, len(comp) // 10)]) if comp else set()
+    for r in rows:
+        r["severity"] = "mildest tenth" if r["name"] in mild else "rest"
     return rows
 
 
@@ -151,10 +187,11 @@ def summarize(rows: list[dict[str, Any]], group: str = "subset") -> dict[str, di
 
 
 def format_table(table: dict[str, dict[str, dict]], title: str = "subset") -> str:
-    """A Markdown table: one row per (group, method), columns n, MSE, fMSE, PSNR, SSIM."""
+    """A Markdown table: one row per (group, method), columns n, MSE, fMSE, PSNR, mean colour
+    error, SSIM."""
     lines = [
-        f"| {title} | method | n | MSE | fMSE | PSNR | SSIM |",
-        "|---|---|---|---|---|---|---|",
+        f"| {title} | method | n | MSE | fMSE | PSNR | mean colour err | SSIM |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(stats: dict[str, Any], metric: str, digits: int) -> str:
@@ -165,7 +202,7 @@ def format_table(table: dict[str, dict[str, dict]], title: str = "subset") -> st
         for method, s in methods.items():
             lines.append(
                 f"| {key} | {method} | {s['n']} | {fmt(s, 'mse', 2)} | {fmt(s, 'fmse', 2)} | "
-                f"{fmt(s, 'psnr', 2)} | {fmt(s, 'ssim', 4)} |"
+                f"{fmt(s, 'psnr', 2)} | {fmt(s, 'mean_err', 2)} | {fmt(s, 'ssim', 4)} |"
             )
     return "\n".join(lines)
 
@@ -174,7 +211,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Per-image rows as CSV (columns: name, subset, kind, method, metrics)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cols = ["name", "subset", "kind", "method", *[m for m in METRICS if rows and m in rows[0]]]
+    head = ["name", "subset", "kind", "recipe", "severity", "method"]
+    cols = [*head, *[m for m in METRICS if rows and m in rows[0]]]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
@@ -244,11 +282,13 @@ def write_summary(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "per_image.csv")
-    by_subset = summarize(rows, "subset")
-    by_kind = summarize(rows, "kind")
-    md = "\n\n".join([format_table(by_subset, "subset"), format_table(by_kind, "kind")])
+    tables = {
+        group: summarize(rows, group)
+        for group in ("subset", "kind", "recipe", "severity")
+        if all(group in r for r in rows)
+    }
+    md = "\n\n".join(format_table(table, group) for group, table in tables.items())
     (out / "summary.md").write_text(md + "\n")
-    (out / "summary.json").write_text(
-        json.dumps({**meta, "by_subset": by_subset, "by_kind": by_kind}, indent=1) + "\n"
-    )
+    by = {f"by_{group}": table for group, table in tables.items()}
+    (out / "summary.json").write_text(json.dumps({**meta, **by}, indent=1) + "\n")
     return md

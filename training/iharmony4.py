@@ -168,7 +168,8 @@ def attach_recipes(root: str | Path, triplets: list[Triplet]) -> list[Triplet]:
     for t in triplets:
         m = meta.get(t.name)
         if m is not None:
-            t.meta.update({k: m[k] for k in ("kind", "photo", "mask_origin") if k in m})
+            keys = ("kind", "strong", "photo", "mask_origin")
+            t.meta.update({k: m[k] for k in keys if k in m})
             t.subset = str(m.get("photo", t.subset)).split("/")[0]
     return triplets
 

@@ -6,6 +6,8 @@ prediction clamped, not rounded), ``mask`` ``(1, H, W)`` or ``(H, W)`` soft in [
 * MSE  = sum(M * (pred - real)^2) / (3 H W)          (background weight 0, divisor all pixels)
 * fMSE = sum(M * (pred - real)^2) / (3 sum(M) + 1e-6)
 * PSNR = 10 log10(255^2 / (MSE + 1e-6))
+* mean colour error = |mean_M(pred) - mean_M(real)| (RGB, Euclidean): the object's overall
+  colour, which is most of what real composites get wrong
 * SSIM = Gaussian-window SSIM (11 taps, sigma 1.5, K1 0.01, K2 0.03, data range 255, valid
   convolution, mean over pixels then channels: the ``pytorch_msssim.ssim`` defaults) of
   ``pred * M + real * (1 - M)`` against ``real``.
@@ -93,12 +95,23 @@ def ssim(pred: Tensor, real: Tensor, mask: Tensor | None = None) -> float:
     return float((lum * cs).flatten(2).mean(-1).mean())
 
 
+def mean_colour_error(pred: Tensor, real: Tensor, mask: Tensor) -> float:
+    """Distance (0..255 RGB, Euclidean) between the mask-weighted mean colours of ``pred`` and
+    ``real``: how far the object's overall colour is from the truth, whatever its detail."""
+    _check(pred, real, mask)
+    m = _mask3(mask).double()
+    area = m.sum() + 1e-6
+    diff = ((pred.double() - real.double()) * m).sum(dim=(1, 2)) / area
+    return float(diff.norm())
+
+
 def all_metrics(pred: Tensor, real: Tensor, mask: Tensor, *, with_ssim: bool = True) -> dict:
-    """``{"mse", "fmse", "psnr"[, "ssim"]}`` of one image (0..255 inputs)."""
+    """``{"mse", "fmse", "psnr", "mean_err"[, "ssim"]}`` of one image (0..255 inputs)."""
     out = {
         "mse": mse(pred, real, mask),
         "fmse": fmse(pred, real, mask),
         "psnr": psnr(pred, real, mask),
+        "mean_err": mean_colour_error(pred, real, mask),
     }
     if with_ssim:
         out["ssim"] = ssim(pred, real, mask)

@@ -72,15 +72,23 @@ def report(
         "### Validation",
         "",
         f"{obj.get('n', '?')} synthetic composites from the **held-out photos** (never trained "
-        "on), full resolution (longer side <= 512), metrics of the official evaluation "
-        "(0..255, unrounded prediction). `composite` = doing nothing, `classical` = "
+        f"on), full resolution (longer side <= {obj.get('max_side') or 'as is'}), metrics of "
+        "the official evaluation (0..255, unrounded prediction) plus the error of the object's "
+        "mean colour. `composite` = doing nothing, `classical` = "
         "`backend.color_stats.classical_transfer` (per-channel mean/std match to the "
-        "background). Regenerate with `python -m training evaluate` (see `docs/training.md`).",
+        "background), `hindsight` = the per-channel gain + offset fitted on the object against "
+        "the truth (a ceiling for global corrections, not a method). Regenerate with "
+        "`python -m training evaluate` (see `docs/training.md`).",
         "",
-        format_table(obj["by_kind"], "recipe kind"),
+        *targets(obj),
         "",
-        format_table({k: v for k, v in obj["by_subset"].items()}, "photo source"),
+        format_table(obj["by_kind"], "recipe family"),
     ]
+    for key, title in (("by_recipe", "recipe strength"), ("by_severity", "composite error")):
+        if key in obj:
+            rest = {k: v for k, v in obj[key].items() if k != "All"}
+            lines += ["", format_table(rest, title)]
+    lines += ["", format_table(dict(obj["by_subset"].items()), "photo source")]
     if contact_sheets:
         lines += [
             "",
@@ -88,6 +96,36 @@ def report(
             + ", ".join(f"`{s}`" for s in contact_sheets),
         ]
     return "\n".join(lines) + "\n"
+
+
+def targets(obj: dict[str, Any]) -> list[str]:
+    """Bullet lines: the model's fMSE against the targets of the default weights (overall at
+    most half the composite's; below both baselines in every family; within 15 % of the
+    composite on the mildest tenth)."""
+
+    def fmse(table: dict[str, Any], group: str, method: str) -> float:
+        return float(table[group][method]["fmse"])
+
+    if "model" not in obj["by_kind"]["All"]:
+        return []
+    kinds, out = obj["by_kind"], []
+    ratio = fmse(kinds, "All", "model") / fmse(kinds, "All", "composite")
+    out.append(f"- overall: model fMSE = {ratio:.0%} of the composite's (target <= 50 %)")
+    for kind in (k for k in kinds if k != "All"):
+        m, c, r = (fmse(kinds, kind, x) for x in ("model", "composite", "classical"))
+        ok = "meets" if m < min(c, r) else "**misses**"
+        out.append(
+            f"- {kind}: model {m:.0f} vs composite {c:.0f} and classical {r:.0f} ({ok} "
+            '"below both")'
+        )
+    if "by_severity" in obj and "mildest tenth" in obj["by_severity"]:
+        sev = obj["by_severity"]
+        m, c = fmse(sev, "mildest tenth", "model"), fmse(sev, "mildest tenth", "composite")
+        out.append(
+            f"- mildest tenth: model {m:.1f} vs composite {c:.1f} ({m / c - 1:+.0%}; target "
+            "within +15 %)"
+        )
+    return out
 
 
 def fill(doc: str | Path, markdown: str) -> None:
