@@ -6,10 +6,14 @@ reference, differentiable), the fMSE losses, backward and Adam. Batches are buil
 the synthetic generator (``../shared/data`` when present, else generated photos), so data
 loading is timed separately (``data samples/s``: one process, the generator alone).
 
+Each variant is timed in every configuration of ``--precisions`` (fp32, bf16 autocast of the
+network) x ``--lr-weights`` (0.01: official loss with the 256 x 256 term; 0: that LUT pass
+skipped), side by side on the same batches, so the ratios hold even on a busy machine.
+
 Usage (documented in docs/benchmarks.md)::
 
     nice -n 10 python benchmarks/bench_training.py --threads 2
-    python benchmarks/bench_training.py --variants aict-light --steps 3   # quick
+    python benchmarks/bench_training.py --variants aict-light --max-side 256 --steps 5
 """
 
 from __future__ import annotations
@@ -50,11 +54,19 @@ def data_spec(max_side: int, tmp: Path) -> DataSpec:
     )
 
 
-def bench_variant(variant: str, dataset, batch: int, steps: int, device: str) -> dict:
+def bench_variant(
+    variant: str,
+    dataset,
+    batch: int,
+    steps: int,
+    device: str,
+    precision: str = "fp32",
+    lr_weight: float = 0.01,
+) -> dict:
     torch.manual_seed(0)
     model = create_model(variant).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-    cfg = TrainConfig(out="unused")
+    cfg = TrainConfig(out="unused", precision=precision, lr_weight=lr_weight)
     batches = [collate([dataset[s * batch + j] for j in range(batch)]) for s in range(steps + 1)]
     times = []
     for i, cpu_batch in enumerate(batches):
@@ -73,6 +85,8 @@ def bench_variant(variant: str, dataset, batch: int, steps: int, device: str) ->
     med = statistics.median(times)
     return {
         "variant": variant,
+        "precision": precision,
+        "lr_weight": lr_weight,
         "batch": batch,
         "steps": len(times),
         "step_s_median": round(med, 3),
@@ -88,6 +102,8 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=352, help="full-resolution crop side")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precisions", default="fp32,bf16", help="network precisions to compare")
+    ap.add_argument("--lr-weights", default="0.01,0", help="256x256 loss weights to compare")
     ap.add_argument("--json", action="store_true", help="print JSON lines only")
     args = ap.parse_args()
     if args.threads:
@@ -110,8 +126,13 @@ def main() -> None:
         print(json.dumps(env))
         for variant in args.variants.split(","):
             batch = args.batch or DEFAULT_BATCH.get(variant, 4)
-            print(json.dumps(bench_variant(variant, dataset, batch, args.steps, args.device)))
-            sys.stdout.flush()
+            for precision in args.precisions.split(","):
+                for lr_weight in (float(w) for w in args.lr_weights.split(",")):
+                    res = bench_variant(
+                        variant, dataset, batch, args.steps, args.device, precision, lr_weight
+                    )
+                    print(json.dumps(res))
+                    sys.stdout.flush()
 
 
 if __name__ == "__main__":
