@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -203,13 +204,13 @@ def _run_one(args: argparse.Namespace, model: Any, composite: Path, mask: Path, 
     for source in (composite, mask):
         if _same_file(out, source):
             raise InputError(f"output {out} would overwrite the input {source}")
-    rgb, alpha = read_image(composite)
+    rgb, alpha = read_image(composite, max_pixels=args.max_pixels)
     if getattr(args, "daemon", False):
-        result = _harmonize_remote(model, rgb, read_mask(mask), args)
+        result = _harmonize_remote(model, rgb, read_mask(mask, max_pixels=args.max_pixels), args)
     else:
         result = harmonize(
             rgb,
-            read_mask(mask),
+            read_mask(mask, max_pixels=args.max_pixels),
             model=model,
             strength=args.strength,
             lut_backend=args.lut_backend,
@@ -244,12 +245,33 @@ def _harmonize_remote(client: Any, rgb: Any, mask: Any, args: argparse.Namespace
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``harmonize run``: one pair, or a folder of pairs. Any file system error (permissions, a
+    full disk) that the readers and writers did not already name becomes a one-line error."""
+    try:
+        return _run(args)
+    except OSError as exc:
+        raise _file_error(exc, args.composite) from None
+
+
+def _file_error(exc: OSError, fallback: Path) -> Exception:
+    """``exc`` as a one-line :class:`FileError` naming its file (``fallback`` if it has none)."""
+    from backend.errors import FileError
+
+    where = fallback if exc.filename is None else Path(os.fsdecode(exc.filename))
+    return FileError.from_os_error(exc, where, "access")
+
+
+def _run(args: argparse.Namespace) -> int:
     from backend.errors import InputError
 
     if args.composite.is_dir():
         return _run_folder(args)
     if args.mask is None:
         raise InputError("MASK is required when COMPOSITE is a file")
+    from backend.imageio import probe_image
+
+    for path in (args.composite, args.mask):  # refuse a bad file before loading the model
+        probe_image(path, max_pixels=args.max_pixels)
     model = _load(args)
     start = time.perf_counter()
     _run_one(args, model, args.composite, args.mask, args.output)
@@ -260,8 +282,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_folder(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from backend.batch import find_pairs
-    from backend.errors import HarmonizeError, InputError
+    from backend.batch import find_pairs, output_paths
+    from backend.errors import FileError, HarmonizeError, InputError
 
     if args.mask is not None:
         raise InputError("give no MASK with a folder: masks are found by name")
@@ -275,16 +297,23 @@ def _run_folder(args: argparse.Namespace) -> int:
             f"{args.composite}: no (composite, mask) pairs found (expected composite_images/ + "
             "masks/, or x.jpg beside x_mask.png)"
         )
+    outputs = output_paths(pairs, args.output, f".{args.ext.lstrip('.')}" if args.ext else None)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FileError.from_os_error(exc, args.output, "create the output folder") from None
     model = _load(args)
-    args.output.mkdir(parents=True, exist_ok=True)
     failed, start = 0, time.perf_counter()
-    for pair in tqdm(pairs, desc="harmonize", unit="img", disable=None):
-        ext = f".{args.ext.lstrip('.')}" if args.ext else pair.composite.suffix
+    jobs = list(zip(pairs, outputs, strict=True))
+    for pair, out in tqdm(jobs, desc="harmonize", unit="img", disable=None):
         try:
-            _run_one(args, model, pair.composite, pair.mask, args.output / f"{pair.name}_harm{ext}")
-        except HarmonizeError as exc:
+            _run_one(args, model, pair.composite, pair.mask, out)
+        except HarmonizeError as exc:  # this pair failed; the others still run
             failed += 1
             log.error("%s: %s", pair.composite, exc)
+        except OSError as exc:
+            failed += 1
+            log.error("%s: %s", pair.composite, _file_error(exc, out))
     elapsed = time.perf_counter() - start
     print(
         f"harmonized {len(pairs) - failed} of {len(pairs)} images in {elapsed:.1f} s "

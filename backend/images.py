@@ -39,6 +39,19 @@ def _check_float_range(arr: np.ndarray, what: str) -> None:
         raise InputError(f"{what} is float and must lie in [0, 1]; got values in [{lo:g}, {hi:g}]")
 
 
+def check_pixel_count(
+    width: int, height: int, *, max_pixels: int | None = None, what: str = "image"
+) -> None:
+    """Refuse a ``width`` x ``height`` image over ``max_pixels`` (default: $HARMONIZE_MAX_PIXELS
+    or :data:`DEFAULT_MAX_PIXELS`)."""
+    limit = max_pixels_default() if max_pixels is None else max_pixels
+    if width * height > limit:
+        raise InputError(
+            f"{what} is {width} x {height} = {width * height:,} pixels, over the limit of "
+            f"{limit:,} (raise it with max_pixels / $HARMONIZE_MAX_PIXELS)"
+        )
+
+
 def check_image(image: object, *, max_pixels: int | None = None, what: str = "image") -> np.ndarray:
     """Validate an RGB image and return it as a C-contiguous array (no copy when possible)."""
     if not isinstance(image, np.ndarray):
@@ -58,12 +71,7 @@ def check_image(image: object, *, max_pixels: int | None = None, what: str = "im
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise InputError(f"{what} is empty: {h} x {w}")
-    limit = max_pixels_default() if max_pixels is None else max_pixels
-    if h * w > limit:
-        raise InputError(
-            f"{what} is {w} x {h} = {h * w:,} pixels, over the limit of {limit:,} "
-            "(raise it with max_pixels / $HARMONIZE_MAX_PIXELS)"
-        )
+    check_pixel_count(w, h, max_pixels=max_pixels, what=what)
     if image.dtype.kind == "f":
         _check_float_range(image, what)
     return np.ascontiguousarray(image)
