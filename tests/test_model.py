@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +139,36 @@ def test_unreadable_files_are_refused(tmp_path: Path, content: str) -> None:
         torch.save([1, 2, 3], path)
     with pytest.raises(WeightsError):
         load_weights(path)
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "truncated"])
+def test_damaged_weights_give_one_line_errors_and_exit_2(
+    tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from backend.cli import main
+
+    path = tmp_path / "w.pt"
+    save_weights(path, create_model("aict-light"), "aict-light")
+    assert load_weights(path)[1]["sha256_verified"] is True
+    if damage == "corrupted":  # one weight changed, the stored digest kept
+        obj = torch.load(path, weights_only=True)
+        obj["state_dict"]["class_layer.bias"][0] += 1
+        torch.save(obj, path)
+        expected = "is corrupted: its weights do not match the sha256"
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        expected = "truncated or corrupted"
+    with pytest.raises(WeightsError, match=expected):
+        load_weights(path)
+    image, mask = tmp_path / "c.png", tmp_path / "m.png"
+    cv2.imwrite(str(image), np.full((16, 16, 3), 90, np.uint8))
+    cv2.imwrite(str(mask), np.pad(np.full((8, 8), 255, np.uint8), 4))
+    out = tmp_path / "o.png"
+    code = main(["run", str(image), str(mask), "-o", str(out), "--weights", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_missing_file_and_missing_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
