@@ -240,6 +240,37 @@ def test_bf16_and_no_lr_branch_train_on_the_same_batches(tiny_spec: DataSpec) ->
     assert all(p.grad is not None for p in model.class_layer.parameters())
 
 
+def test_sigterm_to_the_process_group_stops_cleanly(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    """A stop signal sent to the whole group (Ctrl-C, systemd, kill -- -PGID) also reaches the
+    loader worker; the trainer must still finish its step and write ``last.pt``."""
+    import signal
+    import time
+
+    photos, bank = tiny_spec.photos[0], tiny_spec.mask_banks[0]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "training", "train", "--out", str(out), "--no-shared-data"]
+    cmd += ["--photos", photos, "--mask-bank", bank, "--val-count", "0", "--max-side", "64"]
+    cmd += ["--batch-size", "2", "--workers", "1", "--log-every", "1", "--no-progress"]
+    cmd += ["--override", "input_size=64", "--precision", "fp32", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL)
+    try:
+        log = out / "train.jsonl"
+        deadline = time.monotonic() + 120
+        while '"event": "step"' not in (log.read_text() if log.is_file() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    events = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    end = events[-1]
+    assert end["event"] == "end" and end["reason"] == f"signal {int(signal.SIGTERM)}"
+    assert load_checkpoint(out / "last.pt")["step"] == end["step"] >= 1
+
+
 def test_time_budget_stops_training(tiny_spec: DataSpec, tmp_path: Path) -> None:
     out = train(_cfg(tiny_spec, tmp_path, max_steps=1000, time_budget=1e-3, eval_every=0))
     assert out["reason"] == "time_budget" and out["step"] == 1

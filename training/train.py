@@ -281,6 +281,14 @@ def validate(
     return _eval_summary(rows)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGINT to the trainer, which stops after the current step
+    and writes ``last.pt`` (a signal to the whole process group must not kill a worker first
+    and turn a clean stop into a crash)."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -358,6 +366,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # drives dropout and is restored on resume).
         generator=torch.Generator().manual_seed(cfg.seed),
         persistent_workers=cfg.workers > 0,
+        worker_init_fn=_ignore_stop_signals,
         prefetch_factor=2 if cfg.workers > 0 else None,
     )
     batches = iter(loader)
