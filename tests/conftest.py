@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +41,56 @@ def host_unavailable(reason: str) -> None:
     if os.environ.get("HARMONIZE_REQUIRE_HOSTS") == "1":
         pytest.fail(f"HARMONIZE_REQUIRE_HOSTS=1 but {reason}")
     pytest.skip(reason)
+
+
+BUILD_HOSTS_ENV = "HARMONIZE_BUILD_HOSTS"
+"""Set to 1 to let the tests build host environments (the GIMP 3 chroot: debootstrap, ~1 GB,
+minutes, root). Without it they use what is already built and skip naming this switch;
+.ci/run sets it."""
+
+
+def build_hosts_allowed() -> bool:
+    return os.environ.get(BUILD_HOSTS_ENV) == "1"
+
+
+HOST_TOOLS = REPO / "tests" / "hosts" / "tools.txt"
+HOST_PYTHON = "/usr/bin/python3"
+
+
+def host_tools() -> dict[str, str]:
+    """tests/hosts/tools.txt: program (or ``py:module``) -> the Debian package providing it."""
+    table = {}
+    for line in HOST_TOOLS.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            tool, package = line.split()[:2]
+            table[tool] = package
+    return table
+
+
+def need_tools(*tools: str) -> None:
+    """Skip (or fail, see :func:`host_unavailable`) unless every tool is there; each must be
+    listed in tests/hosts/tools.txt, which .ci/run installs and checks before the tests."""
+    table = host_tools()
+    unlisted = [tool for tool in tools if tool not in table]
+    if unlisted:
+        raise ValueError(f"{unlisted} not in {HOST_TOOLS}: add them (and their packages)")
+    missing = []
+    for tool in tools:
+        if tool.startswith("py:"):
+            try:
+                probe = subprocess.run(
+                    [HOST_PYTHON, "-c", f"import {tool[3:]}"], capture_output=True, check=False
+                )
+                found = probe.returncode == 0
+            except OSError:  # no /usr/bin/python3 at all
+                found = False
+        else:
+            found = shutil.which(tool) is not None
+        if not found:
+            missing.append(tool)
+    if missing:
+        packages = " ".join(sorted({table[tool] for tool in missing}))
+        host_unavailable(f"{', '.join(missing)} missing (apt-get install {packages})")
 
 
 @pytest.fixture(scope="session")

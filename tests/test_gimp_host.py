@@ -24,8 +24,10 @@ into an image in a window and runs the procedure; the test presses Ctrl+Z and Ct
 window with xdotool, and the script reports the layers after each key. The same GIMP then runs
 the procedure interactively: the dialog's preview, then OK (Return).
 
-Skipped with a reason when the chroot cannot be provisioned (not root, no network for
-debootstrap), unless ``HARMONIZE_REQUIRE_HOSTS=1`` (CI) turns the skip into a failure.
+The chroot is only *built* with ``HARMONIZE_BUILD_HOSTS=1`` (.ci/run sets it; a developer opts
+in): a plain ``python -m pytest`` uses an existing one or skips, naming the switch. Skipped with
+a reason when the chroot cannot be provisioned (not root, no network for debootstrap), unless
+``HARMONIZE_REQUIRE_HOSTS=1`` (CI) turns the skip into a failure.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ import pytest
 from backend import plugin_support as S
 from backend.compose import composite, crop_box
 from backend.protocol import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
-from tests.conftest import host_unavailable
+from tests.conftest import BUILD_HOSTS_ENV, build_hosts_allowed, host_unavailable, need_tools
 from tests.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.gimp, pytest.mark.host, pytest.mark.slow]
@@ -62,19 +63,41 @@ W, H = 160, 120
 OBJ_W, OBJ_H = 60, 44
 
 
+def ensure_gimp_chroot() -> None:
+    """Use the GIMP 3 chroot; build it only when ``HARMONIZE_BUILD_HOSTS=1``, else skip (or
+    fail under ``HARMONIZE_REQUIRE_HOSTS=1``) with a reason that names the switch."""
+    if sys.platform != "linux":
+        host_unavailable("the GIMP 3 chroot needs Linux")
+    status = subprocess.run(
+        ["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if status.returncode != 0:
+        if not build_hosts_allowed():
+            host_unavailable(
+                f"{status.stderr.strip()}; set {BUILD_HOSTS_ENV}=1 to build it (as root: "
+                "debootstrap and apt, about 1 GB, a few minutes)"
+            )
+        if os.geteuid() != 0:
+            host_unavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
+        need_tools("debootstrap")
+        proc = subprocess.run(
+            ["bash", str(SCRIPT), "provision"],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+        if proc.returncode != 0:
+            reason = proc.stderr.strip()[-800:]
+            host_unavailable(f"could not provision the GIMP 3 chroot: {reason}")
+    if os.geteuid() != 0:
+        host_unavailable("running GIMP in its chroot needs root (chroot, mount)")
+    need_tools("chroot", "mount", "mountpoint", "flock")
+
+
 @pytest.fixture(scope="module")
 def gimp_chroot() -> None:
-    if sys.platform != "linux" or os.geteuid() != 0:
-        host_unavailable("the GIMP 3 chroot needs Linux and root (debootstrap, chroot, mount)")
-    proc = subprocess.run(
-        ["bash", str(SCRIPT), "provision"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    if proc.returncode != 0:
-        host_unavailable(f"could not provision the GIMP 3 chroot: {proc.stderr.strip()[-800:]}")
+    ensure_gimp_chroot()
 
 
 # ---- the scene --------------------------------------------------------------------------------
@@ -338,9 +361,7 @@ def test_empty_mask_is_a_message(gimp_run: dict[str, Any]):
 @pytest.fixture(scope="module")
 def xvfb() -> Iterator[str]:
     """A private Xvfb display (``:N``); the display number comes back through -displayfd."""
-    for tool, package in (("Xvfb", "xvfb"), ("xdotool", "xdotool")):
-        if shutil.which(tool) is None:
-            host_unavailable(f"{tool} is not installed (apt install {package})")
+    need_tools("Xvfb", "xdotool")
     read, write = os.pipe()
     proc = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write), "-screen", "0", "1400x900x24", "-nolisten", "tcp"],

@@ -1,9 +1,13 @@
 #!/bin/bash
 # GIMP 3.0 (Debian 13 "trixie" packages) in a debootstrap chroot, for the real-GIMP plugin test.
 #
+#   gimp3-trixie.sh status
+#       Exit 0 and print the chroot path when it is built and current; else exit 1 and say
+#       why. Builds nothing and needs no root (the tests call it first).
 #   gimp3-trixie.sh provision
 #       Build the chroot once under ${HARMONIZE_CI_CACHE:-/var/cache/harmonize-ci}/gimp3-trixie
-#       (about 1 GB, ~2-4 min cold); later calls reuse it. Prints the chroot path last.
+#       (about 1 GB, ~2-4 min cold); later calls reuse it. Prints the chroot path last. The
+#       tests only call this with HARMONIZE_BUILD_HOSTS=1 (.ci/run sets it).
 #   gimp3-trixie.sh run JOB_DIR BATCH_PY [ENV=VALUE ...]
 #       Bind-mount the host folder JOB_DIR at /job in the chroot and run
 #       `gimp-console-3.0 -i` with the batch script /job/BATCH_PY (python-fu-eval), as
@@ -16,7 +20,8 @@
 #       dialog tests of tests/test_gimp_host.py, screenshots, manual checks. Drive it with
 #       xdotool; it ends when GIMP quits.
 #
-# Needs root and debootstrap (installed with apt when missing). Only /proc and the job folder are
+# Needs root and debootstrap (`apt-get install debootstrap`; never installed here). Only /proc and
+# the job folder are
 # mounted (never /dev), and both are unmounted on exit. Heavy steps run under `nice -n 10`.
 set -euo pipefail
 
@@ -26,7 +31,7 @@ PACKAGES="gimp python3-zmq python3-msgpack"
 STAMP="trixie minbase: $PACKAGES"
 
 die() { echo "gimp3-trixie.sh: $*" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mount)"
+need_root() { [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mount)"; }
 
 MOUNTS=()
 cleanup() {
@@ -54,18 +59,32 @@ remove_tree() {
   rm -rf --one-file-system "$dir"
 }
 
+# Is the chroot at $ROOT built from the current package list?
+ready() {
+  [ "$(cat "$ROOT/.harmonize-stamp" 2>/dev/null)" = "$STAMP" ] \
+    && [ -x "$ROOT/usr/bin/gimp-console-3.0" ]
+}
+
+status() {
+  if ready; then echo "$ROOT"; return 0; fi
+  if [ -e "$ROOT" ]; then
+    echo "the GIMP 3 chroot at $ROOT is incomplete or out of date" >&2
+  else
+    echo "no GIMP 3 chroot at $ROOT" >&2
+  fi
+  return 1
+}
+
 provision() {
+  need_root
   mkdir -p "$(dirname "$ROOT")"
   exec 9>"$ROOT.lock"
   flock 9                                 # one builder at a time; others wait, then reuse
-  if [ "$(cat "$ROOT/.harmonize-stamp" 2>/dev/null)" = "$STAMP" ] \
-     && [ -x "$ROOT/usr/bin/gimp-console-3.0" ]; then
+  if ready; then
     echo "$ROOT"; return 0
   fi
-  if ! command -v debootstrap >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap
-  fi
+  command -v debootstrap >/dev/null \
+    || die "debootstrap is not installed (apt-get install debootstrap)"
   local tmp="$ROOT.building"
   remove_tree "$tmp"
   remove_tree "$ROOT"
@@ -85,6 +104,7 @@ provision() {
 
 # Mount /proc and the job folder JOB (at /job) into the chroot, holding the lock shared.
 enter() {
+  need_root
   [ -x "$ROOT/usr/bin/gimp-console-3.0" ] || die "no chroot at $ROOT: run '$0 provision' first"
   exec 9>"$ROOT.lock"
   flock -s 9                              # shared: a rebuild waits until this run is done
@@ -121,8 +141,9 @@ gui() {
 }
 
 case "${1:-}" in
+  status) status ;;
   provision) provision ;;
   run) shift; run "$@" ;;
   gui) shift; gui "$@" ;;
-  *) die "usage: $0 provision | run JOB_DIR BATCH_PY [ENV=VALUE ...] | gui JOB_DIR [OPEN_PY] [ENV=VALUE ...]" ;;
+  *) die "usage: $0 status | provision | run JOB_DIR BATCH_PY [ENV=VALUE ...] | gui JOB_DIR [OPEN_PY] [ENV=VALUE ...]" ;;
 esac
