@@ -451,6 +451,10 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
     assert set(summary["by_subset"]["All"]) == {"composite", "classical", "model", "hindsight"}
     assert set(summary["by_severity"]) == {"mildest tenth", "rest", "All"}
     assert (ev / "contact_sheet.png").is_file()
+    first = (syn / "SYN_test.txt").read_text().split()[0].rsplit(".", 1)[0]
+    fig = ["evaluate", "--iharmony4", str(syn), "--out", str(ev / "f"), "--figure", first]
+    assert main([*fig, "--checkpoint", str(run / "last.pt")]) == 0
+    assert (ev / "f" / "before_after.png").is_file()
     doc = tmp_path / "weights.md"
     doc.write_text("# W\n<!-- report:start -->\nold\n<!-- report:end -->\ntail\n")
     assert (

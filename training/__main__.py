@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from training.data import DataSpec, default_shared_data
 
@@ -171,17 +172,28 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if all(t.real is not None for t in triplets):
         methods.append("hindsight")  # the ceiling of a global per-channel correction
     sheet = E.ContactSheet(rows_per_sheet=a.sheet_rows, max_rows=a.sheet_max)
+    picked = a.figure.split(",") if a.figure else []
+    figure = E.ContactSheet(
+        tile_height=320, rows_per_sheet=len(picked) or 1, methods=("model",), only=set(picked)
+    )
+
+    def keep(t: Any, outs: dict[str, Any]) -> None:
+        sheet.add(t, outs)
+        figure.add(t, outs)
+
     rows = E.evaluate(
         triplets,
         model,
         methods=methods,
         device=device,
         with_ssim=not a.no_ssim,
-        keep=sheet.add,
+        keep=keep,
         progress=True,
     )
     out = Path(a.out)
     files = sheet.save(out / "contact_sheet.png")
+    if figure.rows:
+        files += figure.save(out / "before_after.png")
     meta = {
         "data": [*a.folders, *([a.iharmony4] if a.iharmony4 else [])],
         "weights": a.weights or a.checkpoint,
@@ -339,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-ssim", action="store_true")
     e.add_argument("--sheet-rows", type=int, default=16)
     e.add_argument("--sheet-max", type=int, default=48)
+    e.add_argument(
+        "--figure",
+        default="",
+        metavar="NAME,NAME",
+        help="also write before_after.png: these composites (file stems) and the model's output",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export", help="checkpoint -> release weights file")

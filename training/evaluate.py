@@ -222,8 +222,19 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
 class ContactSheet:
     """Collects rows of tiles (composite / classical / ours / ground truth) into PNG sheets."""
 
-    def __init__(self, tile_height: int = 192, rows_per_sheet: int = 16, max_rows: int = 48):
+    def __init__(
+        self,
+        tile_height: int = 192,
+        rows_per_sheet: int = 16,
+        max_rows: int = 48,
+        *,
+        methods: tuple[str, ...] = ("classical", "model"),
+        only: set[str] | None = None,
+    ):
+        """``methods``: the output columns after the composite; ``only``: composite names to
+        take (None: every one, up to ``max_rows``)."""
         self.tile_height, self.rows_per_sheet, self.max_rows = tile_height, rows_per_sheet, max_rows
+        self.methods, self.only = methods, only
         self.rows: list[np.ndarray] = []
 
     def _tile(self, img: np.ndarray, label: str, mask: np.ndarray | None = None) -> np.ndarray:
@@ -240,7 +251,7 @@ class ContactSheet:
         return tile
 
     def add(self, t: Triplet, outs: dict[str, Tensor]) -> None:
-        if len(self.rows) >= self.max_rows:
+        if len(self.rows) >= self.max_rows or (self.only is not None and t.name not in self.only):
             return
 
         def u8(x: Tensor) -> np.ndarray:
@@ -248,7 +259,7 @@ class ContactSheet:
 
         tiles = [self._tile(t.composite, f"composite {t.name}"[:40], t.mask)]
         labels = {"classical": "classical transfer", "model": "ours"}
-        tiles += [self._tile(u8(outs[m]), labels[m]) for m in ("classical", "model") if m in outs]
+        tiles += [self._tile(u8(outs[m]), labels[m]) for m in self.methods if m in outs]
         if t.real is not None:
             tiles.append(self._tile(t.real, "ground truth"))
         self.rows.append(np.concatenate(tiles, axis=1))
