@@ -254,9 +254,15 @@ def test_kritarunner_host_code(
         make_case(
             tmp_path, "f16_linear", "F32", np.float32, images, convert_to=["RGBA", "F16", LINEAR]
         ),
+        make_case(tmp_path, "bottom", "U8", np.uint8, images, bottom=True),
     ]
     run_kritarunner(tmp_path, daemon, cases, runner_home)
     out = tmp_path / "out"
+
+    # the bottom layer has nothing below it: refused as in GIMP, nothing added
+    info = json.loads((out / "bottom" / "case.json").read_text())
+    assert info["error"].startswith("PluginError: Nothing is visible below 'Background'"), info
+    assert info["layers"] == ["Background", "pasted"]
 
     for name, dtype in (("u8", np.uint8), ("u16", np.uint16)):
         info = json.loads((out / name / "case.json").read_text())
@@ -369,10 +375,15 @@ def test_xvfb_filter_action(
             tmp_path, name, depth, dtype, images, reapply=reapply, paste=paste, undo=not paste
         )
         cases.append(case)  # fmt: skip
+    # a blending mode and opacity the new layer copies (in one undo step all the same)
+    cases[1].update(blending="multiply", opacity=200)
+    # Harmonize on the bottom layer: refused with a message in the docker
+    bottom = make_case(tmp_path, "gui_bottom", "U8", np.uint8, images, bottom=True)
     shots = os.environ.get("HARMONIZE_KRITA_SCREENSHOTS")  # docs/img when refreshing the docs
     spec = tmp_path / "gui_spec.json"
     result_file = tmp_path / "gui_result.json"
-    spec.write_text(json.dumps({"cases": cases, "screenshots": shots, "result": str(result_file)}))
+    spec.write_text(json.dumps({"cases": [*cases, bottom], "screenshots": shots,
+                                "result": str(result_file)}))  # fmt: skip
     env = {
         **krita_env(daemon, home),
         "HARMONIZE_KRITA_AUTORUN": str(HOSTS / "krita_autorun.py"),
@@ -400,6 +411,9 @@ def test_xvfb_filter_action(
         name, out = case["name"], Path(case["out"])
         info = result["cases"][name]
         assert info["layers"] == ["Background", "pasted", "pasted (harmonized)"], info
+        assert info["undo_steps"] == ["Add Layer"], info  # one run, one undo step
+        wanted_mode = (case.get("blending") or "normal", case.get("opacity") or 255)
+        assert (info["new_blending"], info["new_opacity"]) == wanted_mode, info
         assert info["exported"] and (out / "flattened.png").stat().st_size > 0
         if case["undo"]:  # inserting the finished layer is exactly one undo step
             assert info["after_undo"] == ["Background", "pasted"], info
@@ -429,6 +443,10 @@ def test_xvfb_filter_action(
             }, info["docker"]
     daemon_log = (Path(daemon["HARMONIZE_LOG_DIR"]) / "daemon.log").read_text()
     assert "cached=True" in daemon_log, "the strength change re-ran the network"
+    refused = result["cases"]["gui_bottom"]
+    assert refused["message"].startswith("Nothing is visible below 'Background'"), refused
+    assert refused["message"] in refused["docker_labels"], refused  # said in the docker
+    assert refused["layers"] == ["Background", "pasted"] and refused["undo_steps"] == []
 
 
 # ---- 3. the release zip through Krita's own importer ------------------------------------------

@@ -215,6 +215,22 @@ def test_transparent_inside_selection_is_refused(krita: ModuleType) -> None:
         host.read_inputs(doc, layer)
 
 
+@pytest.mark.parametrize("hide", [False, True])
+def test_nothing_visible_below_is_refused(krita: ModuleType, hide: bool) -> None:
+    """The bottom layer (or one over hidden layers only) has nothing to match: refused, like
+    GIMP, instead of a washed-out copy."""
+    host = plugin("host")
+    support = plugin("deps").plugin_support()
+    doc, bg, layer = make_doc(krita)
+    if hide:
+        bg.setVisible(False)
+    target = layer if hide else bg
+    with pytest.raises(support.PluginError, match="Nothing is visible below '"):
+        host.read_inputs(doc, target)
+    assert not [n for n in doc.root.childNodes() if "harmonized" in n.name()]
+    assert bg.visible() is not hide  # the user's document is untouched
+
+
 def fake_result(inputs: Any) -> tuple[bytes, Any]:
     """Invert the RGB of the layer over a crop (what a daemon could answer)."""
     support = plugin("deps").plugin_support()
@@ -234,8 +250,10 @@ def test_new_layer_is_complete_before_insertion(krita: ModuleType) -> None:
     before = layer.pixelData(0, 0, W, H)
     inputs = host.read_inputs(doc, layer)
     rgba, box = fake_result(inputs)
+    doc.log.clear()
     new = host.build_layer(doc, layer, inputs, rgba, box)
     assert [n.name() for n in doc.root.childNodes()] == ["Background", "pasted", "on top"]
+    assert doc.log == []  # built elsewhere: no undo command reached the user's document yet
     host.insert_above(doc, layer, new)
     assert [n.name() for n in doc.root.childNodes()] == [
         "Background",
@@ -243,11 +261,15 @@ def test_new_layer_is_complete_before_insertion(krita: ModuleType) -> None:
         "pasted (harmonized)",
         "on top",
     ]
-    # one structural change (the undo step), after every pixel write to the detached layer
-    adds = [e for e in doc.log if e[0] == "addChildNode"]
-    assert len(adds) == 1 and adds[0][2] == new.pixels
-    writes = [e for e in doc.log if e[0] == "setPixelData"]
-    assert writes and not any(attached for _op, _name, attached in writes)
+    # one change to the user's document, the undo step "Add Layer" of the finished layer
+    assert [e[0] for e in doc.log] == ["addChildNode", "refreshProjection"]
+    assert doc.log[0][2] == new.pixels
+    # every write and the blending mode (an undo command in Krita) went to a closed scratch
+    made = [d for d in krita.Krita.instance().created if d is not doc]
+    scratch = [d for d in made if ("setBlendingMode", new.name(), "multiply") in d.log]
+    assert len(scratch) == 1 and scratch[0].closed and scratch[0].depth == doc.depth
+    assert "setPixelData" in [e[0] for e in scratch[0].log]
+    assert not any(e[2] for e in scratch[0].log if e[0] == "setPixelData")  # detached
     assert doc.activeNode() is new
     assert layer.pixelData(0, 0, W, H) == before  # the source is untouched
     assert (new.opacity(), new.blendingMode()) == (200, "multiply")

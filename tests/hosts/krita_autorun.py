@@ -4,15 +4,19 @@ The plugin's extension execs this file when ``HARMONIZE_KRITA_AUTORUN`` names it
 ``run(extension)`` once the main window exists. ``HARMONIZE_KRITA_SPEC`` names a JSON file::
 
     {"cases": [{"name", "depth", "profile", "width", "height", "background", "layer", "out",
-                "reapply": 0.5 | null}],
+                "reapply": 0.5 | null, "blending": "multiply" | null, "opacity": 0..255 | null,
+                "bottom": true | false}],
      "screenshots": "DIR" | null, "result": "FILE"}
 
 For each case it opens a document with a background and a "pasted" layer in a view, makes
 the pasted layer active, triggers the real ``harmonize_layer`` QAction (as Filter ▸ Harmonize
 Layer does), waits for the job, optionally moves the strength (the docker's re-apply), and
-writes the layers' bytes and a PNG export into ``out``. It records where the action sits in
-the menus and whether the docker exists, saves screenshots, writes ``result`` and exits with
-``os._exit`` (0 = all steps ran; the pytest side checks the pixels). A watchdog exits with 4.
+writes the layers' bytes and a PNG export into ``out``; it also records the undo steps the run
+added (``undo_steps``, as Krita's History docker lists them). A ``bottom`` case triggers the
+action on the bottom layer instead, which must fail: it records the message, the docker's
+labels, the layers and the undo steps. It records where the action sits in the menus and
+whether the docker exists, saves screenshots, writes ``result`` and exits with ``os._exit``
+(0 = all steps ran; the pytest side checks the pixels). A watchdog exits with 4.
 """
 
 from __future__ import annotations
@@ -115,7 +119,13 @@ class Runner:
             return doc, None
         layer = doc.createNode("pasted", "paintlayer")
         layer.setPixelData(to_qbytes(pixels.rgba_to_bgra(data, dtype)), 0, 0, w, h)
+        if case.get("blending"):
+            layer.setBlendingMode(case["blending"])
+        if case.get("opacity") is not None:
+            layer.setOpacity(case["opacity"])
         root.addChildNode(layer, background)
+        if case.get("bottom"):
+            layer = background
         doc.refreshProjection()
         doc.waitForDone()
         doc.setActiveNode(layer)
@@ -152,6 +162,14 @@ class Runner:
             )
             return
         QtCore.QTimer.singleShot(100, lambda: self.paste(doc, case, then, tries - 1))
+
+    def history(self) -> list[str]:
+        """The active document's undo steps, as Krita's History docker lists them."""
+        from harmonize.qt import QtWidgets
+
+        dock = next(d for d in self.app.dockers() if d.objectName() == "History")
+        model = dock.findChildren(QtWidgets.QListView)[0].model()
+        return [str(model.data(model.index(row, 0))) for row in range(model.rowCount())]
 
     def when_active(self, doc: Any, layer: Any, then: Any, tries: int = 50) -> None:
         """Call ``then`` once the view made ``layer`` the active node (it is set asynchronously
@@ -197,6 +215,7 @@ class Runner:
         def trigger() -> None:
             log("triggering", self.names.ACTION_ID, "on", case["name"])
             self.current["started"] = time.perf_counter()
+            self.current["history"] = self.history()
             self.app.action(self.names.ACTION_ID).trigger()
 
         self.when_active(doc, layer, trigger)
@@ -204,7 +223,26 @@ class Runner:
     def on_failed(self, message: str) -> None:
         log("failed:", message)
         self.result["log"].append(message)
+        cur = self.current
+        if cur is not None and cur["case"].get("bottom") and cur["stage"] == "run":
+            self.expected_failure(cur, message)
+            return
         finish(self.result, self.result_path, 2)
+
+    def expected_failure(self, cur: dict[str, Any], message: str) -> None:
+        """The bottom layer was refused: what the user sees, and that nothing changed."""
+        from harmonize.qt import QtCore, QtWidgets
+
+        dock = next(d for d in self.app.dockers() if d.objectName() == self.names.DOCKER_ID)
+        before = cur["history"]
+        self.result["cases"][cur["case"]["name"]] = {
+            "message": message,
+            "docker_labels": [x.text() for x in dock.widget().findChildren(QtWidgets.QLabel)],
+            "layers": [n.name() for n in cur["doc"].rootNode().childNodes()],
+            "undo_steps": self.history()[len(before) :],
+        }
+        self.current = None
+        QtCore.QTimer.singleShot(0, self.next_case)
 
     def on_finished(self, message: str) -> None:
         from krita import InfoObject
@@ -226,6 +264,9 @@ class Runner:
                 seconds=seconds,
                 layers=names,
                 new_layer=top.name(),
+                new_blending=top.blendingMode(),
+                new_opacity=top.opacity(),
+                undo_steps=self.history()[len(cur["history"]) :],
             )
             (out / "result.raw").write_bytes(bytes(top.pixelData(0, 0, w, h)))
             (out / "source_after.raw").write_bytes(bytes(source.pixelData(0, 0, w, h)))

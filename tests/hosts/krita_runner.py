@@ -7,7 +7,9 @@ the plugin's host-facing code (``harmonize.host``) against a real daemon.
 
 SPEC (JSON): ``{"cases": [{"name", "depth", "profile", "width", "height", "background",
 "layer", "selection", "convert_to", "strength", "out"}]}`` with raw little-endian RGBA files
-(``depth``'s item type; selection: 8-bit, one byte a pixel, or null). For each case the
+(``depth``'s item type; selection: 8-bit, one byte a pixel, or null). A case with
+``"bottom": true`` harmonizes the bottom layer instead, which must be refused: its
+``case.json`` holds the ``error`` and the ``layers`` afterwards. For each other case the
 script writes into ``out``: ``result.raw`` (the new layer, BGRA over the canvas),
 ``source_before.raw``, ``source_after.raw``, ``backdrop.raw`` (the RGB read below the
 layer), ``mask.raw`` and ``case.json`` (layer names, colour spaces, timings). kritarunner
@@ -63,6 +65,9 @@ def run_case(case: dict[str, Any]) -> None:
     out = Path(case["out"])
     out.mkdir(parents=True, exist_ok=True)
     doc, source = _build(case)
+    if case.get("bottom"):
+        _refusal(doc, out)
+        return
     w, h = case["width"], case["height"]
     before = bytes(source.pixelData(0, 0, w, h))
     start = time.perf_counter()
@@ -95,6 +100,22 @@ def run_case(case: dict[str, Any]) -> None:
     (out / "case.json").write_text(json.dumps(info, indent=1))
     doc.close()
     print(f"case {case['name']}: ok {info['seconds']}", flush=True)
+
+
+def _refusal(doc: Any, out: Path) -> None:
+    """Harmonize the bottom layer (nothing below it); report the error and the layers."""
+    from harmonize import host
+
+    bottom = doc.rootNode().childNodes()[0]
+    try:
+        host.read_inputs(doc, bottom)
+        error = None
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    names = [n.name() for n in doc.rootNode().childNodes()]
+    (out / "case.json").write_text(json.dumps({"error": error, "layers": names}, indent=1))
+    doc.close()
+    print(f"case bottom: {error}", flush=True)
 
 
 def main(args: list[str]) -> None:

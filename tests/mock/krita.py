@@ -12,7 +12,10 @@ It models what the plugin relies on, with the real API's conventions:
 - ``Document.setColorSpace`` converts between RGBA depths (profiles are names only).
 
 Every change to a document is appended to ``Document.log`` so tests can check the order of
-operations (e.g. that a layer is complete before it is added).
+operations (e.g. that a layer is complete before it is added). Like Krita, ``setBlendingMode``
+records an undo command ("Composition Mode Change") in the node's document even while the
+node is not in the image; ``setOpacity`` records none. ``addChildNode`` of a node made by
+another document moves it over (Krita re-parents the node's image).
 """
 
 from __future__ import annotations
@@ -132,6 +135,11 @@ class Node:
         index = 0 if above is None else self.children.index(above) + 1
         self.children.insert(index, child)
         child.parent = self
+        stack = [child]
+        while stack:  # a node from another document now belongs to this one
+            node = stack.pop()
+            node.doc = self.doc
+            stack.extend(node.children)
         self.doc.log.append(("addChildNode", child.name(), dict(child.pixels)))
         return True
 
@@ -154,6 +162,7 @@ class Node:
 
     def setBlendingMode(self, value: str) -> None:
         self._blending = value
+        self.doc.log.append(("setBlendingMode", self._name, value))  # an undo step in Krita
 
     def colorModel(self) -> str:
         return self.model
@@ -213,6 +222,9 @@ class Document:
 
     def colorProfile(self) -> str:
         return self.profile
+
+    def resolution(self) -> int:
+        return 72
 
     def rootNode(self) -> Node:
         return self.root

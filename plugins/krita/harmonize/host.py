@@ -15,8 +15,9 @@ daemon covers exactly that region:
 Pixels travel as perceptual (sRGB-encoded) RGBA at 8 bits, 16 bits or float32. Layers in other
 colour models (greyscale, CMYK, Lab, ...), at half-float depth or with a linear profile are
 converted through a hidden scratch document and the result converted back to the document's
-colour space. The result is a **new** paint layer built completely before it is inserted
-above the source, so the insertion is a single undo step and the source is never modified.
+colour space. The result is a **new** paint layer built completely, in a hidden scratch document,
+before it is inserted above the source, so the insertion is a single undo step and the source is
+never modified.
 """
 
 from __future__ import annotations
@@ -302,12 +303,22 @@ def _hide_source_and_above(root: Any, uid: str) -> bool:
     return False
 
 
+def nothing_below(name: str) -> str:
+    """The refusal for a layer with nothing visible under it (the GIMP plug-in's wording)."""
+    return (
+        f"Nothing is visible below '{name}': Harmonize Layer matches the layer to what is "
+        "under it. Show or add the background layers and try again."
+    )
+
+
 def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes:
     """``(H, W, 3)`` RGB of ``work``'s dtype: what the image shows below ``node``.
 
     A clone of the document (``Document.clone``: no view, never shown) has the source and all
     layers above it hidden, is re-rendered, and its projection is read. The user's document
-    keeps its visibility flags and undo history.
+    keeps its visibility flags and undo history. A backdrop that is fully transparent over the
+    region (the bottom layer, or everything below hidden or empty there) is refused: there is
+    nothing to match, and the network would only wash the layer out.
     """
     clone = doc.clone()
     if clone is None:
@@ -322,6 +333,9 @@ def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes:
         converted = convert_pixels(raw, region.w, region.h, space, work)
     finally:
         clone.close()
+    alpha = pixels.channel(converted, _dtype_of(work), 3)
+    if alpha.count(0) == len(alpha):
+        raise _error(nothing_below(node.name()))
     return pixels.bgra_to_rgb(converted, _dtype_of(work))
 
 
@@ -392,17 +406,34 @@ def result_patch(inputs: Inputs, rgba: bytes, box: Any) -> bytes:
 
 def build_layer(doc: Any, source: Any, inputs: Inputs, rgba: bytes, box: Any) -> Any:
     """A new paint layer (not yet in the image) = the source with the crop ``box`` (region
-    coordinates) replaced by the harmonized ``rgba``; same opacity and blending mode."""
+    coordinates) replaced by the harmonized ``rgba``; same opacity and blending mode.
+
+    It is made in a hidden scratch document of ``doc``'s size and colour space, closed again
+    before returning: ``Node.setBlendingMode`` records a "Composition Mode Change" in the undo
+    history of the node's document, even on a node not yet in the image, so building it in
+    ``doc`` would give one run two undo steps. Adding it to ``doc`` (:func:`insert_above`)
+    moves it over as the run's single undo step, "Add Layer".
+    """
     ps = plugin_support()
-    layer = doc.createNode(ps.result_name(source.name()), "paintlayer")
-    if layer is None:
-        raise _error("Krita could not create a new paint layer.")
-    region, base = inputs.region, inputs.base_box
-    layer.setPixelData(to_qbytes(inputs.base), base.x, base.y, base.w, base.h)
-    patch = result_patch(inputs, rgba, box)
-    layer.setPixelData(to_qbytes(patch), region.x + box.x, region.y + box.y, box.w, box.h)
-    layer.setOpacity(source.opacity())
-    layer.setBlendingMode(source.blendingMode())
+    target = inputs.target
+    scratch = _krita().createDocument(
+        doc.width(), doc.height(), "harmonize-scratch", target.model, target.depth,
+        target.profile, float(doc.resolution()),
+    )  # fmt: skip
+    if scratch is None:
+        raise _error("Krita could not create a scratch image to build the harmonized layer in.")
+    try:
+        layer = scratch.createNode(ps.result_name(source.name()), "paintlayer")
+        if layer is None:
+            raise _error("Krita could not create a new paint layer.")
+        region, base = inputs.region, inputs.base_box
+        layer.setPixelData(to_qbytes(inputs.base), base.x, base.y, base.w, base.h)
+        patch = result_patch(inputs, rgba, box)
+        layer.setPixelData(to_qbytes(patch), region.x + box.x, region.y + box.y, box.w, box.h)
+        layer.setOpacity(source.opacity())
+        layer.setBlendingMode(source.blendingMode())
+    finally:
+        scratch.close()
     return layer
 
 
