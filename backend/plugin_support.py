@@ -283,22 +283,28 @@ def _client_module() -> Any:
     return client
 
 
+INSTALL_HINT = (
+    "Install harmonize from a clone of its repository (`pip install torch==2.13.0`, then "
+    "`pip install <path to the clone>`) and run `harmonize install-plugin` again; see the "
+    'README, "Install".'
+)
+"""How to install the daemon. Not from PyPI: the "harmonize" there is another project."""
+
+
 def serve_command(settings: Settings) -> list[str]:
     """The command that starts the daemon; PluginError when harmonize is not installed."""
     if settings.serve_command:
         exe = settings.serve_command[0]
         if Path(exe).is_absolute() and not Path(exe).exists():
             raise PluginError(
-                f"The harmonize daemon is not installed at {exe} any more. Reinstall harmonize "
-                "(pip install harmonize) and run `harmonize install-plugin` again."
+                f"The harmonize daemon is not installed at {exe} any more. {INSTALL_HINT}"
             )
         return [*settings.serve_command]
     exe = shutil.which("harmonize")
     if exe is None:
         raise PluginError(
-            "The harmonize daemon is not installed (no `harmonize` command found). Install it "
-            "(pip install harmonize), then run `harmonize install-plugin` so the plugin knows "
-            "where it is, or start `harmonize serve` yourself."
+            "The harmonize daemon is not installed (no `harmonize` command found). "
+            f"{INSTALL_HINT} Or start `harmonize serve` yourself."
         )
     return [exe, "serve"]
 
@@ -317,7 +323,8 @@ def explain(exc: BaseException) -> str:
         E.UNREACHABLE: "The harmonize daemon does not answer ({detail}). Restart it: "
         "`harmonize stop`, then run this filter again (it starts a new one).",
         E.UNSUPPORTED_VERSION: "The plugin and the daemon do not match ({detail}). Update "
-        "both: `pip install -U harmonize`, then `harmonize install-plugin` again.",
+        "both: `pip install <path to an up-to-date clone of harmonize>`, then `harmonize "
+        'install-plugin` again (README, "Install").',
         E.OUT_OF_MEMORY: "The daemon ran out of memory ({detail}). Harmonize a smaller layer "
         "or selection, close other programs, or run the daemon on the CPU "
         "(`harmonize serve --device cpu`).",
@@ -334,10 +341,7 @@ def explain(exc: BaseException) -> str:
     if code in advice:
         return advice[code].format(detail=detail)
     if isinstance(exc, FileNotFoundError):
-        return (
-            f"The harmonize daemon is not installed ({exc}). Install it (pip install harmonize) "
-            "and run `harmonize install-plugin` again."
-        )
+        return f"The harmonize daemon is not installed ({exc}). {INSTALL_HINT}"
     if isinstance(exc, MemoryError):
         return "Out of memory while preparing the layer: harmonize a smaller layer or selection."
     if code is not None:

@@ -264,7 +264,11 @@ def check_version(version: Sequence[int], msg_id: str | None = None, *, local: s
         return
     peer = "client" if local == "daemon" else "daemon"
     older = peer if major < PROTOCOL_VERSION[0] else local
-    fix = "the plugin (client)" if older == "client" else "the daemon (pip install -U harmonize)"
+    fix = (
+        "the plugin (client)"
+        if older == "client"
+        else "the daemon (`pip install <path to an up-to-date clone of harmonize>`)"
+    )
     ours = ".".join(map(str, PROTOCOL_VERSION))
     theirs = ".".join(map(str, version))
     raise ProtocolError(

@@ -146,7 +146,7 @@ class Coded(Exception):
 @pytest.mark.parametrize(
     ("exc", "words"),
     [(Coded("no_daemon"), "could not be started"), (Coded("unreachable"), "harmonize stop"),
-     (Coded("unsupported_version"), "pip install -U harmonize"),
+     (Coded("unsupported_version"), "up-to-date clone of harmonize"),
      (Coded("out_of_memory"), "--device cpu"), (Coded("empty_mask"), "Nothing to harmonize"),
      (Coded("busy"), "busy"), (Coded("too_large"), "too large"),
      (Coded("internal"), "[internal]"), (FileNotFoundError("harmonize"), "not installed"),

@@ -53,7 +53,7 @@ def import_cupy() -> ModuleType:
         import cupy
     except ImportError as exc:
         raise CudaUnavailable(
-            "CuPy is not installed (pip install 'harmonize[cuda12]' or 'harmonize[cuda13]')"
+            "CuPy is not installed (in the harmonize clone: pip install '.[cuda12]' or '.[cuda13]')"
         ) from exc
     except Exception as exc:  # a broken CUDA install can fail the import in other ways
         raise CudaUnavailable(f"CuPy cannot be imported: {exc}") from exc
