@@ -271,6 +271,17 @@ def test_sigterm_to_the_process_group_stops_cleanly(tiny_spec: DataSpec, tmp_pat
     assert load_checkpoint(out / "last.pt")["step"] == end["step"] >= 1
 
 
+def test_relative_weights_favour_pastes_that_are_nearly_right() -> None:
+    from training.losses import relative_weights
+
+    real = torch.full((3, 8, 8), 0.5)
+    mask = torch.ones(1, 8, 8)
+    comps = [real.clone(), real + 0.02, real + 0.3]
+    w = relative_weights(comps, [real] * 3, [mask] * 3, tau=0.0015, hr_min_area=1.0)
+    assert w.shape == (3,) and float(w[0]) > float(w[1]) > float(w[2]) > 0
+    assert float(w[0]) == pytest.approx(math.sqrt(0.03 / 0.0015), rel=1e-5)
+
+
 def test_time_budget_stops_training(tiny_spec: DataSpec, tmp_path: Path) -> None:
     out = train(_cfg(tiny_spec, tmp_path, max_steps=1000, time_budget=1e-3, eval_every=0))
     assert out["reason"] == "time_budget" and out["step"] == 1

@@ -235,6 +235,30 @@ def test_generator_jitters_the_photo_and_labels_families(
     assert any(m["jitter"] for m in metas) and any(m["strong"] for m in metas)
 
 
+def test_identity_share_leaves_the_object_as_it_is(folder: tuple[Path, Path, Path]) -> None:
+    photos, masks, bank = folder
+    make = lambda augment: CompositeGenerator(  # noqa: E731
+        scan_folder("test", photos, masks),
+        sorted(bank.iterdir()),
+        seed=3,
+        max_side=80,
+        augment=augment,
+        identity_fraction=0.5,
+    )
+    kept = [t for t in (make(True).triplet(i) for i in range(20)) if t.meta["kind"] == "none"]
+    assert 3 <= len(kept) <= 17
+    assert all(np.array_equal(t.composite, t.real) and t.meta["fmse"] == 0 for t in kept)
+    plain = CompositeGenerator(
+        scan_folder("test", photos, masks),
+        sorted(bank.iterdir()),
+        seed=3,
+        max_side=80,
+        augment=False,
+    )
+    for i in range(5):  # validation views never draw it: the same composites as before
+        assert np.array_equal(make(False).triplet(i).composite, plain.triplet(i).composite)
+
+
 def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:
     photos, _, bank = write_photo_folder(tmp_path, n=2)
     grey = cv2.cvtColor(cv2.imread(str(photos / "p1.png")), cv2.COLOR_BGR2GRAY)

@@ -72,6 +72,12 @@ def _add_data(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="skip mask-bank shapes filling more of their bounding box (0.9 drops boxes)",
     )
+    g.add_argument(
+        "--identity-fraction",
+        type=float,
+        default=0.0,
+        help="share of training composites left unchanged (a paste that already fits)",
+    )
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -94,6 +100,7 @@ def _spec(a: argparse.Namespace) -> DataSpec:
         val_max_side=a.val_max_side,
         seed=a.seed,
         max_bank_fill=a.max_bank_fill,
+        identity_fraction=a.identity_fraction,
     )
 
 
@@ -123,6 +130,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         threads=a.threads,
         identity_init=not a.official_init,
         lr_weight=a.lr_weight,
+        relative_tau=a.relative_tau,
         precision=a.precision,
         log_every=a.log_every,
         eval_every=a.eval_every,
@@ -313,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         help="weight of the 256 x 256 loss term (official 0.01; 0 skips that branch)",
+    )
+    t.add_argument(
+        "--relative-tau",
+        type=float,
+        default=0.0,
+        help="weight each image's loss by sqrt(REF / (composite fMSE + TAU)), [0, 1] units "
+        "(0: the official unweighted loss); protects pastes that are already good",
     )
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--eval-every", type=int, default=250)

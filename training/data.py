@@ -46,6 +46,7 @@ class DataSpec:
     lr_size: int = 256
     seed: int = 0
     max_bank_fill: float = 1.0
+    identity_fraction: float = 0.0  # training composites left as they are (a good paste)
 
 
 def default_shared_data() -> Path:
@@ -103,6 +104,7 @@ def build_training(spec: DataSpec) -> tuple[torch.utils.data.Dataset, list[Tripl
             seed=spec.seed,
             max_side=spec.max_side,
             max_bank_fill=spec.max_bank_fill,
+            identity_fraction=spec.identity_fraction,
         )
         val_gen = CompositeGenerator(
             val_p or train_p,

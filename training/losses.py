@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+RELATIVE_REF = 0.03
+"""Reference composite fMSE ([0, 1] units, about 2000 on the 0..255 scale) of the relative
+weighting: an image that far off keeps weight ~1."""
 HR_MIN_AREA = 1000.0
 LR_MIN_AREA = 100.0
 LR_WEIGHT = 0.01
@@ -50,16 +53,44 @@ def harmonization_loss(
     hr_min_area: float = HR_MIN_AREA,
     lr_min_area: float = LR_MIN_AREA,
     lr_weight: float = LR_WEIGHT,
+    image_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``hr + lr_weight * lr`` and its two parts (batch means).
 
     ``lr_*`` are ``(B, C, S, S)`` batches; ``hr_*`` are length-B sequences of ``(C, H_i, W_i)``.
+    ``image_weights`` ``(B,)`` (optional, no gradient) weight each image's terms in the mean.
     """
-    lr = masked_mse(lr_pred, lr_real, lr_mask, lr_min_area).mean()
+    lr = masked_mse(lr_pred, lr_real, lr_mask, lr_min_area)
     hr = torch.stack(
         [
             masked_mse(p[None], r[None], m[None], hr_min_area)[0]
             for p, r, m in zip(hr_pred, hr_real, hr_mask, strict=True)
         ]
-    ).mean()
+    )
+    if image_weights is not None:
+        lr, hr = lr * image_weights, hr * image_weights
+    lr, hr = lr.mean(), hr.mean()
     return hr + lr_weight * lr, hr, lr
+
+
+def relative_weights(
+    hr_comp: Sequence[Tensor],
+    hr_real: Sequence[Tensor],
+    hr_mask: Sequence[Tensor],
+    tau: float,
+    *,
+    hr_min_area: float = HR_MIN_AREA,
+    ref: float = RELATIVE_REF,
+) -> Tensor:
+    """``sqrt(ref / (fMSE(composite) + tau))`` per image ``(B,)``: a paste that is already
+    nearly right weighs more per unit of error than a badly wrong one, so the mean loss is no
+    longer ruled by the strongest mismatches alone (with ``tau`` 0.0015, about 100 on the
+    0..255 scale: a good paste ~4.5, a typical one ~1, a strong one ~0.8)."""
+    with torch.no_grad():
+        comp = torch.stack(
+            [
+                masked_mse(c[None], r[None], m[None], hr_min_area)[0]
+                for c, r, m in zip(hr_comp, hr_real, hr_mask, strict=True)
+            ]
+        )
+        return torch.sqrt(ref / (comp + tau))

@@ -32,7 +32,7 @@ import torch
 from backend.imageio import read_image
 from training import masks as M
 from training.augment import crop_box, fit_size, resize_image
-from training.colour_ops import apply_recipe, region_pixels
+from training.colour_ops import Recipe, apply_recipe, region_pixels
 from training.recipes import (
     JITTER_PROBABILITY,
     draw_family,
@@ -69,7 +69,9 @@ class CompositeGenerator:
         cache_side: photos are kept in memory at this longer side.
         max_bank_fill: skip bank shapes that fill more than this share of their bounding box
             (about a quarter of the Lalonde-Efros shapes are near-rectangles, e.g. buildings,
-            at 0.9); 1.0 keeps all, as the shipped default was trained.
+            at 0.9); 1.0 keeps all.
+        identity_fraction: (training views only) share of composites whose object is left as
+            it is: a paste that already fits, which the network must learn to leave alone.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class CompositeGenerator:
         augment: bool = True,
         cache_side: int = CACHE_SIDE,
         max_bank_fill: float = 1.0,
+        identity_fraction: float = 0.0,
     ) -> None:
         if not photos:
             raise ValueError("the composite generator needs at least one photo")
@@ -96,6 +99,7 @@ class CompositeGenerator:
         self.bank = list(bank)
         self.seed, self.max_side, self.augment = seed, max_side, augment
         self.cache_side, self.max_bank_fill = cache_side, max_bank_fill
+        self.identity_fraction = identity_fraction
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
         self._grey: dict[Path, bool] = {}
@@ -244,7 +248,14 @@ class CompositeGenerator:
         weight = soft[..., None]
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
         family, strong = draw_family(rng)
+        # Drawn for training views only, so validation sets stay exactly what they were.
+        if self.augment and self.identity_fraction and rng.random() < self.identity_fraction:
+            family, strong = "none", False
         for _ in range(4):
+            if family == "none":
+                recipe: Recipe = []
+                comp8, fmse = real8.copy(), 0.0
+                break
             if family == "transfer":
                 recipe = draw_transfer(
                     rng, region_pixels(real, binary), self._other_pixels(p, rng), strong

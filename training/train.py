@@ -42,7 +42,13 @@ from backend.pipeline import resolve_device
 from training import distributed as D
 from training.data import DataSpec, build_training
 from training.evaluate import evaluate, summarize
-from training.losses import HR_MIN_AREA, LR_MIN_AREA, LR_WEIGHT, harmonization_loss
+from training.losses import (
+    HR_MIN_AREA,
+    LR_MIN_AREA,
+    LR_WEIGHT,
+    harmonization_loss,
+    relative_weights,
+)
 from training.samples import Batch, Triplet, collate
 
 CHECKPOINT_FORMAT = "harmonize-train-checkpoint"
@@ -73,6 +79,7 @@ class TrainConfig:
     hr_min_area: float = HR_MIN_AREA
     lr_min_area: float = LR_MIN_AREA
     lr_weight: float = LR_WEIGHT  # 0 skips the 256 x 256 branch (saves ~25 % of a CPU step)
+    relative_tau: float = 0.0  # > 0: per-image weights sqrt(ref / (composite fMSE + tau))
     precision: str = "auto"  # network forward in "fp32", "bf16" (autocast) or "auto" (measured)
     log_every: int = 10
     eval_every: int = 250
@@ -213,6 +220,15 @@ def batch_loss(model: nn.Module, batch: Batch, cfg: TrainConfig) -> tuple[Tensor
     ):
         maps = type(maps)(intervals=maps.intervals.float(), colors=maps.colors.float())
     lr_comp, lr_mask = batch.lr_input[:, :3], batch.lr_input[:, 3:]
+    weights = None
+    if cfg.relative_tau > 0:
+        weights = relative_weights(
+            batch.hr_composite,
+            batch.hr_real,
+            batch.hr_mask,
+            cfg.relative_tau,
+            hr_min_area=cfg.hr_min_area,
+        )
     # With no LR term the 256 x 256 "prediction" is the composite itself (loss constant).
     lr_pred = apply_luts(lr_comp, maps, lr_mask) if cfg.lr_weight else lr_comp
     hr_pred = [
@@ -229,6 +245,7 @@ def batch_loss(model: nn.Module, batch: Batch, cfg: TrainConfig) -> tuple[Tensor
         hr_min_area=cfg.hr_min_area,
         lr_min_area=cfg.lr_min_area,
         lr_weight=cfg.lr_weight,
+        image_weights=weights,
     )
 
 
