@@ -79,10 +79,21 @@ def _add_daemon_commands(sub: Any) -> None:
         description="Load the model once and answer plugin requests over ZeroMQ "
         "(protocol: docs/protocol.md). Stops on SIGTERM/SIGINT.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    serve.add_argument("--port", type=int, default=0, help="TCP port; 0 = any free port")
     serve.add_argument(
-        "--allow-remote", action="store_true", help="allow a --host that is not loopback"
+        "--host",
+        default="127.0.0.1",
+        help="listen on TCP (always CURVE-encrypted) at this address instead of the local socket",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="listen on this TCP port (CURVE) instead of the local socket",
+    )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="listen on TCP (CURVE) and allow a --host that is not loopback",
     )
     serve.add_argument(
         "--idle-timeout",

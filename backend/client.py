@@ -14,21 +14,28 @@ No numpy and no torch, so a plugin can carry this file and ``protocol.py`` side 
 Requests follow the Lazy Pirate pattern: wait ``timeout`` seconds of silence (progress events
 count as life), then drop the socket, re-read the endpoint file (the daemon may have restarted
 on another port with a new token) and send again, up to ``retries`` times.
+
+Trust (protocol 2.0): the endpoint file is read only from a runtime dir that
+:func:`backend.rundir.private_dir` accepts (this user's, mode 0700, no symlink). On every new
+connection the client first sends a ``hello`` without token carrying a random challenge, and
+sends the token or pixels only after the reply's ``proof`` shows that the peer holds the token.
+A ``tcp://`` endpoint is used only with CURVE encryption and the endpoint file's keys.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +45,10 @@ import zmq
 
 try:  # inside the backend package, or vendored as a package beside protocol.py
     from . import protocol as P
-    from . import shm
+    from . import rundir, shm
 except ImportError:  # vendored as top-level modules beside protocol.py (GIMP plug-in dir)
     import protocol as P  # type: ignore[no-redef]
+    import rundir  # type: ignore[no-redef]
     import shm  # type: ignore[no-redef]
 
 APP = "harmonize"
@@ -64,46 +72,30 @@ class DaemonError(Exception):
 
 
 def runtime_dir() -> Path:
-    """Where the daemon's endpoint file lives; same rule as ``backend.paths.runtime_dir``.
-
-    ``$HARMONIZE_RUNTIME_DIR``, else platformdirs' user runtime dir when platformdirs is
-    importable, else the same location computed with the standard library.
-    """
-    env = os.environ.get("HARMONIZE_RUNTIME_DIR")
-    if env:
-        return Path(env).expanduser()
-    try:
-        import platformdirs
-    except ImportError:
-        return _fallback_runtime_dir()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Path(platformdirs.user_runtime_dir(APP, appauthor=False))
-
-
-def _fallback_runtime_dir() -> Path:
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "Temp" / APP
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "TemporaryItems" / APP
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and Path(xdg).is_dir():
-        return Path(xdg) / APP
-    run = Path(f"/run/user/{os.getuid()}")
-    if run.is_dir():
-        return run / APP
-    return Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}" / APP
+    """Where the daemon's endpoint file lives: :func:`backend.rundir.default_runtime_dir`, the
+    daemon's own rule (not checked here; :func:`read_endpoint_file` checks it)."""
+    return rundir.default_runtime_dir()
 
 
 def default_endpoint_file() -> Path:
     return runtime_dir() / ENDPOINT_FILE
 
 
+def private_runtime_dir(path: Path, *, create: bool) -> Path:
+    """:func:`backend.rundir.private_dir` with its refusal as a :class:`DaemonError`
+    (``unsafe_runtime_dir``)."""
+    try:
+        return rundir.private_dir(path, create=create)
+    except rundir.RuntimeDirError as exc:
+        raise DaemonError(P.ErrorCode.UNSAFE_RUNTIME_DIR, str(exc)) from None
+
+
 def read_endpoint_file(path: Path | None = None) -> dict[str, Any]:
-    """The daemon's ``{endpoint, pid, protocol_version, server_version, token}``."""
+    """The daemon's ``{endpoint, pid, protocol_version, server_version, token}`` (and
+    ``curve`` keys for a TCP endpoint), read only from a private runtime dir."""
     path = Path(path) if path is not None else default_endpoint_file()
     try:
+        private_runtime_dir(path.parent, create=False)
         info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DaemonError(
@@ -138,12 +130,15 @@ class Client:
     """One connection (a DEALER socket) to a daemon. Not thread-safe: one per thread.
 
     Args:
-        endpoint: ``tcp://host:port``; with ``token``. Or leave both None and give
-            ``endpoint_file`` (default: the runtime dir's) to discover and re-discover them.
+        endpoint: ``ipc://path`` or ``tcp://host:port``; with ``token`` (and ``curve`` for TCP).
+            Or leave them None and give ``endpoint_file`` (default: the runtime dir's) to
+            discover and re-discover them.
         timeout: seconds of silence before a request is retried.
         retries: extra attempts after the first.
         transport: how ``harmonize`` sends pixels: ``"auto"`` (default, or
             ``$HARMONIZE_TRANSPORT``), ``"frames"`` or ``"shm"`` (see :data:`CLIENT_TRANSPORTS`).
+        curve: for ``tcp://``, the endpoint file's ``curve`` keys (``server_public``,
+            ``client_public``, ``client_secret``).
     """
 
     def __init__(
@@ -156,6 +151,7 @@ class Client:
         retries: int = 3,
         context: zmq.Context | None = None,
         transport: str | None = None,
+        curve: dict[str, str] | None = None,
     ) -> None:
         transport = transport or os.environ.get("HARMONIZE_TRANSPORT") or "auto"
         if transport not in CLIENT_TRANSPORTS:
@@ -165,6 +161,8 @@ class Client:
         self.endpoint_file = endpoint_file
         self.endpoint = endpoint or ""
         self.token = token or ""
+        self.curve = curve
+        self._proven = False  # the daemon on this socket proved it holds the token
         self.timeout = timeout
         self.retries = retries
         self.ctx = context or zmq.Context.instance()
@@ -189,6 +187,7 @@ class Client:
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        self._proven = False
         if self._segment is not None:
             self._segment.close()
             self._segment = None
@@ -200,14 +199,23 @@ class Client:
         info = read_endpoint_file(self.endpoint_file)
         changed = (info["endpoint"], info.get("token", "")) != (self.endpoint, self.token)
         self.endpoint, self.token = info["endpoint"], str(info.get("token", ""))
+        curve = info.get("curve")
+        self.curve = curve if isinstance(curve, dict) else None
         return changed
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
             sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
+            try:
+                sock.setsockopt(zmq.LINGER, 0)
+                if not self.endpoint.startswith("ipc://"):
+                    secure_socket(sock, self.endpoint, self.curve)
+                sock.connect(self.endpoint)
+            except BaseException:
+                sock.close(linger=0)
+                raise
             self._socket = sock
+            self._proven = False
         return self._socket
 
     def _reset(self) -> None:
@@ -239,16 +247,12 @@ class Client:
         retries = self.retries if retries is None else retries
         auth_retry = True
         for _attempt in range(retries + 1):
-            msg_id = P.new_id()
-            sock = self._connect()
-            sock.send_multipart(
-                P.pack(msg_type, body, frames, token=self.token, msg_id=msg_id), copy=False
-            )
             try:
-                reply = self._wait(sock, msg_id, timeout, on_progress, cancel)
+                reply = self._attempt(msg_type, body, frames, timeout, on_progress, cancel)
             except DaemonError as exc:
                 # a restarted daemon has a new token: re-read the endpoint file once
-                if exc.code == P.ErrorCode.UNAUTHORIZED and auth_retry and self.endpoint_file:
+                stale = exc.code in (P.ErrorCode.UNAUTHORIZED, P.ErrorCode.NOT_AUTHENTIC)
+                if stale and auth_retry and self.endpoint_file:
                     auth_retry = False
                     self._reset()
                     continue
@@ -261,6 +265,57 @@ class Client:
             f"no answer from the harmonize daemon at {self.endpoint} after {retries + 1} "
             f"tries of {timeout:g} s; is `harmonize serve` running? (see its log file)",
         )
+
+    def _attempt(
+        self,
+        msg_type: str,
+        body: dict[str, Any] | None,
+        frames: dict[str, P.Pixels] | None,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        cancel: threading.Event | None,
+    ) -> P.Message | None:
+        """One try: on a new connection the hello handshake first, then the request (a hello
+        request is the handshake itself). None when no answer came in time."""
+        sock = self._connect()
+        if not self._proven or msg_type == P.HELLO:
+            hello = self._handshake(sock, body if msg_type == P.HELLO else None, timeout)
+            if hello is None or msg_type == P.HELLO:
+                return hello
+        msg_id = P.new_id()
+        sock.send_multipart(
+            P.pack(msg_type, body, frames, token=self.token, msg_id=msg_id), copy=False
+        )
+        return self._wait(sock, msg_id, timeout, on_progress, cancel)
+
+    def _handshake(
+        self, sock: zmq.Socket, body: dict[str, Any] | None, timeout: float
+    ) -> P.Message | None:
+        """A ``hello`` without token and with a fresh challenge; the reply must carry the
+        version we speak and ``proof`` = :func:`backend.protocol.hello_proof` (token,
+        challenge), or :class:`DaemonError` (``unsupported_version``, ``not_authentic``)."""
+        challenge = secrets.token_hex(32)
+        msg_id = P.new_id()
+        body = {"client": f"harmonize-client/{_version()}", **(body or {}), "challenge": challenge}
+        sock.send_multipart(P.pack(P.HELLO, body, msg_id=msg_id))
+        reply = self._wait(sock, msg_id, timeout, None, None)
+        if reply is None:
+            return None
+        try:
+            P.check_version(tuple(reply.body.get("protocol_version", (0, 0))), local="client")
+        except P.ProtocolError as exc:
+            raise DaemonError(exc.code, exc.message) from None
+        proof = reply.body.get("proof")
+        expected = P.hello_proof(self.token, challenge).encode()
+        if not isinstance(proof, str) or not hmac.compare_digest(proof.encode(), expected):
+            raise DaemonError(
+                P.ErrorCode.NOT_AUTHENTIC,
+                f"the daemon at {self.endpoint} did not prove that it holds the endpoint "
+                "file's token (a replaced daemon, or an impostor): nothing was sent to it",
+            )
+        self.server_info = reply.body
+        self._proven = True
+        return reply
 
     def _wait(
         self,
@@ -295,14 +350,9 @@ class Client:
         return None
 
     def hello(self) -> dict[str, Any]:
-        """Handshake: the daemon's versions, device, variant, weights id and free memory."""
-        reply = self.request(P.HELLO, {"client": f"harmonize-client/{_version()}"})
-        try:
-            P.check_version(tuple(reply.body.get("protocol_version", (0, 0))), local="client")
-        except P.ProtocolError as exc:
-            raise DaemonError(exc.code, exc.message) from None
-        self.server_info = reply.body
-        return reply.body
+        """Handshake (a new challenge, checked): the daemon's versions, device, variant,
+        weights id and free memory."""
+        return self.request(P.HELLO).body
 
     def ping(self, *, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
         return self.request(P.PING, timeout=timeout, retries=retries).body
@@ -450,6 +500,36 @@ def _is_local(endpoint: str) -> bool:
         return False
 
 
+def secure_socket(sock: zmq.Socket, endpoint: str, curve: dict[str, str] | None) -> None:
+    """Make ``sock`` a CURVE client of a ``tcp://`` daemon with the endpoint file's keys (Z85:
+    ``server_public``, ``client_public``, ``client_secret``); :class:`DaemonError`
+    (``not_authentic``) when that is impossible: TCP is never used in the clear."""
+    if not endpoint.startswith("tcp://"):
+        raise DaemonError(
+            P.ErrorCode.NOT_AUTHENTIC, f"unsupported endpoint {endpoint}: ipc:// or tcp:// only"
+        )
+    names = ("server_public", "client_public", "client_secret")
+    if not isinstance(curve, dict) or not all(isinstance(curve.get(n), str) for n in names):
+        raise DaemonError(
+            P.ErrorCode.NOT_AUTHENTIC,
+            f"{endpoint} is TCP but no CURVE keys came with it (the endpoint file's 'curve'); "
+            "a protocol 1 daemon? update it",
+        )
+    if not zmq.has("curve"):
+        raise DaemonError(
+            P.ErrorCode.NOT_AUTHENTIC,
+            f"the daemon at {endpoint} needs CURVE encryption, which this pyzmq/libzmq lacks",
+        )
+    try:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve["server_public"].encode("ascii"))
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve["client_public"].encode("ascii"))
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve["client_secret"].encode("ascii"))
+    except (zmq.ZMQError, UnicodeError) as exc:
+        raise DaemonError(
+            P.ErrorCode.NOT_AUTHENTIC, f"bad CURVE keys for {endpoint}: {exc}"
+        ) from None
+
+
 def _version() -> str:
     try:
         from ._version import __version__
@@ -492,6 +572,7 @@ def ensure_daemon(
     goes to its log file. ``args`` are passed on (e.g. ``["--weights", path]``).
     """
     path = Path(endpoint_file) if endpoint_file else default_endpoint_file()
+    private_runtime_dir(path.parent, create=True)  # ours, 0700, no symlink: or refuse now
     client = _answering_client(path, timeout, retries, ping_timeout=2.0)
     if client is not None:
         return client

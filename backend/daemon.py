@@ -1,12 +1,15 @@
 """``harmonize serve``: the daemon's life around :class:`backend.server.Server`.
 
 Single instance per runtime dir (a lock file), the endpoint file the clients discover it by,
-a rotating log, SIGTERM/SIGINT handling, systemd readiness, and clean removal of its files.
+a private rotating log (0600 in a 0700 folder), SIGTERM/SIGINT handling, systemd readiness,
+and clean removal of its files. Local clients reach it on ``daemon.sock`` in the private
+runtime dir; with ``--allow-remote``, ``--port`` or ``--host`` it listens on TCP with CURVE.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -25,24 +28,57 @@ from backend import protocol as P
 from backend._version import __version__
 from backend.endpoint import (
     LOCK_FILE,
+    SOCKET_FILE,
     InstanceLock,
     endpoint_file,
     remove_endpoint_file,
     write_endpoint_file,
 )
 from backend.engine import Engine
+from backend.errors import HarmonizeError
+from backend.rundir import RuntimeDirError
 from backend.server import Server, ServerConfig, check_host
 
 log = logging.getLogger("harmonize.daemon")
 
 
+class PrivateRotatingFileHandler(RotatingFileHandler):
+    """A :class:`RotatingFileHandler` whose files (the current one and each one rotation
+    starts) are created with mode 0600, never through a symbolic link."""
+
+    def _open(self) -> Any:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self.baseFilename, flags, 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # a file left by an older version may be 0644
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def _private_log_folder(folder: Path) -> None:
+    """Create the log folder with mode 0700 (and missing parents), or tighten our own."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for part in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            part.mkdir(mode=0o700)
+    if hasattr(os, "getuid") and folder.stat().st_uid == os.getuid():
+        folder.chmod(0o700)
+
+
 def setup_logging(level: str = "INFO", log_file: Path | None = None) -> Path:
-    """Log to a rotating file (10 MB x 4) in the log dir and to stderr; returns the file."""
+    """Log to a rotating file (10 MB x 4, mode 0600) in the log dir (mode 0700) and to stderr;
+    returns the file. A ``log_file`` elsewhere gets mode 0600; its folder is made 0700 only
+    when this creates it or the folder is the log dir."""
     from backend import paths
 
     path = log_file or paths.log_dir() / "daemon.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(path, maxBytes=10 << 20, backupCount=4, encoding="utf-8")
+    try:
+        if log_file is None or not path.parent.exists():
+            _private_log_folder(path.parent)
+        handler = PrivateRotatingFileHandler(
+            path, maxBytes=10 << 20, backupCount=4, encoding="utf-8"
+        )
+    except OSError as exc:
+        raise HarmonizeError(f"cannot open the log file {path}: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -129,7 +165,12 @@ def serve(
     Returns 1 (after saying so) when a live daemon already serves this runtime dir.
     """
     check_host(config.host, config.allow_remote)
-    path = endpoint_file()
+    try:
+        path = endpoint_file()
+    except RuntimeDirError as exc:
+        raise HarmonizeError(str(exc)) from None
+    if not _wants_tcp(config):
+        config = dataclasses.replace(config, ipc_path=path.with_name(SOCKET_FILE))
     lock = InstanceLock(path.with_name(LOCK_FILE))
     locked = lock.acquire()
     live = None if locked and lock.fd is not None else running_daemon(path)
@@ -151,11 +192,12 @@ def serve(
         # from walking their ~170,000 objects again (a full pass takes ~65 ms mid-request)
         gc.collect()
         gc.freeze()
+        _raise_fd_limit()
         server = Server(engine, config)
         endpoint = server.bind()
         if path.exists():
             log.info("replacing a stale endpoint file %s", path)
-        write_endpoint_file(path, endpoint, config.token)
+        write_endpoint_file(path, endpoint, config.token, server.curve)
 
         def on_signal(signum: int, _frame: Any) -> None:
             log.info("received %s", signal.Signals(signum).name)
@@ -175,6 +217,29 @@ def serve(
         finally:
             sd_notify("STOPPING=1")
             remove_endpoint_file(path)
+            if config.ipc_path is not None and endpoint.startswith("ipc://"):
+                with contextlib.suppress(OSError):  # still ours: we hold the lock
+                    config.ipc_path.unlink()
         return 0
     finally:
         lock.release()
+
+
+def _wants_tcp(config: ServerConfig) -> bool:
+    """TCP (with CURVE) when asked for by ``--allow-remote``, ``--port`` or ``--host``;
+    otherwise the local ``ipc://`` socket in the runtime dir."""
+    default = ServerConfig()
+    return config.allow_remote or config.port != default.port or config.host != default.host
+
+
+def _raise_fd_limit() -> None:
+    """Raise the open-file limit to its hard maximum: TCP peers that never finish the CURVE
+    handshake hold a descriptor each until it times out (``HANDSHAKE_MS``)."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,7 +1,9 @@
-"""Discovery files in the runtime dir: the endpoint file clients read, and the instance lock.
+"""Files in the runtime dir: the endpoint file clients read, the socket, the instance lock.
 
-``daemon.json`` (mode 0600, in a 0700 dir) holds ``{endpoint, pid, protocol_version,
-server_version, token}``; ``daemon.lock`` is held (``flock``) by the one serving daemon.
+The runtime dir is checked by :func:`backend.rundir.private_dir` (mode 0700, this user's, no
+symlink). ``daemon.json`` (mode 0600) holds ``{endpoint, pid, protocol_version,
+server_version, token}`` and, for a TCP endpoint, the CURVE keys ``curve``; ``daemon.sock`` is
+the daemon's ``ipc://`` socket; ``daemon.lock`` is held (``flock``) by the one serving daemon.
 """
 
 from __future__ import annotations
@@ -12,22 +14,33 @@ import os
 from pathlib import Path
 
 from backend import protocol as P
+from backend import rundir
 from backend._version import __version__
 from backend.fileutil import atomic_open
 
 ENDPOINT_FILE = "daemon.json"
 LOCK_FILE = "daemon.lock"
+SOCKET_FILE = "daemon.sock"
 
 
 def endpoint_file() -> Path:
-    from backend import paths
+    """``daemon.json`` in the runtime dir, which is created or checked first.
 
-    return paths.runtime_dir() / ENDPOINT_FILE
+    Raises:
+        backend.rundir.RuntimeDirError: the runtime dir is not private to this user.
+    """
+    return rundir.runtime_dir() / ENDPOINT_FILE
 
 
-def write_endpoint_file(path: Path, endpoint: str, token: str) -> None:
-    """The discovery file: JSON, mode 0600, in a 0700 directory."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+def write_endpoint_file(
+    path: Path, endpoint: str, token: str, curve: dict[str, str] | None = None
+) -> None:
+    """The discovery file: JSON, mode 0600, in a private (0700) directory.
+
+    ``curve``: for a TCP endpoint, the keys a client needs (``server_public``,
+    ``client_public``, ``client_secret``, Z85 text); the daemon's secret key is never written.
+    """
+    rundir.private_dir(path.parent)
     info = {
         "endpoint": endpoint,
         "pid": os.getpid(),
@@ -35,6 +48,8 @@ def write_endpoint_file(path: Path, endpoint: str, token: str) -> None:
         "server_version": __version__,
         "token": token,
     }
+    if curve is not None:
+        info["curve"] = curve
     with atomic_open(path, mode=0o600) as fh:
         fh.write(json.dumps(info, indent=1).encode())
 
@@ -62,7 +77,7 @@ class InstanceLock:
             import fcntl
         except ImportError:
             return True
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        rundir.private_dir(self.path.parent)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:

@@ -7,17 +7,21 @@ weights    ~/.local/share/harmonize/weights $HARMONIZE_DATA_DIR/weights
 cache      ~/.cache/harmonize               $HARMONIZE_CACHE_DIR (compiled kernels)
 logs       ~/.local/state/harmonize/log     $HARMONIZE_LOG_DIR
 config     ~/.config/harmonize              $HARMONIZE_CONFIG_DIR
-runtime    $XDG_RUNTIME_DIR/harmonize       $HARMONIZE_RUNTIME_DIR (endpoint file)
+runtime    $XDG_RUNTIME_DIR/harmonize       $HARMONIZE_RUNTIME_DIR (socket, endpoint file)
 ========== =============================== ==============================================
+
+The runtime directory follows :mod:`backend.rundir` (shared with the plug-ins), not platformdirs:
+without ``$XDG_RUNTIME_DIR`` it is ``/run/user/<uid>/harmonize`` or ``/tmp/harmonize-<uid>``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import platformdirs
+
+from backend import rundir
 
 APP = "harmonize"
 
@@ -48,7 +52,5 @@ def config_dir() -> Path:
 
 
 def runtime_dir() -> Path:
-    with warnings.catch_warnings():  # platformdirs warns when $XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore")
-        default = platformdirs.user_runtime_dir(APP, appauthor=False)
-    return _dir("HARMONIZE_RUNTIME_DIR", default)
+    """Where the runtime dir is (not checked: :func:`backend.rundir.private_dir` does that)."""
+    return rundir.default_runtime_dir()

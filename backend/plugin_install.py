@@ -5,8 +5,9 @@ A plugin folder gets:
 
 - the plugin's own files (from ``plugins/<host>/`` of this project);
 - ``vendor/backend/``: :mod:`backend.plugin_support`, :mod:`backend.client`,
-  :mod:`backend.protocol`, :mod:`backend.shm` and ``_version`` (standard library + pyzmq +
-  msgpack only), so the plugin and the daemon share one implementation;
+  :mod:`backend.protocol`, :mod:`backend.shm`, :mod:`backend.rundir` and ``_version``
+  (standard library + pyzmq + msgpack only), so the plugin and the daemon share one
+  implementation;
 - ``vendor/zmq``, ``vendor/msgpack`` unpacked from wheels for the host Python's version and
   platform, unless the host's Python already imports both (``--deps auto``, the default);
 - ``settings.json``: how to start the daemon (this interpreter) and where its endpoint file is;
@@ -36,6 +37,7 @@ VENDOR = "vendor"
 VENDORED_MODULES = (
     "_version.py",
     "protocol.py",
+    "rundir.py",
     "shm.py",
     "client.py",
     "plugin_support.py",

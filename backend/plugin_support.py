@@ -332,6 +332,11 @@ def explain(exc: BaseException) -> str:
         "selection. Select the pasted object (or Select ▸ None) and try again.",
         E.UNAUTHORIZED: "The daemon refused the plugin's token ({detail}). Stop it "
         "(`harmonize stop`) and run this filter again.",
+        E.NOT_AUTHENTIC: "The program at the daemon's address could not prove it is your "
+        "harmonize daemon, so no pixels were sent to it ({detail}). Run `harmonize stop`, then "
+        "this filter again.",
+        E.UNSAFE_RUNTIME_DIR: "The harmonize runtime folder is not private to you, so the "
+        "plugin will not use it: {detail}.",
         E.BUSY: "The daemon is busy with other jobs. Wait a moment and try again.",
         E.TOO_LARGE: "The layer is too large for the daemon ({detail}). Harmonize a smaller "
         "layer or selection, or raise the daemon's limit.",

@@ -15,6 +15,12 @@ Since 1.1 a client on the daemon's machine may instead put the pixels in a share
 segment and describe it in ``body["shm"]`` (:mod:`backend.shm`), when the daemon lists
 ``"shm"`` in its hello reply's ``transports``.
 
+Since 2.0 the daemon proves it holds the token before a client sends it: a client's first
+message on a connection is a ``hello_request`` without token that carries a random
+``challenge``; the reply's ``proof`` must equal :func:`hello_proof` of the token and that
+challenge. The daemon listens on an ``ipc://`` socket in the private runtime dir, or on TCP
+with CURVE (docs/protocol.md, "Trust model").
+
 This module is importable with only the standard library and msgpack (no numpy, no torch), so
 the GIMP and Krita plugins can carry a copy of it next to :mod:`backend.client`. The protocol
 version is independent of the package version (``backend._version``).
@@ -22,6 +28,7 @@ version is independent of the package version (``backend._version``).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import sys
 import uuid
@@ -31,8 +38,12 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 1)
+PROTOCOL_VERSION: tuple[int, int] = (2, 0)
 """(major, minor). Minor: backwards-compatible additions. Major: peers must be updated."""
+OPEN_TYPES = ("hello_request",)
+"""Requests the daemon answers without a token (2.0: the hello challenge comes first)."""
+CHALLENGE_CHARS = (32, 128)
+"""Length range of a hello ``challenge`` (the client sends 32 random bytes as 64 hex)."""
 
 # Message types: requests are answered by "<action>_reply", or by "error".
 HELLO = "hello_request"
@@ -71,6 +82,8 @@ class ErrorCode:
     # Client-side only (never sent by the daemon):
     UNREACHABLE = "unreachable"  # no reply after all retries
     NO_DAEMON = "no_daemon"  # no endpoint file / daemon could not be started
+    NOT_AUTHENTIC = "not_authentic"  # 2.0: the peer failed the hello proof, or is not secured
+    UNSAFE_RUNTIME_DIR = "unsafe_runtime_dir"  # 2.0: the runtime dir is not private to the user
 
 
 FRAMES, SHM = "frames", "shm"
@@ -345,12 +358,13 @@ def unpack(
     *,
     local: str = "daemon",
     token: str | None = None,
+    open_types: Sequence[str] = (),
 ) -> Message:
     """Decode ``[envelope, body, *frames]`` (bytes or buffers) and check every limit.
 
-    Order: envelope, version, ``token`` (compared in constant time unless None), frame count,
-    body, frame declarations. Raises :class:`ProtocolError` whose ``msg_id`` is set as soon as
-    the envelope could be read.
+    Order: envelope, version, ``token`` (compared in constant time unless None; not for a
+    type in ``open_types``), frame count, body, frame declarations. Raises
+    :class:`ProtocolError` whose ``msg_id`` is set as soon as the envelope could be read.
     """
     if len(parts) < 2:
         raise ProtocolError(
@@ -359,7 +373,11 @@ def unpack(
     env = decode_envelope(parts[0], limits)
     msg_id = env["id"]
     check_version(env["version"], msg_id, local=local)
-    if token is not None and not hmac.compare_digest(env["token"].encode(), token.encode()):
+    if (
+        token is not None
+        and env["type"] not in open_types
+        and not hmac.compare_digest(env["token"].encode(), token.encode())
+    ):
         raise ProtocolError(
             ErrorCode.UNAUTHORIZED,
             "wrong or missing token: read it from the daemon's endpoint file",
@@ -392,6 +410,28 @@ def unpack(
         parent=env["parent"],
         frames=frames,
     )
+
+
+def hello_proof(token: str, challenge: str) -> str:
+    """What a daemon answers to a hello ``challenge``: HMAC-SHA256 keyed with the token, hex.
+
+    Only a holder of the endpoint file's token can compute it, so a client checks it before it
+    sends the token or any pixels.
+    """
+    message = b"harmonize hello proof\0" + challenge.encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def check_challenge(challenge: Any, msg_id: str | None = None) -> str:
+    """A hello body's ``challenge``: a string of :data:`CHALLENGE_CHARS` characters."""
+    low, high = CHALLENGE_CHARS
+    if not isinstance(challenge, str) or not low <= len(challenge) <= high:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"hello 'challenge' must be a string of {low}-{high} characters",
+            msg_id,
+        )
+    return challenge
 
 
 def error_body(code: str, message: str) -> dict[str, str]:

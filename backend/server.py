@@ -5,7 +5,10 @@ messages) and answers ``hello``/``ping``/``cancel``/``shutdown`` at once; one wo
 runs ``harmonize`` jobs from a bounded queue and hands its progress events and replies to the
 main thread through an inproc PUSH socket (ZeroMQ sockets are not shared between threads).
 Every malformed, oversized or unauthorised message gets a structured ``error`` reply, and the
-loop goes on serving everyone else. The wire format is in :mod:`backend.protocol`; the
+loop goes on serving everyone else. The ROUTER listens on an ``ipc://`` socket in the private
+runtime dir (the default) or on TCP with CURVE encryption, where ZAP drops every peer without
+the client key in the handshake, before any of its messages is read (docs/protocol.md, "Trust
+model"). The wire format is in :mod:`backend.protocol`; the
 process around it (endpoint file, signals, logs) is :mod:`backend.daemon`.
 """
 
@@ -20,6 +23,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +44,11 @@ SWEEP_S = 2.0
 HEARTBEAT_S = 2.0
 """While a job is queued or running, its client gets an ``alive`` event this often, so a long
 stage never looks like a dead daemon to a client's timeout."""
+HANDSHAKE_MS = 10_000
+"""A TCP peer that has not completed the CURVE handshake by then is disconnected."""
+IPC_PATH_MAX = 100
+"""Longest ``ipc://`` socket path used (Linux allows 107 bytes, macOS 103); longer: TCP."""
+ZAP_DOMAIN = "harmonize"
 
 
 @dataclass
@@ -57,6 +66,7 @@ class ServerConfig:
     cache_size: int = 4
     shm: bool = field(default_factory=shm.available)  # offer the shared-memory transport
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    ipc_path: Path | None = None  # listen on this ipc:// socket instead of TCP (when possible)
 
 
 def check_host(host: str, allow_remote: bool) -> None:
@@ -70,8 +80,18 @@ def check_host(host: str, allow_remote: bool) -> None:
     if not loopback and not allow_remote:
         raise HarmonizeError(
             f"--host {host} would expose the daemon beyond this machine; add --allow-remote "
-            "if that is intended (anyone who can reach the port and read the token can use it)"
+            "if that is intended (clients then need a copy of the endpoint file's keys)"
         )
+
+
+class _OneClientKey:
+    """ZAP credentials check (``configure_curve_callback``): only this daemon's client key."""
+
+    def __init__(self, client_public: bytes) -> None:
+        self.key = client_public
+
+    def callback(self, _domain: str, key: bytes) -> bool:
+        return secrets.compare_digest(key, self.key)
 
 
 class Cancelled(Exception):
@@ -151,9 +171,11 @@ class Server:
         self.engine = engine
         self.config = config
         self.limits = config.limits
-        self.ctx = context or zmq.Context.instance()
+        self._own_context = context is None  # its own, for its own ZAP handler
+        self.ctx = context or zmq.Context()
         self.router: zmq.Socket = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
         self.router.setsockopt(zmq.RCVHWM, 64)
         self.router.setsockopt(zmq.SNDHWM, 256)
@@ -165,6 +187,8 @@ class Server:
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.jobs: dict[str, Job] = {}
         self.endpoint = ""
+        self.curve: dict[str, str] | None = None  # the keys a TCP client needs (Z85)
+        self._auth: Any = None  # the ZAP handler (zmq.auth.thread.ThreadAuthenticator)
         self.stats = {"received": 0, "errors": 0, "jobs": 0}
         self._stopping = False  # a plain flag: set from signal handlers
         self._last_activity = self._last_heartbeat = time.monotonic()
@@ -175,7 +199,41 @@ class Server:
     # -- setup --
 
     def bind(self) -> str:
-        """Bind the ROUTER (port 0 = any free one); returns ``tcp://host:port``."""
+        """Bind the ROUTER: ``ipc://`` at ``config.ipc_path`` when given and possible, else TCP
+        with CURVE (port 0 = any free one); returns the endpoint."""
+        path = self.config.ipc_path
+        if path is not None and zmq.has("ipc") and len(str(path)) <= IPC_PATH_MAX:
+            return self._bind_ipc(path)
+        if path is not None:
+            log.info("cannot listen on ipc://%s here: TCP with CURVE instead", path)
+        return self._bind_tcp()
+
+    def _bind_ipc(self, path: Path) -> str:
+        """Listen on a Unix socket; its folder (the private runtime dir) keeps others out."""
+        with contextlib.suppress(FileNotFoundError):  # a dead daemon's socket (we hold the lock)
+            path.unlink()
+        try:
+            self.router.bind(f"ipc://{path}")
+        except zmq.ZMQError as exc:
+            raise HarmonizeError(f"cannot listen on ipc://{path} ({exc})") from None
+        self.endpoint = f"ipc://{path}"
+        return self.endpoint
+
+    def _bind_tcp(self) -> str:
+        """Listen on TCP as a CURVE server whose ZAP handler admits only this daemon's client
+        key: other peers are dropped in the handshake, and all traffic is encrypted."""
+        if not zmq.has("curve"):
+            raise HarmonizeError(
+                f"TCP needs ZeroMQ's CURVE encryption, which libzmq {zmq.zmq_version()} here "
+                "lacks; use the default local socket (no --allow-remote/--port) or install a "
+                "pyzmq built with CURVE (the PyPI wheels are)"
+            )
+        self._start_zap()
+        server_public, server_secret = zmq.curve_keypair()
+        self.router.setsockopt(zmq.CURVE_SERVER, 1)
+        self.router.setsockopt(zmq.CURVE_SECRETKEY, server_secret)
+        self.router.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        self.curve["server_public"] = server_public.decode("ascii")
         host = self.config.host
         if ":" in host.strip("[]"):
             self.router.setsockopt(zmq.IPV6, 1)
@@ -192,6 +250,19 @@ class Server:
             ) from None
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
+
+    def _start_zap(self) -> None:
+        """Start the ZAP handler (before the bind: without one, libzmq admits any key)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        client_public, client_secret = zmq.curve_keypair()
+        self.curve = {
+            "client_public": client_public.decode("ascii"),
+            "client_secret": client_secret.decode("ascii"),
+        }
+        self._auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("harmonize.zap"))
+        self._auth.start()
+        self._auth.configure_curve_callback(ZAP_DOMAIN, _OneClientKey(client_public))
 
     # -- main loop --
 
@@ -210,18 +281,24 @@ class Server:
                 if self.outbox in events:
                     self._forward_outgoing()
                 if self.router in events:
-                    for _ in range(64):  # bounded burst, then service the outbox again
-                        try:
-                            parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._handle(parts)
+                    self._receive_burst()
                 self._check_idle()
                 self._heartbeat()
                 self._prune_segments()
                 self._sweep_segments()
         finally:
             self._shutdown()
+
+    def _receive_burst(self) -> None:
+        """Handle up to 64 waiting messages, then return to service the outbox. Nothing of the
+        last message stays referenced once this returns (its frames can be freed at once)."""
+        for _ in range(64):
+            try:
+                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(parts)
+            del parts
 
     def stop(self) -> None:
         self._stopping = True
@@ -279,7 +356,13 @@ class Server:
         self.stats["received"] += 1
         route, message = self._split_route(parts)
         try:
-            msg = P.unpack(message, self.limits, local="daemon", token=self.config.token)
+            msg = P.unpack(
+                message,
+                self.limits,
+                local="daemon",
+                token=self.config.token,
+                open_types=P.OPEN_TYPES,
+            )
             self._last_activity = time.monotonic()
             self._dispatch(route, msg)
         except P.ProtocolError as exc:
@@ -294,7 +377,11 @@ class Server:
         if kind in (P.HELLO, P.PING):
             if msg.frames:
                 raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, f"{kind} takes no frames", msg.id)
-            self._reply(route, P.reply_type(kind), self.info(), msg.id)
+            body = self.info()
+            if kind == P.HELLO and "challenge" in msg.body:  # 2.0: prove we hold the token
+                challenge = P.check_challenge(msg.body["challenge"], msg.id)
+                body["proof"] = P.hello_proof(self.config.token, challenge)
+            self._reply(route, P.reply_type(kind), body, msg.id)
         elif kind == P.HARMONIZE:
             self._enqueue(route, msg)
         elif kind == P.CANCEL:
@@ -430,6 +517,7 @@ class Server:
                 job.state = "done"
             self.jobs.pop(job.msg.id, None)  # before the reply: the client may send the next job
             self._emit(job.route, final)
+            del job, final  # nothing of it stays referenced while the worker waits
 
     def _run(self, job: Job) -> list[Any]:
         """Run one job; returns its final message (reply or error)."""
@@ -519,4 +607,8 @@ class Server:
         self.segments.close()
         for sock in (self._worker_out, self.outbox, self.router):
             sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_context:
+            self.ctx.term()
         log.info("stopped (%s)", ", ".join(f"{k} {v}" for k, v in self.stats.items()))

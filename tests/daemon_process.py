@@ -39,8 +39,9 @@ class DaemonProcess:
         deadline = time.monotonic() + 90
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                output = self.output()
                 self.stop()
-                pytest.fail(f"daemon did not start: {self.output()}")
+                pytest.fail(f"daemon did not start: {output}")
             time.sleep(0.1)
 
     def _ready(self) -> bool:

@@ -146,7 +146,8 @@ def test_concurrent_clients_get_correct_replies(daemon, engine):
 def hostile(rng: random.Random, token: str, good: list, segment: dict) -> list:
     """One generated message: a random kind of malformed, lying or unauthorised input.
     ``segment``: the valid ``"shm"`` description of a real segment holding ``good``'s frames."""
-    env = {"version": [1, 0], "id": rng.randbytes(6).hex(), "type": P.PING, "token": token}
+    env = {"version": list(P.PROTOCOL_VERSION), "id": rng.randbytes(6).hex(), "type": P.PING}
+    env["token"] = token
     env["parent"] = None
     kind = rng.randrange(14)
     if kind == 0:  # random frames

@@ -35,7 +35,8 @@ def pair():
 
 
 def _envelope(**overrides):
-    env = {"version": [1, 0], "id": "abc", "type": P.PING, "token": "t", "parent": None}
+    env = {"version": list(P.PROTOCOL_VERSION), "id": "abc", "type": P.PING, "token": "t"}
+    env["parent"] = None
     env.update(overrides)
     return msgpack.packb(env)
 
@@ -143,16 +144,34 @@ def test_token_is_compared_when_given():
     assert _code(P.pack(P.PING), token="right") == "unauthorized"
 
 
+def test_hello_needs_no_token_and_its_proof_needs_the_token():
+    """2.0: the hello challenge comes before the token; only a token holder can answer it."""
+    hello = P.pack(P.HELLO, {"challenge": "c" * 64})
+    assert _code(hello, token="right") == "unauthorized"  # not an open type unless named
+    assert P.unpack(hello, token="right", open_types=P.OPEN_TYPES).type == P.HELLO
+    ping = P.pack(P.PING)
+    assert _code(ping, token="right", open_types=P.OPEN_TYPES) == "unauthorized"
+    proof = P.hello_proof("token", "c" * 64)
+    assert proof == P.hello_proof("token", "c" * 64) and len(proof) == 64
+    assert proof != P.hello_proof("other", "c" * 64)
+    assert proof != P.hello_proof("token", "d" * 64)
+    assert P.check_challenge("x" * 32) == "x" * 32
+    for bad in ("short", 7, None, "x" * 129, ["x" * 40]):
+        with pytest.raises(P.ProtocolError, match="challenge") as info:
+            P.check_challenge(bad, "m1")
+        assert (info.value.code, info.value.msg_id) == ("bad_message", "m1")
+
+
 def test_other_major_version_is_refused_naming_the_side_to_update():
     with pytest.raises(P.ProtocolError, match="update the daemon") as newer:
-        P.unpack(P.pack(P.PING, version=(2, 0)))
+        P.unpack(P.pack(P.PING, version=(3, 0)))
     assert newer.value.code == "unsupported_version" and newer.value.msg_id
     with pytest.raises(P.ProtocolError, match="update the plugin"):
-        P.unpack(P.pack(P.PING, version=(0, 3)))
+        P.unpack(P.pack(P.PING, version=(1, 1)))  # a protocol 1 plugin (before the proof)
     with pytest.raises(P.ProtocolError, match="update the daemon"):
         P.check_version((0, 9), local="client")
     # a newer minor version is accepted
-    assert P.unpack(P.pack(P.PING, version=(1, 7))).version == (1, 7)
+    assert P.unpack(P.pack(P.PING, version=(2, 7))).version == (2, 7)
 
 
 def test_harmonize_options_validation():
@@ -197,8 +216,9 @@ def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
             sys.modules[name] = None  # any import of these now fails
         import backend.client, backend.protocol, backend.shm, backend.plugin_support
         sys.path.insert(0, {str(vendored)!r})
-        import client, protocol, shm, plugin_support
+        import client, protocol, rundir, shm, plugin_support
         assert client.P is protocol and client.shm is shm and shm.P is protocol
+        assert client.rundir is rundir
         print(client.runtime_dir())
         """
     )
@@ -211,14 +231,20 @@ def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
 
 
 def test_client_runtime_dir_matches_the_daemons(monkeypatch, tmp_path):
+    """One rule (backend.rundir) on both sides, whatever platformdirs version is installed."""
+    import platformdirs
+
     from backend import client, paths
 
+    # an older platformdirs answers differently: neither side may follow it
+    monkeypatch.setattr(platformdirs, "user_runtime_dir", lambda *a, **k: "/elsewhere")
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path))
     assert client.runtime_dir() == paths.runtime_dir() == tmp_path
     monkeypatch.delenv("HARMONIZE_RUNTIME_DIR")
-    assert client.runtime_dir() == paths.runtime_dir()
-    if sys.platform.startswith("linux"):  # the stdlib fallback agrees with platformdirs
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert client.runtime_dir() == paths.runtime_dir() != Path("/elsewhere")
+    if sys.platform.startswith("linux"):
         xdg = tmp_path / "xdg"
         xdg.mkdir(mode=0o700)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
-        assert client._fallback_runtime_dir() == paths.runtime_dir() == xdg / "harmonize"
+        assert client.runtime_dir() == paths.runtime_dir() == xdg / "harmonize"

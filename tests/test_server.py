@@ -1,11 +1,16 @@
-"""backend.server in-process (a thread, tcp on 127.0.0.1 port 0) with a random aict-light model:
-request handling, crop, cache, progress, cancel, structured errors."""
+"""backend.server in-process (a thread, ipc:// in a private temporary folder, or TCP with CURVE)
+with a random aict-light model: request handling, crop, cache, progress, cancel, structured
+errors, the hello proof."""
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import threading
 import time
+import weakref
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -14,7 +19,7 @@ import torch
 import zmq
 
 from backend import protocol as P
-from backend.client import Client, DaemonError
+from backend.client import Client, DaemonError, secure_socket
 from backend.compose import composite, crop_box
 from backend.engine import Engine
 from backend.errors import HarmonizeError
@@ -40,20 +45,28 @@ def model():
 
 
 class Running:
-    """A server thread plus a client; ``raw()`` gives a bare DEALER for hand-made messages."""
+    """A server thread plus a client; ``raw()`` gives a bare DEALER for hand-made messages.
+
+    It listens on ``ipc://`` in a private temporary folder, as ``harmonize serve`` does by
+    default; ``ipc_path=None`` makes it a TCP + CURVE server instead."""
 
     def __init__(self, engine: Engine, **config) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="hz-"))  # mode 0700, a short socket path
+        config.setdefault("ipc_path", self.folder / "daemon.sock")
         self.server = Server(engine, ServerConfig(**config))
         self.endpoint = self.server.bind()
         self.token = self.server.config.token
+        self.curve = self.server.curve
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
-        self.client = Client(self.endpoint, self.token, timeout=20, retries=0)
+        self.client = Client(self.endpoint, self.token, timeout=20, retries=0, curve=self.curve)
         self.sockets: list[zmq.Socket] = []
 
     def raw(self) -> zmq.Socket:
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            secure_socket(sock, self.endpoint, self.curve)
         sock.connect(self.endpoint)
         self.sockets.append(sock)
         return sock
@@ -65,6 +78,7 @@ class Running:
         self.client.close()
         for sock in self.sockets:
             sock.close(linger=0)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +265,10 @@ def test_errors_are_structured_and_the_daemon_keeps_serving(running):
 
     assert ask(P.pack(P.PING, token="nope", msg_id="q1"))[::2] == ("unauthorized", "q1")
     assert ask(P.pack("frobnicate_request", token=token))[0] == "unknown_type"
-    code, text, _ = ask(P.pack(P.PING, token=token, version=(2, 0)))
+    code, text, _ = ask(P.pack(P.PING, token=token, version=(3, 0)))
     assert code == "unsupported_version" and "update the daemon" in text
+    code, text, _ = ask(P.pack(P.PING, token=token, version=(1, 1)))  # a protocol 1 plugin
+    assert code == "unsupported_version" and "update the plugin" in text
     assert ask([b"\x00\xff", b"junk"])[0] == "bad_message"
     assert ask([b"only one part"])[0] == "bad_message"
     frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
@@ -416,30 +432,198 @@ def test_warm_up_runs_a_real_job_and_leaves_the_cache_empty(model, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["envelope", "hello body"])
-def test_client_refuses_a_daemon_of_another_major_version(where):
-    """A fake daemon that speaks protocol 2: the client says to update the plugin."""
+def test_client_refuses_a_daemon_of_another_major_version(where, tmp_path):
+    """A fake daemon that speaks protocol 3: the client says to update the plugin."""
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"ipc://{tmp_path / 'fake.sock'}"
+    router.bind(endpoint)
 
     def answer() -> None:
         if router.poll(10_000):
             identity, *parts = router.recv_multipart()
             msg = P.unpack(parts)
             if where == "envelope":
-                reply = P.pack("hello_reply", {}, parent=msg.id, version=(2, 0))
+                reply = P.pack("hello_reply", {}, parent=msg.id, version=(3, 0))
             else:
-                reply = P.pack("hello_reply", {"protocol_version": [2, 1]}, parent=msg.id)
+                reply = P.pack("hello_reply", {"protocol_version": [3, 1]}, parent=msg.id)
             router.send_multipart([identity, *reply])
 
     thread = threading.Thread(target=answer)
     thread.start()
     try:
-        client = Client(f"tcp://127.0.0.1:{port}", "t", timeout=10, retries=0)
+        client = Client(endpoint, "t", timeout=10, retries=0)
         with client, pytest.raises(DaemonError, match="update the plugin") as info:
             client.hello()
         assert info.value.code == "unsupported_version"
     finally:
         thread.join(10)
         router.close(linger=0)
+
+
+# ---- trust (protocol 2.0): the hello proof, CURVE on TCP, nothing kept of the last message ----
+
+
+def test_hello_proves_the_daemon_holds_the_token(running):
+    sock = running.raw()
+    challenge = "ab" * 32
+    sock.send_multipart(P.pack(P.HELLO, {"challenge": challenge}, msg_id="h1"))  # no token
+    reply = recv(sock)
+    assert (reply.type, reply.parent) == ("hello_reply", "h1")
+    assert reply.body["proof"] == P.hello_proof(running.token, challenge)
+    sock.send_multipart(P.pack(P.PING, msg_id="p1"))  # everything else still needs the token
+    assert recv(sock).body["code"] == "unauthorized"
+    sock.send_multipart(P.pack(P.HELLO, {"challenge": 5}, msg_id="h2"))
+    assert recv(sock).body["code"] == "bad_message"
+
+
+@pytest.mark.parametrize("proof", ["missing", "made with another token"])
+def test_client_sends_nothing_of_value_to_a_daemon_that_cannot_prove_the_token(tmp_path, proof):
+    """An impostor (here a ROUTER that answers hello like a daemon) gets hellos without token
+    and never a request with the token or pixels."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path / 'impostor.sock'}"
+    router.bind(endpoint)
+    received: list[P.Message] = []
+    done = threading.Event()
+
+    def answer() -> None:
+        while not done.is_set():
+            if not router.poll(50):
+                continue
+            identity, *parts = router.recv_multipart()
+            msg = P.unpack(parts)
+            received.append(msg)
+            body = {"protocol_version": list(P.PROTOCOL_VERSION), "transports": ["frames"]}
+            if proof != "missing":
+                body["proof"] = P.hello_proof("another token", msg.body["challenge"])
+            router.send_multipart([identity, *P.pack("hello_reply", body, parent=msg.id)])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        layer, mask, back = scene(seed=29)
+        client = Client(endpoint, "the real token", timeout=10, retries=2)
+        with client, pytest.raises(DaemonError, match="did not prove") as info:
+            send_harmonize(client, layer, mask, back)
+        assert info.value.code == "not_authentic"
+    finally:
+        done.set()
+        thread.join(30)
+        router.close(linger=0)
+    assert received, "the client did say hello"
+    for msg in received:
+        assert (msg.type, msg.token, msg.frames) == (P.HELLO, "", {})
+        assert "the real token" not in str(msg.body)
+
+
+def _handshake_end(sock: zmq.Socket, monitor: zmq.Socket) -> int:
+    """Wait for the monitor event that ends ``sock``'s first handshake; returns it."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    try:
+        while monitor.poll(20_000):
+            event = recv_monitor_message(monitor)["event"]
+            if event in (
+                zmq.EVENT_HANDSHAKE_SUCCEEDED,
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+            ):
+                return event
+        raise AssertionError("no handshake event within 20 s")
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
+def test_tcp_is_curve_and_drops_peers_without_the_client_key_in_the_handshake(model):
+    run = Running(Engine(model), ipc_path=None)
+    ctx = zmq.Context.instance()
+    try:
+        assert run.endpoint.startswith("tcp://127.0.0.1:")
+        assert run.server.router.getsockopt(zmq.MECHANISM) == zmq.CURVE  # encrypted
+        assert set(run.curve) == {"server_public", "client_public", "client_secret"}
+        result = send_harmonize(run.client, *scene(seed=31))
+        assert result.pixels.shape[2] == 4
+        received = run.server.stats["received"]
+        stranger_public, stranger_secret = zmq.curve_keypair()
+        strangers = {
+            "no CURVE at all": None,
+            "another client key": {
+                **run.curve,
+                "client_public": stranger_public.decode(),
+                "client_secret": stranger_secret.decode(),
+            },
+        }
+        for what, keys in strangers.items():
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                if keys is not None:
+                    secure_socket(sock, run.endpoint, keys)
+                monitor = sock.get_monitor_socket()
+                sock.connect(run.endpoint)
+                sock.send_multipart(P.pack(P.PING, token=run.token))  # queued, never delivered
+                event = _handshake_end(sock, monitor)
+            finally:
+                sock.close(linger=0)
+            assert event != zmq.EVENT_HANDSHAKE_SUCCEEDED, what
+        assert run.server.stats["received"] == received  # not one of their messages was read
+        assert run.client.ping()["pid"]
+    finally:
+        run.close()
+
+
+def test_tcp_without_curve_is_refused_on_both_sides(model, monkeypatch):
+    real_has = zmq.has
+    monkeypatch.setattr(zmq, "has", lambda what: False if what == "curve" else real_has(what))
+    server = Server(Engine(model), ServerConfig())
+    try:
+        with pytest.raises(HarmonizeError, match="CURVE"):
+            server.bind()
+    finally:
+        server._shutdown()
+    keys = {"server_public": "a", "client_public": "b", "client_secret": "c"}
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        for curve, words in ((keys, "lacks"), (None, "no CURVE keys")):
+            with pytest.raises(DaemonError, match=words) as info:
+                secure_socket(sock, "tcp://127.0.0.1:9", curve)
+            assert info.value.code == "not_authentic"
+    finally:
+        sock.close(linger=0)
+
+
+def test_a_socket_path_too_long_for_ipc_means_tcp_with_curve(model, tmp_path):
+    run = Running(Engine(model), ipc_path=tmp_path / ("x" * 120) / "daemon.sock")
+    try:
+        assert run.endpoint.startswith("tcp://") and run.curve is not None
+        assert run.client.ping()["pid"]
+    finally:
+        run.close()
+
+
+def test_no_reference_to_the_last_message_is_kept(model):
+    """A message's frames are freed once it is handled (not when the next one arrives), and
+    libzmq drops a peer whose frame exceeds the largest legitimate one (ZMQ_MAXMSGSIZE)."""
+    run = Running(Engine(model))
+    try:
+        assert run.server.router.getsockopt(zmq.MAXMSGSIZE) == run.server.limits.max_frame_bytes
+        refs: list[weakref.ref] = []
+        handle = run.server._handle
+
+        def spy(parts: list) -> None:
+            refs.extend(weakref.ref(part) for part in parts[1:])  # [0]: the peer's identity
+            handle(parts)
+
+        run.server._handle = spy
+        sock = run.raw()
+        frames = P.harmonize_frames(*(P.Pixels.of(a) for a in scene(seed=37)))
+        sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="m"))
+        assert recv_final(sock, "m").type == "harmonize_reply"
+        assert len(refs) == 5 and all(ref() is None for ref in refs)
+    finally:
+        run.close()
