@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ REPLY_LIMITS = P.Limits(max_pixels=1 << 40)
 """Replies come from the daemon we chose: only their structure is checked, not their size."""
 DEFAULT_IDLE_TIMEOUT = 1800.0
 """Seconds an auto-started daemon waits without requests before exiting."""
+BUSY_RETRY_S = 2.0
+"""How long in all a request is retried, with back-off, while the daemon answers ``busy``."""
 CLIENT_TRANSPORTS = ("auto", P.FRAMES, P.SHM)
 """``auto``: shared memory when the daemon offers it and runs on this machine, else frames."""
 
@@ -248,7 +250,9 @@ class Client:
         auth_retry = True
         for _attempt in range(retries + 1):
             try:
-                reply = self._attempt(msg_type, body, frames, timeout, on_progress, cancel)
+                reply = self._attempt_while_busy(
+                    msg_type, body, frames, timeout, on_progress, cancel
+                )
             except DaemonError as exc:
                 # a restarted daemon has a new token: re-read the endpoint file once
                 stale = exc.code in (P.ErrorCode.UNAUTHORIZED, P.ErrorCode.NOT_AUTHENTIC)
@@ -265,6 +269,34 @@ class Client:
             f"no answer from the harmonize daemon at {self.endpoint} after {retries + 1} "
             f"tries of {timeout:g} s; is `harmonize serve` running? (see its log file)",
         )
+
+    def _attempt_while_busy(
+        self,
+        msg_type: str,
+        body: dict[str, Any] | None,
+        frames: dict[str, P.Pixels] | None,
+        timeout: float,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        cancel: threading.Event | None,
+    ) -> P.Message | None:
+        """:meth:`_attempt`, sent again after a pause while the daemon answers ``busy`` (its
+        queue is full): pauses of 0.05 s doubling, :data:`BUSY_RETRY_S` in all, then the
+        ``busy`` error. A ``cancel`` set meanwhile ends it with ``cancelled``."""
+        pauses = _busy_pauses()
+        while True:
+            try:
+                return self._attempt(msg_type, body, frames, timeout, on_progress, cancel)
+            except DaemonError as exc:
+                pause = next(pauses, None) if exc.code == P.ErrorCode.BUSY else None
+                if pause is None:
+                    raise
+            if cancel is not None and cancel.is_set():
+                raise DaemonError(P.ErrorCode.CANCELLED, "cancelled while the daemon was busy")
+            self._pause(pause)
+
+    @staticmethod
+    def _pause(seconds: float) -> None:
+        time.sleep(seconds)
 
     def _attempt(
         self,
@@ -477,6 +509,16 @@ class Client:
 
     def shutdown(self) -> None:
         self.request(P.SHUTDOWN, retries=0)
+
+
+def _busy_pauses(total: float = BUSY_RETRY_S, first: float = 0.05) -> Iterator[float]:
+    """Back-off pauses between tries while the daemon is busy: doubling, ``total`` in all."""
+    pause, left = first, total
+    while left > 1e-9:
+        step = min(pause, left)
+        yield step
+        left -= step
+        pause *= 2
 
 
 def _result(reply: P.Message, pixels: P.Pixels, transport: str) -> HarmonizeResult:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import reprlib
 import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -95,6 +96,22 @@ DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
 
 DEFAULT_MAX_PIXELS = 150_000_000
 """Largest frame (height x width) accepted; equals ``backend.images.DEFAULT_MAX_PIXELS``."""
+
+ECHO_CHARS = 200
+"""Most characters of a peer's value quoted in an error message (:func:`echo`)."""
+MAX_ERROR_CHARS = 2000
+"""Longest ``error`` message (:func:`error_body`): a reply stays far below any body limit."""
+
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict = 3, 8, 8
+_ECHO.maxstring = _ECHO.maxother = _ECHO.maxlong = ECHO_CHARS
+
+
+def echo(value: Any) -> str:
+    """``repr`` of a value a peer sent, for an error message: at most :data:`ECHO_CHARS`
+    characters and 3 levels deep, whatever its size or nesting (``reprlib``)."""
+    text = _ECHO.repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -310,11 +327,11 @@ def check_frame(spec: Any, size: int | None, limits: Limits, msg_id: str | None 
     (``data=None``). Never allocates from declared sizes."""
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ProtocolError(ErrorCode.BAD_FRAMES, "each frame needs a 'name' string", msg_id)
-    name, shape, dtype = spec["name"], spec.get("shape"), spec.get("dtype")
-    if dtype not in DTYPES:
+    name, shape, dtype = echo(spec["name"]), spec.get("shape"), spec.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError(
             ErrorCode.BAD_FRAMES,
-            f"frame {name!r}: dtype must be one of {list(DTYPES)}; got {dtype!r}",
+            f"frame {name}: dtype must be one of {list(DTYPES)}; got {echo(dtype)}",
             msg_id,
         )
     if (
@@ -324,21 +341,21 @@ def check_frame(spec: Any, size: int | None, limits: Limits, msg_id: str | None 
     ):
         raise ProtocolError(
             ErrorCode.BAD_FRAMES,
-            f"frame {name!r}: shape must be [H, W] or [H, W, C] of positive ints; got {shape!r}",
+            f"frame {name}: shape must be [H, W] or [H, W, C] of positive ints; got {echo(shape)}",
             msg_id,
         )
     channels = shape[2] if len(shape) == 3 else 1
     if channels > limits.max_channels:
         raise ProtocolError(
             ErrorCode.TOO_LARGE,
-            f"frame {name!r} has {channels} channels, over the limit of {limits.max_channels}",
+            f"frame {name} has {channels} channels, over the limit of {limits.max_channels}",
             msg_id,
         )
     pixels = shape[0] * shape[1]  # each side is bounded by the msgpack int range: no overflow
     if pixels > limits.max_pixels:
         raise ProtocolError(
             ErrorCode.TOO_LARGE,
-            f"frame {name!r} is {shape[1]} x {shape[0]} = {pixels:,} pixels, over the limit of "
+            f"frame {name} is {shape[1]} x {shape[0]} = {pixels:,} pixels, over the limit of "
             f"{limits.max_pixels:,}",
             msg_id,
         )
@@ -346,7 +363,7 @@ def check_frame(spec: Any, size: int | None, limits: Limits, msg_id: str | None 
     if size is not None and expected != size:
         raise ProtocolError(
             ErrorCode.BAD_FRAMES,
-            f"frame {name!r}: shape {shape} of {dtype} is {expected} bytes but {size} were sent",
+            f"frame {name}: shape {shape} of {dtype} is {expected} bytes but {size} were sent",
             msg_id,
         )
     return Pixels(None, tuple(shape), dtype)
@@ -399,7 +416,9 @@ def unpack(
         view = memoryview(data)
         template = check_frame(spec, view.nbytes, limits, msg_id)
         if spec["name"] in frames:
-            raise ProtocolError(ErrorCode.BAD_FRAMES, f"frame {spec['name']!r} sent twice", msg_id)
+            raise ProtocolError(
+                ErrorCode.BAD_FRAMES, f"frame {echo(spec['name'])} sent twice", msg_id
+            )
         frames[spec["name"]] = Pixels(view, template.shape, template.dtype)
     return Message(
         type=env["type"],
@@ -407,7 +426,7 @@ def unpack(
         body=body,
         version=(env["version"][0], env["version"][1]),
         token=env["token"],
-        parent=env["parent"],
+        parent=env.get("parent"),  # a missing parent is null, as decode_envelope accepts
         frames=frames,
     )
 
@@ -435,6 +454,9 @@ def check_challenge(challenge: Any, msg_id: str | None = None) -> str:
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
+    """An ``error`` body; the message is cut at :data:`MAX_ERROR_CHARS` characters."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
     return {"code": code, "message": message}
 
 
@@ -483,22 +505,22 @@ class HarmonizeOptions:
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise fail("must be a map")
-        unknown = sorted(set(raw) - {"strength", "crop_margin", "dtype", "output"})
+        unknown = sorted(map(str, set(raw) - {"strength", "crop_margin", "dtype", "output"}))
         if unknown:
-            raise fail(f"unknown keys {unknown}")
+            raise fail(f"unknown keys {echo(unknown)}")
         default = cls()
         strength = raw.get("strength", default.strength)
         if type(strength) not in (int, float) or not 0.0 <= strength <= 1.0:
-            raise fail(f"strength must be a number in [0, 1]; got {strength!r}")
+            raise fail(f"strength must be a number in [0, 1]; got {echo(strength)}")
         margin = raw.get("crop_margin", default.crop_margin)
         if margin is not None and (type(margin) not in (int, float) or not 0.0 <= margin <= 10.0):
-            raise fail(f"crop_margin must be null or a number in [0, 10]; got {margin!r}")
+            raise fail(f"crop_margin must be null or a number in [0, 10]; got {echo(margin)}")
         dtype = raw.get("dtype")
-        if dtype is not None and dtype not in DTYPES:
-            raise fail(f"dtype must be null or one of {list(DTYPES)}; got {dtype!r}")
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
+            raise fail(f"dtype must be null or one of {list(DTYPES)}; got {echo(dtype)}")
         output = raw.get("output", default.output)
-        if output not in OUTPUTS:
-            raise fail(f"output must be one of {list(OUTPUTS)}; got {output!r}")
+        if not isinstance(output, str) or output not in OUTPUTS:
+            raise fail(f"output must be one of {list(OUTPUTS)}; got {echo(output)}")
         return cls(float(strength), None if margin is None else float(margin), dtype, output)
 
 

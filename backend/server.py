@@ -370,7 +370,18 @@ class Server:
             self._error(route, exc.code, exc.message, exc.msg_id)
         except Exception as exc:  # a bug: report it, log it, keep serving
             log.error("error handling a message:\n%s", traceback.format_exc())
-            self._error(route, P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", None)
+            text = f"{type(exc).__name__}: {exc}"
+            self._error(route, P.ErrorCode.INTERNAL, text, self._request_id(message))
+
+    def _request_id(self, message: list[Any]) -> str | None:
+        """The id of a message whose handling failed unexpectedly, when its envelope can be
+        read, so that the client gets its answer at once instead of waiting out a timeout."""
+        try:
+            return P.decode_envelope(message[0], self.limits)["id"]
+        except P.ProtocolError as exc:
+            return exc.msg_id
+        except Exception:
+            return None
 
     def _dispatch(self, route: list[Any], msg: P.Message) -> None:
         kind = msg.type
@@ -480,7 +491,7 @@ class Server:
         job = self.jobs.get(target) if isinstance(target, str) else None
         if job is None:
             raise P.ProtocolError(
-                P.ErrorCode.NOT_FOUND, f"no queued or running job {target!r}", msg.id
+                P.ErrorCode.NOT_FOUND, f"no queued or running job {P.echo(target)}", msg.id
             )
         with job.lock:
             job.cancel.set()

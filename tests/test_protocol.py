@@ -248,3 +248,67 @@ def test_client_runtime_dir_matches_the_daemons(monkeypatch, tmp_path):
         xdg.mkdir(mode=0o700)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
         assert client.runtime_dir() == paths.runtime_dir() == xdg / "harmonize"
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+DEEP = _nested(1000)
+HUGE_NAME = "\x00" * 60_000  # its repr is 4 times longer: 240 KB in an unbounded message
+ODD_FRAMES = [
+    ({"dtype": [1]}, "dtype must be one of"),
+    ({"dtype": {"a": 1}}, "dtype must be one of"),
+    ({"dtype": DEEP}, "dtype must be one of"),
+    ({"shape": DEEP}, "shape must be"),
+    ({"name": HUGE_NAME, "shape": DEEP}, "shape must be"),
+    ({"name": HUGE_NAME, "shape": [1, 2], "dtype": "uint8"}, "bytes but 4 were sent"),
+]
+ODD_OPTIONS = [
+    {"dtype": [1]},
+    {"dtype": {"a": 1}},
+    {"dtype": DEEP},
+    {"output": ["rgba"]},
+    {"strength": DEEP},
+    {"crop_margin": {"x": DEEP}},
+    {"x" * 60_000: 1, b"raw": 2},
+]
+
+
+@pytest.mark.parametrize(("override", "message"), ODD_FRAMES)
+def test_odd_frame_fields_are_named_errors_with_the_id_and_a_bounded_message(override, message):
+    """Lists, maps and 1,000-deep values where a string or shape belongs: a ProtocolError with
+    the request id, never a TypeError or RecursionError, and never a huge echo."""
+    spec = {"name": "layer", "shape": [2, 2], "dtype": "uint8", **override}
+    env = _envelope(id="odd1")
+    with pytest.raises(P.ProtocolError, match=message) as info:
+        P.unpack([env, msgpack.packb({"frames": [spec]}), b"\0" * 4])
+    assert (info.value.code, info.value.msg_id) == (P.ErrorCode.BAD_FRAMES, "odd1")
+    assert len(info.value.message) <= 2 * P.ECHO_CHARS + 100
+
+
+@pytest.mark.parametrize("options", ODD_OPTIONS, ids=range(len(ODD_OPTIONS)))
+def test_odd_option_values_are_named_errors_with_a_bounded_message(options):
+    with pytest.raises(P.ProtocolError, match="options: ") as info:
+        P.HarmonizeOptions.from_wire(options, "odd2")
+    assert (info.value.code, info.value.msg_id) == (P.ErrorCode.INVALID_INPUT, "odd2")
+    assert len(info.value.message) <= P.ECHO_CHARS + 100
+
+
+def test_an_envelope_without_parent_is_a_request_like_any_other():
+    env = {"version": list(P.PROTOCOL_VERSION), "id": "np1", "type": P.PING, "token": "t"}
+    msg = P.unpack([msgpack.packb(env), msgpack.packb({})], token="t")
+    assert (msg.id, msg.parent) == ("np1", None)
+
+
+def test_echo_and_error_messages_are_bounded():
+    assert P.echo("abc") == "'abc'" and P.echo([1, [2]]) == "[1, [2]]"
+    for value in (DEEP, HUGE_NAME, list(range(10_000)), {str(i): i for i in range(5000)}):
+        assert len(P.echo(value)) <= P.ECHO_CHARS
+    body = P.error_body(P.ErrorCode.INTERNAL, "é" * 100_000)
+    assert len(body["message"]) == P.MAX_ERROR_CHARS
+    reply = P.pack(P.ERROR, body, parent="x")
+    assert len(reply[1]) < P.Limits().max_body_bytes // 8  # far below what a client accepts

@@ -19,7 +19,7 @@ import torch
 import zmq
 
 from backend import protocol as P
-from backend.client import Client, DaemonError, secure_socket
+from backend.client import BUSY_RETRY_S, REPLY_LIMITS, Client, DaemonError, secure_socket
 from backend.compose import composite, crop_box
 from backend.engine import Engine
 from backend.errors import HarmonizeError
@@ -626,4 +626,121 @@ def test_no_reference_to_the_last_message_is_kept(model):
         assert recv_final(sock, "m").type == "harmonize_reply"
         assert len(refs) == 5 and all(ref() is None for ref in refs)
     finally:
+        run.close()
+
+
+def _deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_odd_field_shapes_get_their_error_at_once_with_the_request_id(running):
+    """Fields that used to raise unhandled exceptions (answered ``internal`` without the id, so
+    the client waited out its timeout) or to echo 94 KB: each is answered, with its id, within
+    the client's own reply limits."""
+    sock, token = running.raw(), running.token
+    version = list(P.PROTOCOL_VERSION)
+    layer, mask, back = scene(seed=41)
+    frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+    _env, body, *data = P.pack(P.HARMONIZE, {}, frames, token=token)
+
+    def harmonize(msg_id: str, spec_change: dict, options: dict | None = None) -> list:
+        content = msgpack.unpackb(body)
+        content["frames"][0].update(spec_change)
+        if options is not None:
+            content["options"] = options
+        env = {"version": version, "id": msg_id, "type": P.HARMONIZE, "token": token}
+        return [msgpack.packb({**env, "parent": None}), msgpack.packb(content), *data]
+
+    deep, huge = _deep(1000), "\x00" * 60_000
+    cases = {
+        "o1": (harmonize("o1", {"dtype": ["uint8"]}), "bad_frames"),
+        "o2": (harmonize("o2", {"dtype": {"uint8": 1}}), "bad_frames"),
+        "o3": (harmonize("o3", {"shape": deep}), "bad_frames"),
+        "o4": (harmonize("o4", {"name": huge, "shape": [1, 1]}), "bad_frames"),
+        "o5": (harmonize("o5", {}, {"dtype": ["uint8"]}), "invalid_input"),
+        "o6": (harmonize("o6", {}, {"dtype": {"a": 1}}), "invalid_input"),
+        "o7": (harmonize("o7", {}, {"strength": deep}), "invalid_input"),
+        "o8": (P.pack(P.CANCEL, {"id": huge}, token=token, msg_id="o8"), "not_found"),
+    }
+    for msg_id, (parts, code) in cases.items():
+        sock.send_multipart(parts)
+        raw = sock.recv_multipart() if sock.poll(20_000) else None
+        assert raw is not None, f"{msg_id}: no reply"
+        assert sum(len(part) for part in raw) < 4096, f"{msg_id}: a {len(raw[1])}-byte reply"
+        reply = P.unpack(raw, REPLY_LIMITS, local="client")  # what the client accepts
+        assert (reply.type, reply.parent, reply.body["code"]) == (P.ERROR, msg_id, code)
+    no_parent = {"version": version, "id": "o9", "type": P.PING, "token": token}
+    sock.send_multipart([msgpack.packb(no_parent), msgpack.packb({})])
+    reply = recv(sock)
+    assert (reply.type, reply.parent) == ("ping_reply", "o9")
+
+
+def test_an_unexpected_failure_is_answered_internal_with_the_request_id(model):
+    run = Running(Engine(model))
+    try:
+
+        def broken(route, msg) -> None:
+            raise RuntimeError("a bug " + "x" * 100_000)
+
+        run.server._dispatch = broken
+        sock = run.raw()
+        sock.send_multipart(P.pack(P.PING, token=run.token, msg_id="bug1"))
+        reply = recv(sock)
+        assert (reply.type, reply.parent, reply.body["code"]) == (P.ERROR, "bug1", "internal")
+        assert reply.body["message"].startswith("RuntimeError: a bug")
+        assert len(reply.body["message"]) == P.MAX_ERROR_CHARS
+    finally:
+        run.close()
+
+
+def test_the_client_retries_a_busy_daemon_with_back_off(model):
+    """max_queue=1 and a job held at its first checkpoint: the next request gets ``busy``; the
+    client pauses and sends it again (here the pause lets the first job finish)."""
+    run = Running(GatedEngine(model), max_queue=1)
+    try:
+        layer, mask, back = scene(seed=43)
+        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        sock = run.raw()
+        sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="first"))
+        assert recv(sock).body["stage"] == "received"
+        pauses: list[float] = []
+
+        def pause(seconds: float) -> None:
+            pauses.append(seconds)
+            run.server.engine.gate.set()
+            assert recv_final(sock, "first").type == "harmonize_reply"  # the queue has room
+
+        run.client._pause = pause
+        result = send_harmonize(run.client, layer, mask, back)
+        assert result.pixels.shape[2] == 4
+        assert pauses == [0.05]
+    finally:
+        run.server.engine.gate.set()
+        run.close()
+
+
+def test_the_client_gives_up_on_a_busy_daemon_after_about_two_seconds(model):
+    run = Running(GatedEngine(model), max_queue=1)
+    try:
+        layer, mask, back = scene(seed=47)
+        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        sock = run.raw()
+        sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="first"))
+        assert recv(sock).body["stage"] == "received"
+        pauses: list[float] = []
+        run.client._pause = pauses.append  # the first job never finishes meanwhile
+        with pytest.raises(DaemonError) as info:
+            send_harmonize(run.client, layer, mask, back)
+        assert info.value.code == "busy"
+        assert pauses[:3] == [0.05, 0.1, 0.2] and sum(pauses) == pytest.approx(BUSY_RETRY_S)
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(DaemonError) as info:
+            send_harmonize(run.client, layer, mask, back, cancel=cancel)
+        assert info.value.code == "cancelled"
+    finally:
+        run.server.engine.gate.set()
         run.close()
