@@ -2,23 +2,26 @@
 
 New in protocol 1.1 (spec: docs/protocol.md, "Shared memory"). Instead of sending megabytes of
 pixels through a TCP socket, a client on the same machine writes them into a segment: a file
-in ``/dev/shm`` (Linux tmpfs) that it creates, and names in the request. The daemon maps the
-file, reads the frames in place and writes the result into the segment's result region.
+in ``/dev/shm`` (Linux tmpfs) that it creates, and names in the request. The daemon copies the
+frames out of the file and writes the result into the segment's result region.
 
 Who owns what:
 
 - The **client** creates, reuses, grows and unlinks its segment (:class:`Segment`). The name
   ``harmonize-<creator pid>-<32 hex>`` lets a daemon remove segments whose creator died
   (:func:`sweep_stale`), so a killed plugin leaves nothing behind in ``/dev/shm`` for long.
-- The **daemon** only maps a segment for the duration of one job (:func:`open_segment`) after
+- The **daemon** opens a segment for the duration of one job (:func:`open_segment`) after
   checking the request's description of it (:func:`parse_request`): name pattern, no symlink,
   a regular file owned by its own user with mode 0600, the exact declared size, and every
   frame and the result region inside it and disjoint. Anything wrong becomes an error reply.
+  It never maps the file: it copies the frames out with ``preadv`` (:func:`read_into`) and
+  the result in with ``pwrite`` (:func:`write_from`), so a client that truncates its segment
+  during a job gets an error reply (a short read), where touching a mapping of the lost pages
+  would kill the daemon with SIGBUS.
 
 Trust: only processes of the daemon's own user can create such a file, and those can already
 do anything the daemon can; the checks are against mistakes and other users, not against the
-same user. A client that shrinks its segment while the daemon reads it would crash the daemon
-(SIGBUS), which is why only same-user, same-machine clients get this transport.
+same user.
 
 Standard library only (a plugin carries a copy, like :mod:`backend.client`).
 """
@@ -26,6 +29,7 @@ Standard library only (a plugin carries a copy, like :mod:`backend.client`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import mmap
 import os
@@ -238,7 +242,7 @@ def parse_request(raw: Any, limits: P.Limits, msg_id: str | None = None) -> Requ
         declared = {k: v for k, v in spec.items() if k != "offset"}
         template = P.check_frame(declared, None, limits, msg_id)
         if spec["name"] in frames:
-            raise bad(f"frame {spec['name']!r} declared twice")
+            raise bad(f"frame {P.echo(spec['name'])} declared twice")
         frames[spec["name"]] = (offset, template)
         regions.append((offset, template.nbytes))
     for start, length in regions:
@@ -251,81 +255,93 @@ def parse_request(raw: Any, limits: P.Limits, msg_id: str | None = None) -> Requ
     return Request(name, size, frames, *result_region)
 
 
-class Mappings:
-    """The daemon's mappings of client segments, kept while their clients reuse them.
+def open_segment(request: Request, directory: Path = SHM_DIR, msg_id: str | None = None) -> int:
+    """Open a client's segment read-write after checking the file itself; returns the file
+    descriptor, which the caller closes.
 
-    Mapping 300 MB costs ~10 ms (``MAP_POPULATE``) and unmapping ~5 ms, so a segment stays
-    mapped across requests as long as its file exists with the same inode; :meth:`prune`
-    (called about once a second by the daemon loop) drops the mappings of removed files, and
-    at most ``keep`` stay mapped. Main-thread only; a job's views keep their mapping alive
-    even after it is dropped here.
+    Raises ``ProtocolError``: ``shm_unavailable`` when the file does not exist here
+    (another machine, container or mount namespace: the client then falls back to
+    frames), else ``bad_frames`` naming the problem.
     """
+    path = Path(directory) / request.name
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise P.ProtocolError(
+            P.ErrorCode.SHM_UNAVAILABLE,
+            f"shm: no segment {path} on the daemon's side; send frames instead",
+            msg_id,
+        ) from None
+    except OSError as exc:
+        raise P.ProtocolError(
+            P.ErrorCode.SHM_UNAVAILABLE, f"shm: cannot open {path}: {exc.strerror}", msg_id
+        ) from None
+    try:
+        _check_file(os.fstat(fd), request.size, path, msg_id)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
-    def __init__(self, directory: Path = SHM_DIR, keep: int = 2) -> None:
-        self.directory = Path(directory)
-        self.keep = keep
-        self._maps: dict[str, tuple[tuple[int, int], mmap.mmap]] = {}
 
-    def open(self, request: Request, msg_id: str | None = None) -> mmap.mmap:
-        """Map a client's segment read-write after checking the file itself.
+def read_into(fd: int, offset: int, buffer: Any, what: str, msg_id: str | None = None) -> None:
+    """Fill ``buffer`` (any writable C-contiguous buffer) with the segment's bytes from
+    ``offset`` on, by ``os.preadv`` (a syscall that may return fewer bytes: looped).
 
-        Raises ``ProtocolError``: ``shm_unavailable`` when the file does not exist here
-        (another machine, container or mount namespace: the client then falls back to
-        frames), else ``bad_frames`` naming the problem.
-        """
-        path = self.directory / request.name
-        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(path, flags)
-        except FileNotFoundError:
+    Raises ``ProtocolError`` (``bad_frames``) when the file ends first (the client truncated
+    it) or cannot be read.
+    """
+    view = memoryview(buffer).cast("B")
+    done, total = 0, view.nbytes
+    try:
+        while done < total:
+            count = os.preadv(fd, [view[done:]], offset + done)
+            if count == 0:
+                break
+            done += count
+    except OSError as exc:
+        raise P.ProtocolError(
+            P.ErrorCode.BAD_FRAMES, f"shm: cannot read {what}: {exc.strerror}", msg_id
+        ) from None
+    finally:
+        view.release()
+    if done < total:
+        raise P.ProtocolError(
+            P.ErrorCode.BAD_FRAMES,
+            f"shm: {what}: the segment ended after {done} of {total} bytes at offset {offset} "
+            "(was it truncated during the request?)",
+            msg_id,
+        )
+
+
+def write_from(fd: int, offset: int, data: Any, size: int, msg_id: str | None = None) -> None:
+    """Copy ``data`` (a C-contiguous buffer) into the segment at ``offset`` by ``os.pwrite``
+    (looped over short writes), after checking the file still has its declared ``size``: a
+    segment truncated during the job is an error reply, not silently grown back.
+
+    Raises ``ProtocolError`` (``bad_frames``).
+    """
+    try:
+        now = os.fstat(fd).st_size
+        if now != size:
             raise P.ProtocolError(
-                P.ErrorCode.SHM_UNAVAILABLE,
-                f"shm: no segment {path} on the daemon's side; send frames instead",
+                P.ErrorCode.BAD_FRAMES,
+                f"shm: the segment is {now} bytes, not the declared {size} "
+                "(was it resized during the request?); the result was not written",
                 msg_id,
-            ) from None
-        except OSError as exc:
-            raise P.ProtocolError(
-                P.ErrorCode.SHM_UNAVAILABLE, f"shm: cannot open {path}: {exc.strerror}", msg_id
-            ) from None
-        try:
-            st = os.fstat(fd)
-            _check_file(st, request.size, path, msg_id)
-            identity = (st.st_dev, st.st_ino)
-            cached = self._maps.pop(request.name, None)
-            if cached is not None and cached[0] == identity:
-                self._maps[request.name] = cached  # most recent last
-                return cached[1]
-            if cached is not None:
-                _unmap(cached[1])
-            # MAP_POPULATE: map every page now, instead of one page fault per 4 KiB later
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            mapping = mmap.mmap(fd, request.size, flags=flags)
-        finally:
-            os.close(fd)
-        self._maps[request.name] = (identity, mapping)
-        while len(self._maps) > self.keep:
-            _unmap(self._maps.pop(next(iter(self._maps)))[1])
-        return mapping
-
-    def prune(self) -> None:
-        """Unmap segments whose file was removed or replaced."""
-        for name, (identity, mapping) in list(self._maps.items()):
-            try:
-                st = os.stat(self.directory / name, follow_symlinks=False)
-                gone = (st.st_dev, st.st_ino) != identity
-            except OSError:
-                gone = True
-            if gone:
-                del self._maps[name]
-                _unmap(mapping)
-
-    def close(self) -> None:
-        for _identity, mapping in self._maps.values():
-            _unmap(mapping)
-        self._maps.clear()
-
-    def __len__(self) -> int:
-        return len(self._maps)
+            )
+        with memoryview(data) as src, src.cast("B") as view:
+            done = 0
+            while done < view.nbytes:
+                count = os.pwrite(fd, view[done:], offset + done)
+                if count == 0:
+                    raise OSError(errno.EIO, "no progress writing the segment")
+                done += count
+    except OSError as exc:
+        raise P.ProtocolError(
+            P.ErrorCode.BAD_FRAMES, f"shm: cannot write the result: {exc.strerror}", msg_id
+        ) from None
 
 
 def _check_file(st: os.stat_result, size: int, path: Path, msg_id: str | None) -> None:
@@ -340,12 +356,6 @@ def _check_file(st: os.stat_result, size: int, path: Path, msg_id: str | None) -
         problem = f"is {st.st_size} bytes, not the declared {size}"
     if problem:
         raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, f"shm: {path} {problem}", msg_id)
-
-
-def _unmap(mapping: mmap.mmap) -> None:
-    """Unmap now, or, while a job still has views of it, when the last one goes."""
-    with contextlib.suppress(BufferError):
-        mapping.close()
 
 
 def sweep_stale(directory: Path = SHM_DIR) -> int:

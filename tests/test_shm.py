@@ -9,6 +9,7 @@ import gc
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,16 @@ from backend import protocol as P
 from backend import shm
 from backend.client import Client, DaemonError
 from backend.engine import Engine
-from tests.test_server import Running, as_array, random_model, recv_final, scene, send_harmonize
+from tests.test_server import (
+    GatedEngine,
+    Running,
+    as_array,
+    random_model,
+    recv,
+    recv_final,
+    scene,
+    send_harmonize,
+)
 
 pytestmark = pytest.mark.skipif(not shm.available(), reason="shared memory needs Linux /dev/shm")
 
@@ -161,42 +171,70 @@ def test_bad_descriptions_are_refused_before_anything_is_opened(written, path, v
     assert caught.value.msg_id == "id1"
 
 
-def test_a_valid_description_maps_the_frames_in_place(written, frames):
+def open_segment_files() -> set[str]:
+    """The segments this process has open (its clients' and, in-process, its server's)."""
+    fds = Path("/proc/self/fd")
+    targets = {os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()}
+    return {t for t in targets if t.startswith(f"{shm.SHM_DIR}/{shm.PREFIX}")}
+
+
+def test_a_valid_description_opens_the_segment_to_copy_frames_and_result(written, frames):
     segment, desc = written
     request = shm.parse_request(desc, P.Limits())
-    mappings = shm.Mappings()
-    mapping = mappings.open(request)
-    for name, (offset, template) in request.frames.items():
-        assert template.shape == frames[name].shape
-        assert mapping[offset : offset + template.nbytes] == bytes(frames[name].data)
-    assert mappings.open(request) is mapping  # same file: the mapping is reused
-    segment.close()
-    mappings.prune()
-    assert len(mappings) == 0
-    mappings.close()
+    fd = shm.open_segment(request)
+    try:
+        for name, (offset, template) in request.frames.items():
+            assert template.shape == frames[name].shape
+            copy = bytearray(template.nbytes)
+            shm.read_into(fd, offset, copy, name)
+            assert copy == bytes(frames[name].data)
+        shm.write_from(fd, request.result_offset, b"\x07" * 100, request.size)
+        assert bytes(segment.result(100)) == b"\x07" * 100
+    finally:
+        os.close(fd)
+
+
+def test_a_truncated_segment_is_an_error_not_a_crash(written):
+    """Copies go through preadv/pwrite, never a mapping: a client that shrinks its segment
+    gets an error instead of the daemon being killed by SIGBUS."""
+    segment, desc = written
+    request = shm.parse_request(desc, P.Limits())
+    fd = shm.open_segment(request, msg_id="t1")
+    try:
+        offset, layer = request.frames["layer"]
+        os.truncate(segment.path, offset + 100)
+        with pytest.raises(P.ProtocolError, match="ended after 100 of") as caught:
+            shm.read_into(fd, offset, bytearray(layer.nbytes), "frame 'layer'", "t1")
+        assert (caught.value.code, caught.value.msg_id) == (P.ErrorCode.BAD_FRAMES, "t1")
+        with pytest.raises(P.ProtocolError, match="resized during the request") as caught:
+            shm.write_from(fd, request.result_offset, b"\x01" * 64, request.size, "t1")
+        assert caught.value.msg_id == "t1"
+        assert os.fstat(fd).st_size == offset + 100  # not grown back by the write
+    finally:
+        os.close(fd)
 
 
 def test_the_file_itself_is_checked(written, tmp_path):
     segment, desc = written
-    mappings = shm.Mappings()
     request = shm.parse_request(desc, P.Limits())
+    before = open_segment_files()
     os.chmod(segment.path, 0o644)
     with pytest.raises(P.ProtocolError, match="has mode 644") as caught:
-        mappings.open(request)
+        shm.open_segment(request)
     assert caught.value.code == P.ErrorCode.BAD_FRAMES
     os.chmod(segment.path, 0o600)
     os.truncate(segment.path, segment.size - shm.PAGE)
     with pytest.raises(P.ProtocolError, match="not the declared"):
-        mappings.open(request)
+        shm.open_segment(request)
     missing = shm.parse_request(mutate(desc, "name", "harmonize-1-" + "0" * 32), P.Limits())
     with pytest.raises(P.ProtocolError, match="no segment") as caught:
-        mappings.open(missing)
+        shm.open_segment(missing)
     assert caught.value.code == P.ErrorCode.SHM_UNAVAILABLE
     link = tmp_path / missing.name
     link.symlink_to(segment.path)
     with pytest.raises(P.ProtocolError, match="cannot open"):
-        shm.Mappings(tmp_path).open(missing)  # O_NOFOLLOW
-    assert len(mappings) == 0
+        shm.open_segment(missing, tmp_path)  # O_NOFOLLOW
+    assert open_segment_files() == before  # a refused segment is closed again
 
 
 def test_stale_segments_of_dead_clients_are_swept(tmp_path):
@@ -248,12 +286,12 @@ def test_shm_results_equal_frames_results_bit_for_bit(engine, dtype):
         assert not (shm.SHM_DIR / name).exists() and not (shm.SHM_DIR / reused).exists()
     finally:
         run.close()
-    assert len(run.server.segments) == 0
+    assert open_segment_files() == set()  # every job closed the segment it read
 
 
 def test_auto_falls_back_to_frames_when_the_daemon_cannot_see_the_segment(engine, tmp_path):
     run = Running(engine)
-    run.server.segments.directory = tmp_path  # as if the daemon ran in another container
+    run.server.shm_dir = tmp_path  # as if the daemon ran in another container
     try:
         with Client(run.endpoint, run.token) as client:
             layer, mask, back = scene()
@@ -308,3 +346,82 @@ def test_hostile_shm_requests_get_errors_and_the_daemon_keeps_serving(engine, wr
         assert good.transport == "shm"
     finally:
         run.close()
+
+
+def fill_segment(frames: dict[str, P.Pixels], result_bytes: int) -> tuple[shm.Segment, dict]:
+    """A new segment holding ``frames``, and its request description."""
+    offsets, size = shm.plan({n: p.nbytes for n, p in frames.items()})
+    segment = shm.Segment(size, result_bytes)
+    for name, pix in frames.items():
+        segment.write(offsets[name], pix.data)
+    return segment, segment.describe(offsets, frames)
+
+
+def recv_stage(sock, parent: str, stage: str) -> None:
+    """Read messages until ``parent``'s progress event ``stage``."""
+    while True:
+        msg = recv(sock)
+        if msg.parent == parent and msg.type == P.PROGRESS and msg.body["stage"] == stage:
+            return
+
+
+@pytest.mark.parametrize("when", ["queued", "running"])
+def test_a_segment_truncated_during_its_job_gets_an_error_and_the_daemon_goes_on(engine, when):
+    """Queued: the worker's preadv of the frames comes up short. Running (frames already
+    read): the result is not written into the shrunk file. Either way an error reply with the
+    request id, where a mapping of the lost pages would have killed the daemon (SIGBUS)."""
+    run = Running(GatedEngine(engine.model))
+    segment = None
+    try:
+        sock, token = run.raw(), run.token
+        frames = P.harmonize_frames(*(P.Pixels.of(a) for a in scene(40, 30)))
+        if when == "queued":  # a frames job holds the worker at its first checkpoint
+            sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=token, msg_id="first"))
+            recv_stage(sock, "first", "composed")
+        segment, desc = fill_segment(frames, 40 * 30 * 4)
+        sock.send_multipart(P.pack(P.HARMONIZE, {"shm": desc}, token=token, msg_id="cut"))
+        recv_stage(sock, "cut", "received" if when == "queued" else "composed")
+        os.truncate(segment.path, desc["frames"][0]["offset"] + 100)
+        run.server.engine.gate.set()
+        if when == "queued":  # its reply comes first
+            assert recv_final(sock, "first").type == P.reply_type(P.HARMONIZE)
+        reply = recv_final(sock, "cut")
+        assert reply.type == P.ERROR and reply.body["code"] == P.ErrorCode.BAD_FRAMES
+        expected = "was it truncated" if when == "queued" else "resized during the request"
+        assert expected in reply.body["message"]
+        assert os.path.getsize(segment.path) == desc["frames"][0]["offset"] + 100
+        assert run.client.ping()["pid"] == os.getpid()
+        assert send_harmonize(run.client, *scene(40, 30)).transport == "shm"
+    finally:
+        run.server.engine.gate.set()
+        run.close()
+        if segment is not None:
+            segment.close()
+
+
+def test_a_segment_grown_in_place_is_read_at_its_new_size(engine, frames):
+    """The same file (same inode), grown, with the result region moved into the new part."""
+    run = Running(engine)
+    segment, desc = fill_segment(frames, 40 * 30 * 4)
+    try:
+        sock = run.raw()
+        sock.send_multipart(P.pack(P.HARMONIZE, {"shm": desc}, token=run.token, msg_id="g1"))
+        first = recv_final(sock, "g1")
+        assert first.type == P.reply_type(P.HARMONIZE), first.body
+        grown = {**desc, "size": segment.size + 2 * shm.PAGE}
+        grown["result"] = {"offset": segment.size, "capacity": 2 * shm.PAGE}
+        os.truncate(segment.path, grown["size"])
+        sock.send_multipart(P.pack(P.HARMONIZE, {"shm": grown}, token=run.token, msg_id="g2"))
+        second = recv_final(sock, "g2")
+        assert second.type == P.reply_type(P.HARMONIZE), second.body
+        assert second.body["result"]["offset"] == segment.size
+        shape = second.body["result"]["shape"]
+        assert shape == first.body["result"]["shape"]
+        nbytes = shape[0] * shape[1] * shape[2]
+        with open(segment.path, "rb") as fh:
+            old = os.pread(fh.fileno(), nbytes, segment.result_offset)
+            new = os.pread(fh.fileno(), nbytes, segment.size)
+        assert new == old and any(new)
+    finally:
+        run.close()
+        segment.close()
