@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import gc
 import json
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -54,6 +56,17 @@ class PrivateRotatingFileHandler(RotatingFileHandler):
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
+class FatalSignalLog(PrivateRotatingFileHandler):
+    """The daemon's log file, which also receives ``faulthandler``'s report (every thread's
+    Python stack) when a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL) kills the
+    daemon; re-pointed at each new file when the log rotates."""
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        faulthandler.enable(stream, all_threads=True)
+        return stream
+
+
 def _private_log_folder(folder: Path) -> None:
     """Create the log folder with mode 0700 (and missing parents), or tighten our own."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -74,9 +87,7 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None) -> Path:
     try:
         if log_file is None or not path.parent.exists():
             _private_log_folder(path.parent)
-        handler = PrivateRotatingFileHandler(
-            path, maxBytes=10 << 20, backupCount=4, encoding="utf-8"
-        )
+        handler = FatalSignalLog(path, maxBytes=10 << 20, backupCount=4, encoding="utf-8")
     except OSError as exc:
         raise HarmonizeError(f"cannot open the log file {path}: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -197,6 +208,7 @@ def serve(
         endpoint = server.bind()
         if path.exists():
             log.info("replacing a stale endpoint file %s", path)
+        guardian = start_guardian(path, lock.path)  # before the file: it waits for our end
         write_endpoint_file(path, endpoint, config.token, server.curve)
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -217,12 +229,70 @@ def serve(
         finally:
             sd_notify("STOPPING=1")
             remove_endpoint_file(path)
+            if guardian is not None:
+                os.close(guardian)
             if config.ipc_path is not None and endpoint.startswith("ipc://"):
                 with contextlib.suppress(OSError):  # still ours: we hold the lock
                     config.ipc_path.unlink()
         return 0
     finally:
         lock.release()
+
+
+_GUARDIAN = """
+import fcntl, json, os, signal, sys
+pipe, endpoint, lock, pid = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+while os.read(pipe, 1):  # b"" once the daemon is gone, however it ended
+    pass
+try:
+    fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+    # the dead daemon's lock may be released just after its pipe; still held after 5 s
+    # (SIGALRM ends this process): a new daemon owns the files
+    signal.alarm(5)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with open(endpoint, encoding="utf-8") as fh:
+            if json.load(fh).get("pid") == pid:
+                os.unlink(endpoint)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)  # at once: a new daemon may be starting
+except (OSError, ValueError):
+    pass
+"""
+
+
+def start_guardian(path: Path, lock_path: Path) -> int | None:
+    """Start a small process that removes the endpoint file ``path`` when this daemon dies
+    without removing it itself (SIGKILL, the OOM killer, a fatal signal such as SIGSEGV).
+
+    It waits for the end of a pipe whose write end only this process holds, so it wakes
+    however the daemon ends; then, once it holds the instance lock (within 5 s: else a new
+    daemon holds it) and if the file still names this pid, it removes the file. Returns the
+    pipe's write end (the daemon closes it when it exits cleanly), or None where this is not
+    possible.
+    """
+    if os.name != "posix":
+        return None
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-I", "-S", "-c", _GUARDIAN, str(read_end)]
+    command += [str(path), str(lock_path), str(os.getpid())]
+    try:
+        subprocess.Popen(
+            command,
+            pass_fds=(read_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            start_new_session=True,  # out of reach of the terminal's Ctrl-C and hangup
+        )
+    except OSError as exc:
+        log.warning("cannot start the endpoint file's guardian (%s): a crash leaves it", exc)
+        os.close(write_end)
+        return None
+    finally:
+        os.close(read_end)
+    return write_end
 
 
 def _wants_tcp(config: ServerConfig) -> bool:

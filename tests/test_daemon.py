@@ -8,6 +8,7 @@ aict-light weights, so nothing touches the user's files and no trained weights a
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -337,8 +338,11 @@ def test_daemon_killed_and_restarted_client_reconnects(tmp_path, weights, engine
         assert np.array_equal(remote(client, case), local(engine, case))
         old = first.info
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-        assert first.endpoint_file.exists()  # stale: dead pid
-        second = DaemonProcess(tmp_path, weights)  # replaces the stale file
+        deadline = time.monotonic() + 20  # the guardian removes the dead daemon's file
+        while first.endpoint_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not first.endpoint_file.exists()
+        second = DaemonProcess(tmp_path, weights)
         try:
             assert second.info["token"] != old["token"]
             assert np.array_equal(
@@ -407,3 +411,66 @@ def test_ensure_daemon_starts_one_that_exits_when_idle(tmp_path, weights, monkey
     with pytest.raises(DaemonError) as info:
         ensure_daemon(command=SERVE, args=["--weights", str(tmp_path / "missing.pt")])
     assert info.value.code == "no_daemon" and "does not exist" in info.value.message
+
+
+def test_a_client_truncating_its_segment_mid_job_gets_an_error(tmp_path, weights):
+    """Once a SIGBUS that killed the daemon: a same-user client truncates its segment while its
+    job waits behind a long one. The daemon copies with preadv, so the short read becomes a
+    ``bad_frames`` reply with the request id; it keeps serving and its endpoint file."""
+    run = DaemonProcess(tmp_path, weights)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    segment = None
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(run.info["endpoint"])
+        token = run.info["token"]
+        big = np.random.default_rng(0).integers(0, 256, (4096, 4096, 4), dtype=np.uint8)
+        mask = np.full((4096, 4096), 200, np.uint8)
+        long_job = P.harmonize_frames(
+            P.Pixels.of(big), P.Pixels.of(mask), P.Pixels.of(np.ascontiguousarray(big[..., :3]))
+        )
+        body = {"options": {"crop_margin": None}}
+        sock.send_multipart(P.pack(P.HARMONIZE, body, long_job, token=token, msg_id="long"))
+        small = {k: P.Pixels.of(v) for k, v in payload(1, 40, 30, "uint8").items()}
+        offsets, size = shm.plan({n: pix.nbytes for n, pix in small.items()})
+        segment = shm.Segment(size, 40 * 30 * 4)
+        for name, pix in small.items():
+            segment.write(offsets[name], pix.data)
+        desc = segment.describe(offsets, small)
+        sock.send_multipart(P.pack(P.HARMONIZE, {"shm": desc}, token=token, msg_id="cut"))
+        finals: dict[str, P.Message] = {}
+        while len(finals) < 2 and sock.poll(120_000):
+            msg = P.unpack(sock.recv_multipart(), local="client")
+            if (msg.parent, msg.body.get("stage")) == ("cut", "received"):
+                os.truncate(segment.path, 0)  # accepted, queued behind the long job
+            elif msg.type != P.PROGRESS:
+                finals[msg.parent] = msg
+        assert finals["long"].type == "harmonize_reply", finals["long"].body
+        assert finals["cut"].type == P.ERROR, finals["cut"].body
+        assert finals["cut"].body["code"] == "bad_frames"
+        assert "truncated" in finals["cut"].body["message"]
+        assert run.proc.poll() is None and run.endpoint_file.exists(), run.output()
+        with run.client(timeout=30, retries=0) as client:
+            assert client.ping()["pid"] == run.proc.pid
+    finally:
+        sock.close(linger=0)
+        assert run.stop() == 0, run.output()
+        if segment is not None:
+            segment.close()
+    assert "Fatal Python error" not in (tmp_path / "log" / "daemon.log").read_text()
+
+
+def test_a_fatal_signal_is_logged_and_the_endpoint_file_removed(tmp_path, weights):
+    """faulthandler writes every thread's stack into the daemon log, and the guardian process
+    removes the endpoint file the dead daemon could not remove itself."""
+    run = DaemonProcess(tmp_path, weights)
+    with run.client(timeout=30, retries=0) as client:  # serving: the worker thread runs
+        assert client.ping()["pid"] == run.proc.pid
+    assert run.stop(signal.SIGSEGV) == -signal.SIGSEGV
+    deadline = time.monotonic() + 20
+    while run.endpoint_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not run.endpoint_file.exists()
+    log = (tmp_path / "log" / "daemon.log").read_text()
+    assert "Fatal Python error: Segmentation fault" in log
+    assert "Thread 0x" in log  # all threads: the worker's and the main loop's stacks
