@@ -142,6 +142,15 @@ CASES: list[dict[str, Any]] = [
     # nothing to harmonize: a message, no new layer
     {"name": "empty", "precision": "U8_NON_LINEAR", "paste": False, "offset": [10, 10],
      "transparent": True, "strength": 1.0, "dtype": "uint8"},
+    # the bottom layer, as a user runs it from the menu: refused before any dialog opens
+    {"name": "bottom_interactive", "precision": "U8_NON_LINEAR", "paste": False,
+     "offset": [10, 10], "target": "background", "run_mode": "INTERACTIVE", "strength": 1.0,
+     "dtype": "uint8"},
+]  # fmt: skip
+NO_DAEMON_CASES: list[dict[str, Any]] = [
+    # a fresh paste, from the menu, with no daemon running and none that can be started
+    {"name": "no_daemon_interactive", "precision": "U8_NON_LINEAR", "paste": True,
+     "offset": [70, 40], "run_mode": "INTERACTIVE", "strength": 1.0, "dtype": "uint8"},
 ]  # fmt: skip
 
 
@@ -353,6 +362,48 @@ def test_empty_mask_is_a_message(gimp_run: dict[str, Any]):
     assert report["status"] == "execution-error"
     assert "Nothing to harmonize" in report["error"], report["error"]
     assert [lay["name"] for lay in report["tree_after"]] == ["object", "Background"]
+    # a failed run is no undo step (not even an empty "Undo Harmonize Layer"): still clean
+    assert report["dirty_after"] is False
+
+
+def test_bottom_layer_is_refused_before_the_dialog(gimp_run: dict[str, Any]):
+    """From the menu (interactive) on the bottom layer: the reason comes at once, instead of
+    a dialog (gimp-console has no display: opening one would fail differently)."""
+    report = gimp_run["reports"]["bottom_interactive"]
+    assert report["status"] == "execution-error", report
+    assert report["error"].startswith("Nothing is visible below the layer"), report["error"]
+    assert report["tree_after"] == report["tree_before"]
+    assert report["dirty_after"] is False
+
+
+@pytest.fixture(scope="module")
+def gimp_without_daemon(gimp_run: dict[str, Any]) -> dict[str, Any]:
+    """A second GIMP run on the same installation with an empty runtime dir: no daemon
+    answers, and the recorded ``serve`` command (the test's venv) is absent in the chroot."""
+    job = gimp_run["job"]
+    (job / "nodaemon").mkdir(mode=0o700, exist_ok=True)
+    cases = [{**case, "background": "/job/bg.png", "object": "/job/obj.png",
+              "format": "R'G'B'A " + BABL[case["dtype"]]} for case in NO_DAEMON_CASES]  # fmt: skip
+    (job / "job-nodaemon.json").write_text(json.dumps(cases))
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "run", str(job), "batch.py", "HARMONIZE_RUNTIME_DIR=/job/nodaemon",
+         "HARMONIZE_TEST_JOB=job-nodaemon.json"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"gimp-console failed (rc {proc.returncode}):\n{log[-4000:]}"
+    return {c["name"]: json.loads((job / "out" / f"{c['name']}.json").read_text())
+            for c in NO_DAEMON_CASES}  # fmt: skip
+
+
+def test_missing_daemon_is_refused_before_the_dialog(gimp_without_daemon: dict[str, Any]):
+    report = gimp_without_daemon["no_daemon_interactive"]
+    assert report["status"] == "execution-error", report
+    assert "not installed" in report["error"], report["error"]
+    # the paste is still a floating selection: nothing was converted, added or recorded
+    assert report["source_is_floating"] is True
+    assert report["tree_after"] == report["tree_before"]
+    assert report["dirty_after"] is False
 
 
 # ---- undo, in the GUI -------------------------------------------------------------------------
@@ -476,22 +527,21 @@ def test_undo_and_redo_in_the_gui(gimp_gui: dict[str, Any]):
 
 
 def test_dialog_preview_then_ok_in_the_gui(gimp_gui: dict[str, Any]):
-    """The interactive dialog on another paste: its preview asks the daemon once while the
-    dialog is open, OK then re-uses the daemon's cached prediction, and no preview layer is
-    left behind."""
+    """The interactive dialog on another paste: the daemon is asked once, before the dialog
+    opens (the check that the run can succeed); the preview shows that answer, OK at the same
+    strength uses it (no second request), and no preview layer is left behind."""
     out, display, jobs = gimp_gui["out"], gimp_gui["display"], gimp_gui["jobs"]
     (out / "undo.stop").touch()
     first = gimp_gui["before"] + 1  # the undo phase ran one job
     _xdotool(display, "search", "--sync", "--onlyvisible", "--name", DIALOG_WINDOW)
-    deadline = time.monotonic() + 60
-    while len(jobs()) <= first and time.monotonic() < deadline:  # the preview's request
-        time.sleep(0.1)
-    time.sleep(0.5)  # nothing else may follow while the dialog is open
-    assert len(jobs()) == first + 1 and jobs()[first].endswith("cached=False"), jobs()[first:]
+    assert len(jobs()) == first + 1, jobs()[first:]  # answered before the dialog appeared
+    assert jobs()[first].endswith("cached=False"), jobs()[first:]
+    time.sleep(0.5)  # the preview shows that answer: nothing else may follow
+    assert len(jobs()) == first + 1, jobs()[first:]
     _press(display, DIALOG_WINDOW, "Return")  # OK
     report = _report(out, "dialog.json", lambda r: "status" in r, timeout=60)
     assert report["status"] == "success", report
     pasted = report["layers"][1][0]
     assert report["layers"] == [[S.result_name(pasted), False], [pasted, False],
                                 ["Background", False]]  # fmt: skip
-    assert len(jobs()) == first + 2 and jobs()[-1].endswith("cached=True"), jobs()[first:]
+    assert len(jobs()) == first + 1, jobs()[first:]

@@ -337,14 +337,35 @@ def test_daemon_errors_become_messages_and_leave_the_image(gi: Any, daemon: Fake
     daemon.error = (code, "details")
     s = scene(gi)
     names = [lay.name for lay in s["image"].layers]
-    status, error = run(gi, s["image"], s["obj"], mode=gi.Gimp.RunMode.INTERACTIVE,
-                        preview=False)  # fmt: skip
-    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
-    assert words in error.message
+    for mode in (gi.Gimp.RunMode.INTERACTIVE, gi.Gimp.RunMode.NONINTERACTIVE):
+        status, error = run(gi, s["image"], s["obj"], mode=mode)
+        assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+        assert words in error.message
+    assert gi.dialog.opened == 0  # checked first: no dialog for a run that cannot succeed
     assert [lay.name for lay in s["image"].layers] == names
-    assert s["image"].undo_depth == 0  # the group is closed even on failure
+    # no undo step at all (not even an empty "Undo Harmonize Layer"), the image still clean
+    assert s["image"].log == [] and not s["image"].is_dirty()
     # GIMP shows the returned error once; the plug-in adds no second message
     assert not [c for c in gi.Gimp.calls if c[0] == "message"]
+
+
+@pytest.mark.parametrize("case", ["nothing below", "no daemon"])
+def test_no_dialog_when_the_run_cannot_succeed(
+    gi: Any, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, case: str
+):
+    s = scene(gi)
+    if case == "nothing below":
+        s["bg"].visible = False
+        words = "Nothing is visible below"
+    else:
+        daemon.running = False
+        monkeypatch.setattr(S.shutil, "which", lambda _name: None)
+        words = "not installed"
+    status, error = run(gi, s["image"], s["obj"], mode=gi.Gimp.RunMode.INTERACTIVE)
+    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+    assert words in error.message, error.message
+    assert gi.dialog.opened == 0 and gi.dialog.last is None
+    assert s["image"].log == [] and not s["image"].is_dirty()
 
 
 def test_not_installed_daemon(gi: Any, daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch):
@@ -353,8 +374,26 @@ def test_not_installed_daemon(gi: Any, daemon: FakeDaemon, monkeypatch: pytest.M
     s = scene(gi)
     status, error = run(gi, s["image"], s["obj"])
     assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
-    assert "not installed" in error.message and "pip install harmonize" in error.message
+    assert "not installed" in error.message
+    # the install that works (PyPI's "harmonize" is another project), and where it is explained
+    for words in ("pip install torch==2.13.0", "pip install <path to the clone>",
+                  "harmonize install-plugin", 'README, "Install"'):  # fmt: skip
+        assert words in error.message, error.message
     assert daemon.started == []
+    assert s["image"].log == [] and not s["image"].is_dirty()
+
+
+def test_no_message_sends_users_to_the_unrelated_pypi_package():
+    """``pip install harmonize`` installs an unrelated PyPI audio tool: no plug-in, daemon or
+    CLI message may suggest it (nor ``-U`` or an extra of it)."""
+    import re
+
+    wrong = re.compile(r"pip install (-U |--upgrade )?[\"']?harmonize\b")
+    sources = [*(REPO / "backend").rglob("*.py"), *(REPO / "plugins").rglob("*.py")]
+    hits = [f"{path.relative_to(REPO)}:{n}" for path in sources
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if wrong.search(line)]  # fmt: skip
+    assert len(sources) > 20 and hits == [], hits
 
 
 def test_starts_the_daemon_recorded_by_the_installer(gi: Any, daemon: FakeDaemon,
@@ -401,6 +440,7 @@ def test_nothing_visible_below(gi: Any, daemon: FakeDaemon):
     assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
     assert "Nothing is visible below" in error.message
     assert daemon.requests == []
+    assert s["image"].log == [] and not s["image"].is_dirty()
 
 
 def test_layer_off_canvas(gi: Any, daemon: FakeDaemon):
@@ -461,23 +501,32 @@ def test_dialog_cancel_removes_the_preview_and_changes_nothing(gi: Any, daemon: 
 
     def user(config: Any) -> None:
         seen["layers"], seen["source visible"] = names(image), obj.visible
+        seen["calls"] = len(gi.Gimp.calls)
         config.set_property("replace", True)  # the preview then stands in for the layer
 
     status, _ = interactive(gi, image, obj, answer=False, interact=user)
     assert status == gi.Gimp.PDBStatusType.CANCEL
     assert "[Preview] object (harmonized)" in seen["layers"] and seen["source visible"]
-    assert len(daemon.requests) == 2  # the first preview and the one after "replace"
+    # the request before the dialog (shown as the first preview), the one after "replace"
+    assert len(daemon.requests) == 2
     assert names(image) == layers and obj.visible and image.log == []
     assert image.frozen == 0
-    assert not [c for c in gi.Gimp.calls if c[0].startswith("progress")]  # previews are quiet
+    # progress only before the dialog opened: the previews are quiet
+    assert not [c for c in gi.Gimp.calls[seen["calls"] :] if c[0].startswith("progress")]
 
 
-def test_dialog_without_preview_sends_nothing_until_ok(gi: Any, daemon: FakeDaemon):
+def test_dialog_without_preview_asks_once_before_it_opens(gi: Any, daemon: FakeDaemon):
+    """Without the preview the daemon is still asked before the dialog opens (the check that
+    the run can succeed); OK at the same strength uses that answer, Cancel changes nothing."""
     s = scene(gi)
     image, obj = s["image"], s["obj"]
     status, _ = interactive(gi, image, obj, answer=False, preview=False)
     assert status == gi.Gimp.PDBStatusType.CANCEL
-    assert daemon.requests == [] and image.log == []
+    assert len(daemon.requests) == 1 and image.log == [] and not image.is_dirty()
+    status, error = interactive(gi, image, obj, preview=False)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert len(daemon.requests) == 2  # one more before the second dialog, none after OK
+    assert names(image) == ["cover", "object (harmonized)", "object", "hidden", "Background"]
 
 
 def test_dialog_preview_of_a_floating_paste_hides_it_meanwhile(gi: Any, daemon: FakeDaemon):
@@ -499,8 +548,14 @@ def test_dialog_preview_failure_is_a_message_and_the_dialog_goes_on(gi: Any, dae
     s = scene(gi)
     image, obj = s["image"], s["obj"]
     seen: dict[str, Any] = {}
-    daemon.error = ("unreachable", "no answer from the harmonize daemon")
-    status, _ = interactive(gi, image, obj, answer=False, interact=lambda c: seen.update(c.values))
+
+    def user(config: Any) -> None:  # the daemon goes away while the dialog is open
+        daemon.error = ("unreachable", "no answer from the harmonize daemon")
+        config.set_property("strength", 0.3)
+        mock.LOOP.run_pending()  # the preview's update, as GTK's main loop would run it
+        seen.update(config.values)
+
+    status, _ = interactive(gi, image, obj, answer=False, interact=user)
     assert status == gi.Gimp.PDBStatusType.CANCEL
     assert seen["preview"] is False  # turned off after the failure
     messages = [c[1][0] for c in gi.Gimp.calls if c[0] == "message"]

@@ -1,11 +1,15 @@
 """Batch script for ``gimp-console-3.0 -b`` (python-fu-eval), driven by tests/test_gimp_host.py.
 
 Runs inside GIMP 3 in the chroot, where the job folder is mounted at /job. It reads
-/job/job.json (a list of cases), builds each image the way a user would (open a photo, paste
-an object, maybe select), calls the installed plug-in procedure non-interactively through the
-PDB exactly as the menu does, and dumps what the host test compares to /job/out/<case>.*:
+/job/job.json (a list of cases; ``$HARMONIZE_TEST_JOB`` names another file), builds each image
+the way a user would (open a photo, paste an object, maybe select), calls the installed plug-in
+procedure non-interactively through the PDB exactly as the menu does, and dumps what the host
+test compares to /job/out/<case>.*. A case with ``"run_mode": "INTERACTIVE"`` runs it as the
+menu does for a user (only for runs that must be refused before any dialog: there is no display
+here); ``"target": "background"`` harmonizes the bottom layer instead of the object.
 
-- ``<case>.json``: status, error text, layer names/positions/offsets before and after;
+- ``<case>.json``: status, error text, layer names/positions/offsets before and after, whether
+  the run left the image dirty (it is marked clean just before);
 - ``<case>.new.raw`` / ``<case>.src_before.raw`` / ``<case>.src_after.raw``: the new layer's
   and the source layer's pixels over the source layer's bounds, in the case's wire format
   (``R'G'B'A u8`` or ``u16``), row-major.
@@ -98,6 +102,9 @@ def run_case(case):
         _fill(image, "cover", (0, 0, 255, 128), case["cover"], 0, True)
     if case.get("selection"):
         image.select_rectangle(Gimp.ChannelOps.REPLACE, *case["selection"])
+    if case.get("target") == "background":  # the bottom layer: nothing below it
+        layer = background
+        ox, oy = 0, 0
     box = [ox, oy, layer.get_width(), layer.get_height()]
     before = _pixels(layer, box, fmt)
     background_before = _pixels(background, [0, 0, image.get_width(), image.get_height()], fmt)
@@ -106,11 +113,12 @@ def run_case(case):
     proc = Gimp.get_pdb().lookup_procedure(PROC)
     assert proc is not None, "the plug-in did not register " + PROC
     cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("run-mode", getattr(Gimp.RunMode, case.get("run_mode", "NONINTERACTIVE")))
     cfg.set_property("image", image)
     cfg.set_core_object_array("drawables", [layer])
     cfg.set_property("strength", case["strength"])
     cfg.set_property("replace", bool(case.get("replace")))
+    image.clean_all()  # as a freshly saved image: a failed run must leave it clean
     result = proc.run(cfg)
     status = result.index(0)
     error = ""
@@ -127,6 +135,7 @@ def run_case(case):
         "source_is_floating": bool(layer.is_floating_sel()) if layer.is_valid() else None,
         "source_valid": layer.is_valid(),
         "undo_enabled": image.undo_is_enabled(),
+        "dirty_after": image.is_dirty(),
     }
     if status == Gimp.PDBStatusType.SUCCESS:
         layers = image.get_layers()
@@ -161,7 +170,7 @@ def run_case(case):
 
 def main():
     os.makedirs(os.path.join(JOB, "out"), exist_ok=True)
-    with open(os.path.join(JOB, "job.json")) as fh:
+    with open(os.path.join(JOB, os.environ.get("HARMONIZE_TEST_JOB", "job.json"))) as fh:
         cases = json.load(fh)
     failed = 0
     for case in cases:

@@ -46,13 +46,24 @@ def _save(name, report):
 
 
 def _layers(image):
-    """[name, floating selection?, md5 of its RGBA u8 pixels] for each layer, top first."""
+    """[name, floating selection?, md5 of its RGBA u8 pixels] for each layer, top first; None
+    when the layers changed while they were read (a key press ran an undo between two of these
+    PDB calls: the state read would mix before and after)."""
     out = []
-    for layer in image.get_layers():
+    layers = image.get_layers()
+    for layer in layers:
         rect = Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height())
-        pixels = bytes(layer.get_buffer().get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.NONE))
+        buffer = layer.get_buffer()
+        if buffer is None:
+            return None
+        pixels = bytes(buffer.get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.NONE))
         digest = hashlib.md5(pixels).hexdigest()
         out.append([layer.get_name(), bool(layer.is_floating_sel()), digest])
+    now = image.get_layers()
+    if [lay.get_id() for lay in now] != [lay.get_id() for lay in layers]:
+        return None
+    if [bool(lay.is_floating_sel()) for lay in now] != [floating for _, floating, _ in out]:
+        return None
     return out
 
 
@@ -100,7 +111,7 @@ def undo_phase(deadline):
     stop = os.path.join(OUT, "undo.stop")
     while time.monotonic() < deadline and not os.path.exists(stop):
         layers = _layers(image)
-        if layers != report["states"][-1]:
+        if layers is not None and layers != report["states"][-1]:
             report["states"].append(layers)
             _save("undo.json", report)
         time.sleep(0.1)

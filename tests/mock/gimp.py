@@ -306,10 +306,19 @@ class Image:
         self.undo_enabled = True
         self.deleted = False
         self.duplicates: list[Image] = []
+        self.dirty = 0
 
     def record(self, what: str, item: Any = None) -> None:
+        self.dirty += 1
         if self.undo_enabled:
             self.log.append((what, item))
+
+    def is_dirty(self) -> bool:
+        return self.dirty > 0
+
+    def clean_all(self) -> bool:
+        self.dirty = 0
+        return True
 
     def get_width(self) -> int:
         return self.width
@@ -340,8 +349,11 @@ class Image:
         layer.valid = False
 
     def undo_group_start(self) -> bool:
+        """Like GIMP, a group is an undo step even when nothing happens inside it (an "Undo
+        Harmonize Layer" that undoes nothing), and it marks the image dirty."""
         self.log.append(("undo-group-start", None))
         self.undo_depth += 1
+        self.dirty += 1
         return True
 
     def undo_group_end(self) -> bool:
@@ -553,6 +565,7 @@ class _Dialog:
     answer = True
     interact: Any = None
     last: _Dialog | None = None
+    opened = 0
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -567,6 +580,7 @@ class _Dialog:
         self.filled = names
 
     def run(self) -> bool:
+        _Dialog.opened += 1
         LOOP.run_pending()
         if _Dialog.interact is not None:
             _Dialog.interact(self.config)
@@ -580,6 +594,7 @@ class _Dialog:
 def install() -> tuple[types.SimpleNamespace, Any]:
     """Put fake ``gi`` + ``gi.repository`` into ``sys.modules``; returns (modules, restore)."""
     gimp = _make_gimp()
+    _Dialog.last, _Dialog.opened = None, 0
     gimp_ui = types.SimpleNamespace(init=lambda _name: None, ProcedureDialog=_Dialog)
     repo = types.ModuleType("gi.repository")
     for name, mod in (("Gimp", gimp), ("GimpUi", gimp_ui), ("Gegl", Gegl), ("GLib", GLib),

@@ -179,20 +179,54 @@ def _insert_copy(image: Gimp.Image, layer: Gimp.Layer, name: str) -> Gimp.Layer:
     return new
 
 
-def harmonize_layer(
-    image: Gimp.Image,
-    layer: Gimp.Layer,
-    strength: float,
-    replace: bool,
-    settings: S.Settings,
-) -> Gimp.Layer:
-    """Harmonize ``layer``; returns the new layer (the caller wraps this in one undo group)."""
+@dataclass
+class _Job:
+    """A run's inputs and the daemon's answer for them, got before the image is changed."""
+
+    inputs: _Inputs
+    result: S.Result
+    strength: float
+    timings: dict[str, float]
+
+
+def _prepare(image: Gimp.Image, layer: Gimp.Layer, strength: float, settings: S.Settings) -> _Job:
+    """Read ``layer``'s inputs and get the daemon's result: every step that can fail (nothing
+    visible below, no daemon, an empty mask...), done before the image is touched.
+
+    Raises:
+        S.PluginError: with the message for the user.
+    """
     Gimp.progress_init("Harmonize: reading the layer…")
-    timings: dict[str, float] = {}
-    inputs = _read_inputs(image, layer, timings)
-    start = time.perf_counter()
-    result = _request(inputs, strength, settings)
-    timings["daemon"] = round(time.perf_counter() - start, 4)
+    try:
+        timings: dict[str, float] = {}
+        inputs = _read_inputs(image, layer, timings)
+        start = time.perf_counter()
+        result = _request(inputs, strength, settings)
+        timings["daemon"] = round(time.perf_counter() - start, 4)
+    finally:
+        Gimp.progress_end()
+    return _Job(inputs, result, strength, timings)
+
+
+def _with_strength(job: _Job, strength: float, settings: S.Settings) -> _Job:
+    """``job`` at another strength (the dialog's): the same inputs re-sent, which the daemon
+    answers from its cached prediction; ``job`` itself when the strength is unchanged."""
+    if strength == job.strength:
+        return job
+    Gimp.progress_init("Harmonize: applying the strength…")
+    try:
+        start = time.perf_counter()
+        result = _request(job.inputs, strength, settings)
+    finally:
+        Gimp.progress_end()
+    timings = {**job.timings, "daemon": round(time.perf_counter() - start, 4)}
+    return _Job(job.inputs, result, strength, timings)
+
+
+def harmonize_layer(image: Gimp.Image, layer: Gimp.Layer, job: _Job, replace: bool) -> Gimp.Layer:
+    """Write ``job``'s result as a new layer above ``layer`` (or in its place); returns the new
+    layer. The caller wraps this in one undo group."""
+    inputs, result, timings = job.inputs, job.result, job.timings
     start = time.perf_counter()
     new = _insert_copy(image, layer, S.result_name(layer.get_name()))
     crop = _write_result(new, inputs, result)
@@ -214,7 +248,8 @@ class LivePreview:
     """The dialog's preview on the canvas: a temporary result layer above the source.
 
     It is added, rewritten and removed with the image's undo stack frozen, so it never
-    becomes an undo step; the inputs are read once. Strength changes re-send them and the
+    becomes an undo step; the inputs are the ones read (and answered) before the dialog
+    opened, and that first answer is the first preview. Strength changes re-send them and the
     daemon re-applies its cached prediction (no network run). The source is hidden while the
     preview replaces it (the "replace" option, or a floating selection, which stays above any
     other layer). When the dialog closes everything is put back, and OK runs the real
@@ -223,17 +258,22 @@ class LivePreview:
 
     PREFIX = "[Preview] "
 
-    def __init__(self, image: Gimp.Image, layer: Gimp.Layer, settings: S.Settings) -> None:
+    def __init__(
+        self, image: Gimp.Image, layer: Gimp.Layer, settings: S.Settings, job: _Job
+    ) -> None:
         self.image, self.source, self.settings = image, layer, settings
-        self.inputs: _Inputs | None = None
+        self.inputs = job.inputs
+        self.first: _Job | None = job  # the answer got before the dialog opened
         self.layer: Gimp.Layer | None = None
         self.source_visible = layer.get_visible()
 
     def show(self, strength: float, replace: bool) -> None:
         """Show (or update) the preview; raises :class:`S.PluginError`."""
-        if self.inputs is None:
-            self.inputs = _read_inputs(self.image, self.source, {})
-        result = _request(self.inputs, strength, self.settings, progress=False)
+        first, self.first = self.first, None
+        if first is not None and first.strength == strength:
+            result = first.result
+        else:
+            result = _request(self.inputs, strength, self.settings, progress=False)
         self.image.undo_freeze()
         try:
             if self.layer is None:
@@ -315,21 +355,27 @@ class HarmonizePlugIn(Gimp.PlugIn):
         except S.PluginError as exc:
             return fail(str(exc))
         layer = drawables[0]
-        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(
-            procedure, config, image, layer, settings
-        ):
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        image.undo_group_start()
+        # Everything that can fail happens first, before a dialog opens or the image changes:
+        # a failed run leaves no undo step and a clean image clean.
         try:
-            if layer.is_floating_sel():
-                Gimp.floating_sel_to_layer(layer)
-            harmonize_layer(
-                image, layer, config.get_property("strength"), config.get_property("replace"),
-                settings,
-            )  # fmt: skip
+            job = _prepare(image, layer, config.get_property("strength"), settings)
+            if run_mode == Gimp.RunMode.INTERACTIVE:
+                if not _dialog(procedure, config, image, layer, settings, job):
+                    return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+                job = _with_strength(job, config.get_property("strength"), settings)
         except S.PluginError as exc:
             return fail(str(exc))
         except Exception as exc:  # a bug: still a message, never a silent failure
+            return fail(S.explain(exc))
+        image.undo_group_start()
+        try:
+            Gimp.progress_init("Harmonize: adding the layer…")
+            if layer.is_floating_sel():
+                Gimp.floating_sel_to_layer(layer)
+            harmonize_layer(image, layer, job, config.get_property("replace"))
+        except S.PluginError as exc:
+            return fail(str(exc))
+        except Exception as exc:
             return fail(S.explain(exc))
         finally:
             image.undo_group_end()
@@ -348,14 +394,16 @@ def _dialog(
     image: Gimp.Image,
     layer: Gimp.Layer,
     settings: S.Settings,
+    job: _Job,
 ) -> bool:
-    """The interactive dialog (strength, replace, preview on the canvas); True on OK."""
+    """The interactive dialog (strength, replace, preview on the canvas); True on OK. Opened
+    only once ``job`` (the inputs and a first answer) shows that the run can succeed."""
     from gi.repository import GimpUi
 
     GimpUi.init(S.PROCEDURE_NAME)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Harmonize Layer")
     dialog.fill(["strength", "replace", "preview"])
-    preview = LivePreview(image, layer, settings)
+    preview = LivePreview(image, layer, settings, job)
     pending: list[int] = []
 
     def refresh() -> bool:
