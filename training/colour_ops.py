@@ -90,6 +90,14 @@ def _lab(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(img, dtype=np.float32), cv2.COLOR_RGB2Lab)
 
 
+def _match_stats(x: np.ndarray, src: tuple[list, list], dst: tuple[list, list]) -> np.ndarray:
+    """``(x - src mean) * (dst std / src std) + dst mean`` per channel, the std ratio bounded
+    by :data:`TRANSFER_STD_RATIO` (a flat region must not become noise)."""
+    sm, ss = (np.asarray(v, np.float32) for v in src)
+    dm, ds = (np.asarray(v, np.float32) for v in dst)
+    return (x - sm) * np.clip(ds / np.maximum(ss, 1e-3), *TRANSFER_STD_RATIO) + dm
+
+
 def _transfer(
     img: np.ndarray,
     src_mean: list[float],
@@ -99,11 +107,7 @@ def _transfer(
     amount: float,
 ) -> np.ndarray:
     # Reinhard et al. 2001 in CIE Lab: move the region's Lab statistics onto another photo's.
-    lab = _lab(img)
-    sm, ss = np.asarray(src_mean, np.float32), np.asarray(src_std, np.float32)
-    dm, ds = np.asarray(dst_mean, np.float32), np.asarray(dst_std, np.float32)
-    ratio = np.clip(ds / np.maximum(ss, 1e-3), *TRANSFER_STD_RATIO)  # no noise blow-up
-    moved = (lab - sm) * ratio + dm
+    moved = _match_stats(_lab(img), (src_mean, src_std), (dst_mean, dst_std))
     out = cv2.cvtColor(moved.astype(np.float32), cv2.COLOR_Lab2RGB)
     return np.clip(img + np.float32(amount) * (np.clip(out, 0, 1) - img), 0.0, 1.0)
 
@@ -117,10 +121,7 @@ def _rgb_transfer(
     amount: float,
 ) -> np.ndarray:
     # Per-channel mean/std match in sRGB (what a quick "match colour" tool does).
-    sm, ss = np.asarray(src_mean, np.float32), np.asarray(src_std, np.float32)
-    dm, ds = np.asarray(dst_mean, np.float32), np.asarray(dst_std, np.float32)
-    ratio = np.clip(ds / np.maximum(ss, 1e-3), *TRANSFER_STD_RATIO)
-    out = np.clip((img - sm) * ratio + dm, 0.0, 1.0)
+    out = np.clip(_match_stats(img, (src_mean, src_std), (dst_mean, dst_std)), 0.0, 1.0)
     return img + np.float32(amount) * (out - img)
 
 
