@@ -109,6 +109,11 @@ def read_endpoint_file(path: Path | None = None) -> dict[str, Any]:
         ) from None
     if not isinstance(info, dict) or not isinstance(info.get("endpoint"), str):
         raise DaemonError(P.ErrorCode.NO_DAEMON, f"endpoint file {path} has no endpoint")
+    if info["endpoint"].startswith("ipc://"):
+        # The socket lives beside the endpoint file. A host that sees the runtime dir at
+        # another path (a chroot, a sandbox's bind mount) finds it there, not at the
+        # daemon's path.
+        info["endpoint"] = f"ipc://{path.parent / Path(info['endpoint'][6:]).name}"
     return info
 
 

@@ -171,3 +171,15 @@ def test_paths_and_client_agree(tmp_path, monkeypatch):
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path / "rt"))
     assert paths.runtime_dir() == client.runtime_dir() == tmp_path / "rt"
     assert not (tmp_path / "rt").exists()  # locating never creates
+
+
+def test_an_ipc_endpoint_is_the_socket_beside_the_endpoint_file(tmp_path):
+    """A host that sees the runtime dir at another path (the GIMP test chroot, a sandbox's bind
+    mount) must reach the socket beside the endpoint file, not at the daemon's path."""
+    here = tmp_path / "seen-here"
+    here.mkdir(mode=0o700)
+    (here / "daemon.json").write_text('{"endpoint": "ipc:///elsewhere/run/daemon.sock"}')
+    (here / "daemon.json").chmod(0o600)
+    assert client.read_endpoint_file(here / "daemon.json")["endpoint"] == (
+        f"ipc://{here / 'daemon.sock'}"
+    )
