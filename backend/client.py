@@ -441,7 +441,7 @@ class Client:
         elif not _is_local(self.endpoint):
             reason = f"the daemon at {self.endpoint} is not on this machine"
         elif not shm.available():
-            reason = f"shared memory needs Linux with a writable {shm.SHM_DIR}"
+            reason = "shared memory needs Linux (memfd_create)"
         else:
             return True
         if self.transport == P.SHM:

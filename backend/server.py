@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import queue
 import secrets
 import threading
@@ -40,8 +39,8 @@ from backend.errors import HarmonizeError, InputError
 log = logging.getLogger("harmonize.daemon")
 
 POLL_MS = 200
-SWEEP_S = 2.0
-"""How often the daemon looks for shared-memory segments of clients that died."""
+PRUNE_S = 1.0
+"""How often the daemon unmaps shared-memory segments that their clients closed."""
 HEARTBEAT_S = 2.0
 """While a job is queued or running, its client gets an ``alive`` event this often, so a long
 stage never looks like a dead daemon to a client's timeout."""
@@ -50,8 +49,6 @@ HANDSHAKE_MS = 10_000
 IPC_PATH_MAX = 100
 """Longest ``ipc://`` socket path used (Linux allows 107 bytes, macOS 103); longer: TCP."""
 ZAP_DOMAIN = "harmonize"
-BUFFERS_IDLE_S = 30.0
-"""The worker frees its shared-memory copy buffers (:class:`Buffers`) after this long idle."""
 
 
 @dataclass
@@ -113,39 +110,19 @@ class Job:
     lock: threading.Lock = field(default_factory=threading.Lock)
     cancel: threading.Event = field(default_factory=threading.Event)
     shm: shm.Request | None = None  # the client's segment, when the pixels came that way
-    fd: int | None = None  # that segment's file, open from acceptance to release
+    segment: Any = None  # its mapping (mmap) while the job runs
+    shm_map: float = 0.0  # seconds spent opening, checking and mapping it
     result_spec: dict[str, Any] = field(default_factory=dict)  # the result written there
 
     def release(self) -> None:
-        """Drop the frames and close the client's segment (when the pixels came that way)."""
+        """Drop the frames (views of a client's segment, whose mapping the server keeps)."""
+        views = [pix.data for pix in self.msg.frames.values()]
         self.msg.frames = {}
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-
-
-class Buffers:
-    """Arrays the worker reuses to copy shared-memory frames and results through.
-
-    A fresh 100 MB array costs ~25,000 page faults at its first touch, more than the copy
-    into it; a kept one costs only the copy. Worker thread only.
-    """
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, key: str, nbytes: int) -> np.ndarray:
-        """A uint8 array of ``nbytes``: the one kept under ``key`` when it is big enough and
-        not more than 4 times too big, else a new one that replaces it."""
-        kept = self._arrays.get(key)
-        if kept is None or not nbytes <= kept.nbytes <= 4 * max(nbytes, 1 << 20):
-            self._arrays.pop(key, None)  # freed before the new one is allocated
-            kept = self._arrays[key] = np.empty(nbytes, np.uint8)
-        return kept[:nbytes]
-
-    def clear(self) -> None:
-        self._arrays.clear()
+        self.segment = None
+        if self.shm is not None:
+            for view in views:
+                with contextlib.suppress(BufferError):
+                    view.release()
 
 
 def _array(pix: P.Pixels) -> np.ndarray:
@@ -216,9 +193,8 @@ class Server:
         self.stats = {"received": 0, "errors": 0, "jobs": 0}
         self._stopping = False  # a plain flag: set from signal handlers
         self._last_activity = self._last_heartbeat = time.monotonic()
-        self._last_sweep = -1e9
-        self.shm_dir = shm.SHM_DIR  # where clients' segments are opened
-        self._buffers = Buffers()  # worker thread only
+        self._last_prune = -1e9
+        self.segments = shm.Mappings()  # main thread only
         self._worker = threading.Thread(target=self._work, name="harmonize-worker", daemon=True)
 
     # -- setup --
@@ -309,7 +285,7 @@ class Server:
                     self._receive_burst()
                 self._check_idle()
                 self._heartbeat()
-                self._sweep_segments()
+                self._prune_segments()
         finally:
             self._shutdown()
 
@@ -443,9 +419,9 @@ class Server:
             },
         }
 
-    def _shm_frames(self, msg: P.Message) -> shm.Request:
-        """Check a request's ``"shm"`` description; the message's frames become templates
-        (``data=None``) that the worker fills from the segment when the job starts."""
+    def _shm_request(self, msg: P.Message) -> shm.Request:
+        """Check a request's ``"shm"`` description (nothing is opened yet); the message's
+        frames become templates (``data=None``) until :meth:`_map_shm`."""
         if not self.config.shm:
             raise P.ProtocolError(
                 P.ErrorCode.SHM_UNAVAILABLE, "this daemon does not offer shared memory", msg.id
@@ -458,17 +434,26 @@ class Server:
         msg.frames = {name: pix for name, (_offset, pix) in request.frames.items()}
         return request
 
-    def _sweep_segments(self) -> None:
-        """Remove segments left in /dev/shm by clients that died (at most every 2 s)."""
+    def _map_shm(self, msg: P.Message, request: shm.Request) -> Any:
+        """Open, check and map the client's segment; the message's frames become read-only
+        views of it (zero copy). Returns the mapping."""
+        segment = self.segments.open(request, msg.id)
+        with memoryview(segment) as whole, whole.toreadonly() as view:
+            msg.frames = {
+                name: P.Pixels(view[offset : offset + pix.nbytes], pix.shape, pix.dtype)
+                for name, (offset, pix) in request.frames.items()
+            }
+        return segment
+
+    def _prune_segments(self) -> None:
+        """Unmap segments whose clients closed them or died (at most every second)."""
         now = time.monotonic()
-        if self.config.shm and now - self._last_sweep > SWEEP_S:
-            self._last_sweep = now
-            removed = shm.sweep_stale()
-            if removed:
-                log.info("removed %d shared-memory segment(s) left by dead clients", removed)
+        if self.segments and now - self._last_prune > PRUNE_S:
+            self._last_prune = now
+            self.segments.prune()
 
     def _enqueue(self, route: list[Any], msg: P.Message) -> None:
-        request = self._shm_frames(msg) if "shm" in msg.body else None
+        request = self._shm_request(msg) if "shm" in msg.body else None
         check_harmonize_frames(msg)
         options = P.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id)
         if self._stopping:
@@ -490,8 +475,11 @@ class Server:
                 f"{self.config.max_queued_bytes >> 20} MiB); retry when they are done",
                 msg.id,
             )
-        fd = None if request is None else shm.open_segment(request, self.shm_dir, msg.id)
-        job = Job(route, msg, options, size, shm=request, fd=fd)
+        segment, start = None, time.perf_counter()
+        if request is not None:  # a refused request's views die with it; the mapping stays
+            segment = self._map_shm(msg, request)
+        job = Job(route, msg, options, size, shm=request, segment=segment)
+        job.shm_map = time.perf_counter() - start
         self.jobs[msg.id] = job
         self.stats["jobs"] += 1
         self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)
@@ -522,11 +510,7 @@ class Server:
 
     def _work(self) -> None:
         while True:
-            try:
-                job = self.queue.get(timeout=BUFFERS_IDLE_S)
-            except queue.Empty:
-                self._buffers.clear()
-                continue
+            job = self.queue.get()
             if job is None:
                 return
             with job.lock:
@@ -558,17 +542,12 @@ class Server:
             return P.pack(P.ERROR, P.error_body(code, text), parent=parent)
 
         try:
-            start = time.perf_counter()
-            arrays = self._inputs(job)
-            read = time.perf_counter() - start
+            arrays = {name: _array(pix) for name, pix in job.msg.frames.items()}
             out, (x, y), info = self.engine.run(
                 arrays, job.options, checkpoint, self._destination(job)
             )
             if job.shm is not None:
-                start = time.perf_counter()
-                self._write_result(job, out)
-                copies = {"shm_read": read, "shm_write": time.perf_counter() - start}
-                info["timings"] = {**info.get("timings", {}), **copies}
+                info["timings"] = {**info.get("timings", {}), "shm_map": job.shm_map}
         except Cancelled:
             log.info("job %s cancelled", parent)
             return error(P.ErrorCode.CANCELLED, "cancelled")
@@ -600,25 +579,11 @@ class Server:
         body["result"] = {**job.result_spec, "offset": job.shm.result_offset}
         return P.pack(P.reply_type(P.HARMONIZE), body, parent=parent)
 
-    def _inputs(self, job: Job) -> dict[str, np.ndarray]:
-        """The job's frames as read-only arrays: views of the received frames, or copies of
-        the client's segment (``preadv`` into kept buffers; a truncated segment is an error)."""
-        if job.shm is None:
-            return {name: _array(pix) for name, pix in job.msg.frames.items()}
-        arrays = {}
-        for name, (offset, pix) in job.shm.frames.items():
-            buffer = self._buffers.get(name, pix.nbytes)
-            shm.read_into(job.fd, offset, buffer, f"frame {name!r}", job.msg.id)
-            array = buffer.view(np.dtype(pix.dtype).newbyteorder("<")).reshape(pix.shape)
-            array.flags.writeable = False
-            arrays[name] = array
-        return arrays
-
-    def _destination(self, job: Job) -> Any:
-        """Where the engine writes a shared-memory job's result: a kept buffer of the result
-        region's size at most (checked first), copied into the segment afterwards by
-        :meth:`_write_result`. None for a frames job."""
-        if job.shm is None:
+    @staticmethod
+    def _destination(job: Job) -> Any:
+        """Where the engine writes a shared-memory job's result: the segment's result region
+        (its capacity checked first), in place. None for a frames job."""
+        if job.segment is None:
             return None
 
         def destination(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -629,19 +594,11 @@ class Server:
                     f"shm: the result needs {count * dtype.itemsize} bytes but the segment's "
                     f"result region holds {job.shm.result_capacity}",
                 )
-            buffer = self._buffers.get("result", count * dtype.itemsize)
-            return buffer.view(dtype).reshape(shape)
+            job.result_spec = {"name": "result", "shape": list(shape), "dtype": dtype.name}
+            offset = job.shm.result_offset
+            return np.frombuffer(job.segment, dtype, count, offset).reshape(shape)
 
         return destination
-
-    @staticmethod
-    def _write_result(job: Job, out: np.ndarray) -> None:
-        """Copy the result into the segment's result region (``pwrite``)."""
-        if out.nbytes > job.shm.result_capacity:  # the destination refused it already
-            raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, "shm: the result does not fit")
-        out = np.ascontiguousarray(out)
-        shm.write_from(job.fd, job.shm.result_offset, out, job.shm.size, job.msg.id)
-        job.result_spec = {"name": "result", "shape": list(out.shape), "dtype": out.dtype.name}
 
     # -- shutdown --
 
@@ -659,6 +616,7 @@ class Server:
         if self._worker.is_alive():
             self._worker.join(timeout=30)
         self._forward_outgoing()  # the running job's last reply ("cancelled") goes out
+        self.segments.close()
         for sock in (self._worker_out, self.outbox, self.router):
             sock.close(linger=0)
         if self._auth is not None:

@@ -1,14 +1,14 @@
-"""The shared-memory transport (protocol 1.1): segments, the daemon's checks of a request's
-description, mapping reuse, stale-segment sweeping, and the client/server round trip with
-fallback to frames."""
+"""The shared-memory transport (protocol 1.1): sealed memfd segments, the daemon's checks of a
+request's description and of the file, mapping reuse and release, and the client/server round
+trip with fallback to frames."""
 
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import gc
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +29,32 @@ from tests.test_server import (
     send_harmonize,
 )
 
-pytestmark = pytest.mark.skipif(not shm.available(), reason="shared memory needs Linux /dev/shm")
+pytestmark = pytest.mark.skipif(not shm.available(), reason="shared memory needs Linux memfd")
 
 
 def own_segments() -> set[str]:
-    return {n for n in os.listdir(shm.SHM_DIR) if n.startswith(f"harmonize-{os.getpid()}-")}
+    """The names of the segments (memfds) this process has open: its clients' and, in-process,
+    its server's mappings (Python's mmap keeps a duplicate of the file descriptor)."""
+    names = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("/memfd:harmonize-") and "probe" not in target:
+            names.add(target.removeprefix("/memfd:").removesuffix(" (deleted)"))
+    return names
+
+
+def raw_memfd(size: int, seals: int = 0, allow_sealing: bool = True) -> tuple[int, str]:
+    """A memfd of ``size`` bytes made by hand (not a :class:`shm.Segment`), and its name."""
+    name = f"harmonize-{os.urandom(16).hex()}"
+    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if allow_sealing else 0)
+    fd = os.memfd_create(name, flags)
+    os.ftruncate(fd, size)
+    if seals:
+        fcntl.fcntl(fd, shm.F_ADD_SEALS, seals)
+    return fd, name
 
 
 @pytest.fixture
@@ -56,33 +77,48 @@ def written(frames):
 # ---- the client's segment -----------------------------------------------------------------
 
 
-def test_segment_is_private_preallocated_and_removed_on_close():
+def test_segment_is_a_sealed_preallocated_memfd_closed_on_close():
     segment = shm.Segment(1000, 5000)
-    st = os.stat(segment.path)
-    assert oct(st.st_mode & 0o777) == oct(0o600)
+    st = os.fstat(segment.fd)
     assert st.st_size == segment.size and st.st_blocks * 512 >= segment.size  # allocated
     assert segment.result_offset % shm.PAGE == 0 and segment.result_capacity >= 5000
-    assert segment.path.name in own_segments()
+    seals = fcntl.fcntl(segment.fd, shm.F_GET_SEALS)
+    assert seals & shm.F_SEAL_SHRINK and seals & shm.F_SEAL_SEAL
+    assert segment.name in own_segments()
+    desc = segment.describe({}, {})
+    assert (desc["name"], desc["pid"], desc["fd"]) == (segment.name, os.getpid(), segment.fd)
     segment.close()
-    assert not segment.path.exists()
+    assert segment.name not in own_segments()
     segment.close()  # twice is harmless
 
 
-def test_a_forgotten_segment_is_removed_when_collected():
+def test_nobody_can_shrink_a_segment_or_unseal_it():
+    """The seal that makes the daemon's mapping safe: ftruncate to less fails with EPERM, also
+    through /proc (as another process of the user would do it); growing is allowed."""
+    segment = shm.Segment(1000, 5000)
+    try:
+        for shrink in (
+            lambda: os.ftruncate(segment.fd, segment.size - shm.PAGE),
+            lambda: os.truncate(f"/proc/self/fd/{segment.fd}", 0),
+        ):
+            with pytest.raises(PermissionError) as caught:
+                shrink()
+            assert caught.value.errno == errno.EPERM
+        with pytest.raises(PermissionError):  # F_SEAL_SEAL: no seal can be added or removed
+            fcntl.fcntl(segment.fd, shm.F_ADD_SEALS, 0x0008)  # F_SEAL_WRITE
+        assert os.fstat(segment.fd).st_size == segment.size
+        os.ftruncate(segment.fd, segment.size + shm.PAGE)
+        assert os.fstat(segment.fd).st_size == segment.size + shm.PAGE
+    finally:
+        segment.close()
+
+
+def test_a_forgotten_segment_is_closed_when_collected():
     segment = shm.Segment(10, 10)
-    path = segment.path
+    name = segment.name
     del segment
     gc.collect()
-    assert not path.exists()
-
-
-def test_only_the_creating_process_removes_the_file(tmp_path):
-    """A forked child's copy of a client must not unlink its parent's segment at exit."""
-    path = tmp_path / "segment"
-    for owner, removed in ((os.getpid() + 1, False), (os.getpid(), True)):
-        path.write_bytes(b"x")
-        shm._remove_file(os.open(path, os.O_RDONLY), str(path), owner)
-        assert path.exists() is not removed
+    assert name not in own_segments()
 
 
 def test_a_held_result_view_stops_reuse_and_stays_valid():
@@ -93,7 +129,7 @@ def test_a_held_result_view_stops_reuse_and_stays_valid():
     alias = np.frombuffer(view, np.uint8)
     del view
     assert not segment.reusable()  # the numpy array still reads the region
-    segment.close()  # unlinks; the array keeps its mapping
+    segment.close()  # the array keeps its mapping
     assert alias.sum() == 0
     del alias
     segment2 = shm.Segment(64, 64)
@@ -110,14 +146,15 @@ def test_segment_fits_requests_up_to_four_times_smaller():
     segment.close()
 
 
-def test_a_full_shm_dir_is_a_clear_error(tmp_path, monkeypatch):
+def test_no_memory_for_a_segment_is_a_clear_error(monkeypatch):
     def no_space(fd, offset, length):
         raise OSError(28, "No space left on device")
 
+    before = own_segments()
     monkeypatch.setattr(os, "posix_fallocate", no_space)
-    with pytest.raises(shm.ShmError, match=r"cannot allocate .* --shm-size"):
-        shm.Segment(100, 100, directory=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(shm.ShmError, match=r"cannot allocate .* MiB of shared memory \(No space"):
+        shm.Segment(100, 100)
+    assert own_segments() == before  # the memfd was closed again
 
 
 # ---- the daemon's checks ------------------------------------------------------------------
@@ -138,9 +175,15 @@ def mutate(desc: dict, path: str, value) -> dict:
 
 BAD_DESCRIPTIONS = [
     ("name", "../../etc/passwd", "name must match"),
-    ("name", "harmonize-1-" + "g" * 32, "name must match"),
-    ("name", "/dev/shm/harmonize-1-" + "a" * 32, "name must match"),
+    ("name", "harmonize-" + "g" * 32, "name must match"),
+    ("name", "/memfd:harmonize-" + "a" * 32, "name must match"),
     ("name", 7, "name must match"),
+    ("pid", 0, "pid must be an int in"),
+    ("pid", "1", "pid must be an int in"),
+    ("pid", 1 << 40, "pid must be an int in"),
+    ("fd", -1, "fd must be an int in"),
+    ("fd", 3.0, "fd must be an int in"),
+    ("fd", KeyError, "must be a map of"),
     ("size", -1, "size must be an int"),
     ("size", True, "size must be an int"),
     ("size", 1 << 60, "over the limit"),
@@ -171,86 +214,89 @@ def test_bad_descriptions_are_refused_before_anything_is_opened(written, path, v
     assert caught.value.msg_id == "id1"
 
 
-def open_segment_files() -> set[str]:
-    """The segments this process has open (its clients' and, in-process, its server's)."""
-    fds = Path("/proc/self/fd")
-    targets = {os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()}
-    return {t for t in targets if t.startswith(f"{shm.SHM_DIR}/{shm.PREFIX}")}
-
-
-def test_a_valid_description_opens_the_segment_to_copy_frames_and_result(written, frames):
+def test_a_valid_description_maps_the_segment_to_read_frames_and_write_the_result(written, frames):
     segment, desc = written
     request = shm.parse_request(desc, P.Limits())
-    fd = shm.open_segment(request)
+    mappings = shm.Mappings()
     try:
+        mapping = mappings.open(request)
         for name, (offset, template) in request.frames.items():
             assert template.shape == frames[name].shape
-            copy = bytearray(template.nbytes)
-            shm.read_into(fd, offset, copy, name)
-            assert copy == bytes(frames[name].data)
-        shm.write_from(fd, request.result_offset, b"\x07" * 100, request.size)
+            assert mapping[offset : offset + template.nbytes] == bytes(frames[name].data)
+        start = request.result_offset
+        mapping[start : start + 100] = b"\x07" * 100  # in place: the client sees it
         assert bytes(segment.result(100)) == b"\x07" * 100
+        assert mappings.open(request) is mapping  # kept while the client holds the segment
     finally:
-        os.close(fd)
+        mappings.close()
 
 
-def test_a_truncated_segment_is_an_error_not_a_crash(written):
-    """Copies go through preadv/pwrite, never a mapping: a client that shrinks its segment
-    gets an error instead of the daemon being killed by SIGBUS."""
-    segment, desc = written
-    request = shm.parse_request(desc, P.Limits())
-    fd = shm.open_segment(request, msg_id="t1")
+def describe_fd(desc: dict, fd: int, name: str) -> shm.Request:
+    return shm.parse_request({**desc, "fd": fd, "name": name}, P.Limits())
+
+
+def test_unsealed_small_or_foreign_files_are_refused_and_closed(written, tmp_path):
+    _segment, desc = written
+    size = desc["size"]
+    before = sorted(os.listdir("/proc/self/fd"))
+    cases = [
+        (raw_memfd(size), "not sealed against shrinking", P.ErrorCode.BAD_FRAMES),
+        (raw_memfd(size, allow_sealing=False), "not sealed", P.ErrorCode.BAD_FRAMES),
+        (raw_memfd(size - 1, shm.F_SEAL_SHRINK), "less than the declared", P.ErrorCode.BAD_FRAMES),
+    ]
+    opened = [fd for (fd, _name), _, _ in cases]
     try:
-        offset, layer = request.frames["layer"]
-        os.truncate(segment.path, offset + 100)
-        with pytest.raises(P.ProtocolError, match="ended after 100 of") as caught:
-            shm.read_into(fd, offset, bytearray(layer.nbytes), "frame 'layer'", "t1")
-        assert (caught.value.code, caught.value.msg_id) == (P.ErrorCode.BAD_FRAMES, "t1")
-        with pytest.raises(P.ProtocolError, match="resized during the request") as caught:
-            shm.write_from(fd, request.result_offset, b"\x01" * 64, request.size, "t1")
-        assert caught.value.msg_id == "t1"
-        assert os.fstat(fd).st_size == offset + 100  # not grown back by the write
+        for (fd, name), message, code in cases:
+            with pytest.raises(P.ProtocolError, match=message) as caught:
+                shm.open_memfd(describe_fd(desc, fd, name), msg_id="t1")
+            assert (caught.value.code, caught.value.msg_id) == (code, "t1")
+        # a pipe, a wrong name and a dead pid: the link is not the segment; nothing is opened
+        read_end, write_end = os.pipe()
+        opened += [read_end, write_end]
+        unseen = [
+            describe_fd(desc, read_end, desc["name"]),
+            describe_fd(desc, desc["fd"], f"harmonize-{'c' * 32}"),
+            shm.parse_request({**desc, "pid": shm.ID_MAX}, P.Limits()),
+        ]
+        for request in unseen:
+            with pytest.raises(P.ProtocolError, match="send frames instead") as caught:
+                shm.open_memfd(request, msg_id="t2")
+            assert (caught.value.code, caught.value.msg_id) == (P.ErrorCode.SHM_UNAVAILABLE, "t2")
+        # a tmpfs or disk file is not a memfd, even under a matching name
+        path = tmp_path / "segment"
+        path.write_bytes(b"\0" * size)
+        fd = os.open(path, os.O_RDWR)
+        opened.append(fd)
+        with pytest.raises(P.ProtocolError, match="is not a memfd"):
+            shm._check_memfd(fd, os.readlink(f"/proc/self/fd/{fd}"), size, "shm:", "t3")
     finally:
-        os.close(fd)
+        for fd in opened:
+            os.close(fd)
+    assert sorted(os.listdir("/proc/self/fd")) == before  # every refused file was closed
 
 
-def test_the_file_itself_is_checked(written, tmp_path):
+def test_mappings_follow_their_segments(written, frames):
+    """Kept while the client holds the segment, remapped when it grew or its fd names another
+    file, and unmapped by prune once the client closed it (its memory is then freed)."""
     segment, desc = written
     request = shm.parse_request(desc, P.Limits())
-    before = open_segment_files()
-    os.chmod(segment.path, 0o644)
-    with pytest.raises(P.ProtocolError, match="has mode 644") as caught:
-        shm.open_segment(request)
-    assert caught.value.code == P.ErrorCode.BAD_FRAMES
-    os.chmod(segment.path, 0o600)
-    os.truncate(segment.path, segment.size - shm.PAGE)
-    with pytest.raises(P.ProtocolError, match="not the declared"):
-        shm.open_segment(request)
-    missing = shm.parse_request(mutate(desc, "name", "harmonize-1-" + "0" * 32), P.Limits())
-    with pytest.raises(P.ProtocolError, match="no segment") as caught:
-        shm.open_segment(missing)
-    assert caught.value.code == P.ErrorCode.SHM_UNAVAILABLE
-    link = tmp_path / missing.name
-    link.symlink_to(segment.path)
-    with pytest.raises(P.ProtocolError, match="cannot open"):
-        shm.open_segment(missing, tmp_path)  # O_NOFOLLOW
-    assert open_segment_files() == before  # a refused segment is closed again
-
-
-def test_stale_segments_of_dead_clients_are_swept(tmp_path):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    stale = tmp_path / f"harmonize-{dead.stdout.strip()}-{'a' * 32}"
-    live = tmp_path / f"harmonize-{os.getpid()}-{'b' * 32}"
-    other = tmp_path / "harmonize-notes.txt"
-    for path in (stale, live, other):
-        path.write_bytes(b"x")
-    assert shm.sweep_stale(tmp_path) == 1
-    assert not stale.exists() and live.exists() and other.exists()
+    mappings = shm.Mappings()
+    try:
+        first = mappings.open(request)
+        os.ftruncate(segment.fd, segment.size + shm.PAGE)
+        grown = shm.parse_request({**desc, "size": segment.size + shm.PAGE}, P.Limits())
+        second = mappings.open(grown)
+        assert second is not first and len(second) == segment.size + shm.PAGE
+        assert first.closed and len(mappings) == 1
+        assert mappings.open(request) is second  # big enough for the smaller description
+        mappings.prune()
+        assert len(mappings) == 1
+        segment.close()
+        mappings.prune()
+        assert len(mappings) == 0 and second.closed
+        assert segment.name not in own_segments()
+    finally:
+        mappings.close()
 
 
 # ---- through a server -----------------------------------------------------------------------
@@ -275,6 +321,7 @@ def test_shm_results_equal_frames_results_bit_for_bit(engine, dtype):
             np.testing.assert_array_equal(as_array(got.pixels), as_array(expected.pixels))
             name = shm_client._segment.name
             assert name in own_segments()
+            assert "shm_map" in got.timings
             again = send_harmonize(shm_client, layer, mask, back, strength=0.7)
             assert shm_client._segment.name != name  # `got` still holds the first result
             np.testing.assert_array_equal(as_array(again.pixels), as_array(got.pixels))
@@ -283,15 +330,14 @@ def test_shm_results_equal_frames_results_bit_for_bit(engine, dtype):
             reused = shm_client._segment.name
             send_harmonize(shm_client, layer, mask, back)
             assert shm_client._segment.name == reused  # nothing held: the segment is reused
-        assert not (shm.SHM_DIR / name).exists() and not (shm.SHM_DIR / reused).exists()
     finally:
         run.close()
-    assert open_segment_files() == set()  # every job closed the segment it read
+    assert own_segments() == set()  # clients closed, server mappings unmapped: memory freed
 
 
 def test_auto_falls_back_to_frames_when_the_daemon_cannot_see_the_segment(engine, tmp_path):
     run = Running(engine)
-    run.server.shm_dir = tmp_path  # as if the daemon ran in another container
+    run.server.segments.proc = tmp_path  # as if the daemon ran in another PID namespace
     try:
         with Client(run.endpoint, run.token) as client:
             layer, mask, back = scene()
@@ -299,7 +345,7 @@ def test_auto_falls_back_to_frames_when_the_daemon_cannot_see_the_segment(engine
             assert first.transport == "frames" and client.transport == "frames"
             assert client._segment is None
         with Client(run.endpoint, run.token, transport="shm") as forced:
-            with pytest.raises(DaemonError, match="no segment") as caught:
+            with pytest.raises(DaemonError, match="cannot open the segment") as caught:
                 send_harmonize(forced, layer, mask, back)
             assert caught.value.code == P.ErrorCode.SHM_UNAVAILABLE
     finally:
@@ -326,7 +372,8 @@ def test_hostile_shm_requests_get_errors_and_the_daemon_keeps_serving(engine, wr
     try:
         cases = [mutate(desc, path, value) for path, value, _ in BAD_DESCRIPTIONS]
         cases += [
-            mutate(desc, "name", f"harmonize-1-{'c' * 32}"),  # no such file
+            mutate(desc, "name", f"harmonize-{'c' * 32}"),  # the fd is another segment
+            mutate(desc, "fd", 0),  # not a segment at all
             mutate(desc, "result.capacity", 64),  # result does not fit: refused at the end
         ]
         for body_shm in cases:
@@ -366,10 +413,10 @@ def recv_stage(sock, parent: str, stage: str) -> None:
 
 
 @pytest.mark.parametrize("when", ["queued", "running"])
-def test_a_segment_truncated_during_its_job_gets_an_error_and_the_daemon_goes_on(engine, when):
-    """Queued: the worker's preadv of the frames comes up short. Running (frames already
-    read): the result is not written into the shrunk file. Either way an error reply with the
-    request id, where a mapping of the lost pages would have killed the daemon (SIGBUS)."""
+def test_a_client_cannot_truncate_its_segment_during_a_job(engine, when):
+    """Once a SIGBUS that killed the daemon. Queued or running (frames mapped and read), the
+    client's ftruncate fails with EPERM (the seal), so the daemon's mapping keeps every page:
+    the job finishes with the result in the segment, and the daemon goes on serving."""
     run = Running(GatedEngine(engine.model))
     segment = None
     try:
@@ -381,15 +428,18 @@ def test_a_segment_truncated_during_its_job_gets_an_error_and_the_daemon_goes_on
         segment, desc = fill_segment(frames, 40 * 30 * 4)
         sock.send_multipart(P.pack(P.HARMONIZE, {"shm": desc}, token=token, msg_id="cut"))
         recv_stage(sock, "cut", "received" if when == "queued" else "composed")
-        os.truncate(segment.path, desc["frames"][0]["offset"] + 100)
+        for size in (desc["frames"][0]["offset"] + 100, 0):
+            with pytest.raises(PermissionError) as caught:
+                os.ftruncate(segment.fd, size)
+            assert caught.value.errno == errno.EPERM
         run.server.engine.gate.set()
         if when == "queued":  # its reply comes first
             assert recv_final(sock, "first").type == P.reply_type(P.HARMONIZE)
         reply = recv_final(sock, "cut")
-        assert reply.type == P.ERROR and reply.body["code"] == P.ErrorCode.BAD_FRAMES
-        expected = "was it truncated" if when == "queued" else "resized during the request"
-        assert expected in reply.body["message"]
-        assert os.path.getsize(segment.path) == desc["frames"][0]["offset"] + 100
+        assert reply.type == P.reply_type(P.HARMONIZE), reply.body
+        shape = reply.body["result"]["shape"]
+        assert any(segment.result(shape[0] * shape[1] * shape[2]))
+        assert os.fstat(segment.fd).st_size == segment.size
         assert run.client.ping()["pid"] == os.getpid()
         assert send_harmonize(run.client, *scene(40, 30)).transport == "shm"
     finally:
@@ -397,6 +447,27 @@ def test_a_segment_truncated_during_its_job_gets_an_error_and_the_daemon_goes_on
         run.close()
         if segment is not None:
             segment.close()
+
+
+def test_an_unsealed_segment_is_refused_with_the_request_id(engine, frames):
+    """A memfd a client forgot to seal could shrink under the daemon's mapping: refused before
+    it is mapped, and the daemon goes on serving."""
+    run = Running(engine)
+    segment, desc = fill_segment(frames, 40 * 30 * 4)
+    fd, name = raw_memfd(segment.size)
+    try:
+        sock = run.raw()
+        body = {"shm": {**desc, "fd": fd, "name": name}}
+        sock.send_multipart(P.pack(P.HARMONIZE, body, token=run.token, msg_id="open"))
+        reply = recv_final(sock, "open")
+        assert reply.type == P.ERROR and reply.body["code"] == P.ErrorCode.BAD_FRAMES
+        assert "F_SEAL_SHRINK" in reply.body["message"]
+        assert len(run.server.segments) == 0
+        assert send_harmonize(run.client, *scene(40, 30)).transport == "shm"
+    finally:
+        run.close()
+        segment.close()
+        os.close(fd)
 
 
 def test_a_segment_grown_in_place_is_read_at_its_new_size(engine, frames):
@@ -410,7 +481,7 @@ def test_a_segment_grown_in_place_is_read_at_its_new_size(engine, frames):
         assert first.type == P.reply_type(P.HARMONIZE), first.body
         grown = {**desc, "size": segment.size + 2 * shm.PAGE}
         grown["result"] = {"offset": segment.size, "capacity": 2 * shm.PAGE}
-        os.truncate(segment.path, grown["size"])
+        os.ftruncate(segment.fd, grown["size"])  # growing is allowed
         sock.send_multipart(P.pack(P.HARMONIZE, {"shm": grown}, token=run.token, msg_id="g2"))
         second = recv_final(sock, "g2")
         assert second.type == P.reply_type(P.HARMONIZE), second.body
@@ -418,9 +489,8 @@ def test_a_segment_grown_in_place_is_read_at_its_new_size(engine, frames):
         shape = second.body["result"]["shape"]
         assert shape == first.body["result"]["shape"]
         nbytes = shape[0] * shape[1] * shape[2]
-        with open(segment.path, "rb") as fh:
-            old = os.pread(fh.fileno(), nbytes, segment.result_offset)
-            new = os.pread(fh.fileno(), nbytes, segment.size)
+        old = os.pread(segment.fd, nbytes, segment.result_offset)
+        new = os.pread(segment.fd, nbytes, segment.size)
         assert new == old and any(new)
     finally:
         run.close()
