@@ -309,6 +309,7 @@ def engine():
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 def test_shm_results_equal_frames_results_bit_for_bit(engine, dtype):
+    before = own_segments()  # other tests' clients may still await garbage collection
     run = Running(engine)
     try:
         layer, mask, back = scene(70, 90, dtype, alpha="soft", seed=3)
@@ -332,7 +333,7 @@ def test_shm_results_equal_frames_results_bit_for_bit(engine, dtype):
             assert shm_client._segment.name == reused  # nothing held: the segment is reused
     finally:
         run.close()
-    assert own_segments() == set()  # clients closed, server mappings unmapped: memory freed
+    assert own_segments() <= before  # clients closed, server mappings unmapped: memory freed
 
 
 def test_auto_falls_back_to_frames_when_the_daemon_cannot_see_the_segment(engine, tmp_path):

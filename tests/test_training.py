@@ -190,6 +190,7 @@ def _cfg(spec: DataSpec, out: Path, **kw: object) -> TrainConfig:
         log_every=1,
         progress=False,
         seed=1,
+        precision="fp32",  # "auto" measures, and two runs on a busy machine may choose apart
     )
     return replace(base, **kw)
 
@@ -202,6 +203,7 @@ def test_resumed_training_equals_an_uninterrupted_run(tiny_spec: DataSpec, tmp_p
     assert summary["step"] == 4
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["precision"] == b["precision"] == {"precision": "fp32"}
     assert a["step"] == b["step"] == 4 and a["samples"] == 16
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
