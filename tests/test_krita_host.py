@@ -392,7 +392,7 @@ def test_xvfb_filter_action(
     start = time.monotonic()
     proc = subprocess.run(
         ["timeout", str(KRITA_TIMEOUT), "nice", "-n", "10", "xvfb-run", "-a", "-s",
-         "-screen 0 1280x800x24", "krita", "--nosplash"],
+         "-screen 0 1280x800x24 -noreset", "krita", "--nosplash"],
         env=env, capture_output=True, text=True, timeout=KRITA_TIMEOUT + 30, check=False,
     )  # fmt: skip
     seconds = time.monotonic() - start
