@@ -18,6 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVE = [sys.executable, "-m", "backend", "serve"]
 
 
+def serve_once(env: dict[str, str], weights: str | Path) -> subprocess.CompletedProcess[str]:
+    """``harmonize serve`` run to its end (a start that must be refused), output captured."""
+    return subprocess.run(
+        [*SERVE, "--weights", str(weights)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def daemon_env(root: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, **extra}
     for name in ("RUNTIME", "LOG", "DATA", "CACHE", "CONFIG"):

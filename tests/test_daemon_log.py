@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from backend.daemon import PrivateRotatingFileHandler, _private_log_folder
+from tests.daemon_process import serve_once
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes")
@@ -65,15 +64,7 @@ def test_serve_says_in_one_line_when_it_cannot_open_its_log(tmp_path):
     (log / "daemon.log").symlink_to(tmp_path / "elsewhere.txt")
     env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp_path / "rt")}
     env["HARMONIZE_LOG_DIR"] = str(log)
-    out = subprocess.run(
-        [sys.executable, "-m", "backend", "serve", "--weights", str(tmp_path / "none.pt")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = serve_once(env, tmp_path / "none.pt")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"harmonize: error: cannot open the log file {log / 'daemon.log'}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from backend import client, paths, rundir
 from backend import plugin_support as S
 from backend.client import DaemonError
+from tests.daemon_process import serve_once
 
 ROOT = Path(__file__).resolve().parents[1]
 posix_only = pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
@@ -151,15 +151,7 @@ def test_serve_refuses_an_unsafe_runtime_dir_in_one_line(tmp_path):
     shared.chmod(0o777)
     env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(shared)}
     env["HARMONIZE_LOG_DIR"] = str(tmp_path / "log")
-    out = subprocess.run(
-        [sys.executable, "-m", "backend", "serve", "--weights", str(tmp_path / "none.pt")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = serve_once(env, tmp_path / "none.pt")
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()

@@ -37,7 +37,7 @@ from backend import plugin_support as S
 from backend import protocol as P
 from backend.client import Client
 from backend.model.weights import save_weights
-from tests.daemon_process import SERVE, DaemonProcess, daemon_env
+from tests.daemon_process import SERVE, DaemonProcess, daemon_env, serve_once
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,15 +390,7 @@ def test_a_runtime_dir_planted_by_another_user_is_refused(other, kind, monkeypat
     other.run(PLANT, str(planted), kind, str(listener.getsockname()[1]))
     try:
         env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(planted)}
-        serve = subprocess.run(
-            [*SERVE, "--weights", "/nonexistent.pt"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        serve = serve_once(env, "/nonexistent.pt")
         assert serve.returncode == 2 and "Traceback" not in serve.stderr
         (line,) = serve.stderr.strip().splitlines()
         why = "belongs to uid" if kind == "dir" else "symbolic link"
