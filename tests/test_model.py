@@ -197,3 +197,25 @@ def test_prior_gate_mixes_identity_and_classical_match(gate: float, expect: str)
     want = rgb if expect == "identity" else classical_transfer(rgb, mask)
     assert (out - want).abs().max() < 0.02
     assert (rgb - classical_transfer(rgb, mask)).abs().max() > 0.2  # the two really differ
+
+
+def test_prior_input_model_warm_started_from_plain_weights_predicts_the_same() -> None:
+    from backend.model.aict import expand_input_weights
+
+    torch.manual_seed(0)
+    plain = create_model("aict-light").eval()
+    for p in plain.parameters():  # away from the identity init, so outputs depend on the input
+        p.data.add_(torch.randn_like(p) * 0.05)
+    grown = create_model("aict-light", prior_input=True).eval()
+    assert grown.encoder.patch_to_embedding[1].in_features == 16 * 16 * 7
+    grown.load_state_dict(expand_input_weights(plain.state_dict(), grown))
+    x = torch.rand(2, 4, 256, 256)
+    x[:, 3] = (x[:, 3] > 0.6).float()
+    a, b = plain(x), grown(x)
+    torch.testing.assert_close(b.colors, a.colors, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.intervals, a.intervals, atol=1e-5, rtol=0)
+    # The matched channels do reach the network once their columns are not zero.
+    grown.encoder.patch_to_embedding[1].weight.data.normal_(0, 0.02)
+    assert not torch.allclose(grown(x).colors, a.colors, atol=1e-3)
+    with pytest.raises(ValueError, match="cannot fit"):
+        expand_input_weights(grown.state_dict(), plain)

@@ -129,6 +129,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         workers=a.workers,
         threads=a.threads,
         identity_init=not a.official_init,
+        init_weights=a.init_weights,
         lr_weight=a.lr_weight,
         relative_tau=a.relative_tau,
         precision=a.precision,
@@ -284,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="change a field of the variant's AICTConfig, e.g. color_prior=false",
     )
     _add_data(t)
+    t.add_argument(
+        "--init-weights",
+        metavar="PATH",
+        help="start a new run from these weights (a weights file or a checkpoint's EMA)",
+    )
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
     t.add_argument("--lr", type=float, default=1e-4)

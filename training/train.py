@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from backend.fileutil import atomic_open
 from backend.lut.reference import apply_luts
 from backend.model import AICTNet, create_model
-from backend.model.weights import state_sha256
+from backend.model.aict import expand_input_weights
+from backend.model.weights import load_weights, state_sha256
 from backend.pipeline import resolve_device
 from training import distributed as D
 from training.data import DataSpec, build_training
@@ -76,6 +77,7 @@ class TrainConfig:
     workers: int = 1
     threads: int | None = None
     identity_init: bool = True
+    init_weights: str | None = None  # start a new run from these weights (file or checkpoint EMA)
     hr_min_area: float = HR_MIN_AREA
     lr_min_area: float = LR_MIN_AREA
     lr_weight: float = LR_WEIGHT  # 0 skips the 256 x 256 branch (saves ~25 % of a CPU step)
@@ -249,6 +251,18 @@ def batch_loss(model: nn.Module, batch: Batch, cfg: TrainConfig) -> tuple[Tensor
     )
 
 
+def warm_start(model: AICTNet, path: str) -> None:
+    """Load the weights of ``path`` (a weights file, or a training checkpoint's EMA) into
+    ``model``; a 4-channel network fits a ``prior_input`` model with the new inputs at zero."""
+    source = Path(path)
+    obj = torch.load(source, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        state = obj["ema"]["module"]
+    else:
+        state = load_weights(source)[0].state_dict()
+    model.load_state_dict(expand_input_weights(state, model))
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     with atomic_open(path) as fh:
         torch.save(state, fh)
@@ -331,6 +345,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         from backend.model import init_weights
 
         init_weights(model, identity=False)
+    if cfg.init_weights:
+        warm_start(model, cfg.init_weights)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
     ema = EMA(model, cfg.ema_decay)

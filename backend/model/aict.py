@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from backend.color_stats import region_stats, reinhard_knots
+from backend.color_stats import classical_transfer, region_stats, reinhard_knots
 from backend.lut import LutMaps
 
 STATS_FEATURES = 12
@@ -129,6 +129,9 @@ class AICTConfig:
             with ``t`` the identity knots, ``p`` the matched knots and ``g`` in (0, 1) predicted
             per image and channel. Training starts at ``g`` near 0 (identity) and learns both
             when to trust the classical match and the correction on top of it.
+        prior_input: also feed the network the statistics-matched composite (the classical
+            mean/std match applied to the foreground) as three more input channels, so the
+            transformer sees "what the classical transfer would do" next to the composite.
     """
 
     input_size: int = 256
@@ -141,6 +144,12 @@ class AICTConfig:
     head_width: int = 128
     dropout: float = 0.1
     color_prior: bool = False
+    prior_input: bool = False
+
+    @property
+    def in_chans(self) -> int:
+        """Channels the encoder sees: RGB + mask, plus the matched RGB with ``prior_input``."""
+        return 7 if self.prior_input else 4
 
     @property
     def map_size(self) -> int:
@@ -168,7 +177,14 @@ class AICTNet(nn.Module):
         k = cfg.knots
         tokens = (cfg.input_size // cfg.patch_size) ** 2
         self.encoder = Encoder(
-            4, cfg.patch_size, cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.dropout, tokens
+            cfg.in_chans,
+            cfg.patch_size,
+            cfg.dim,
+            cfg.depth,
+            cfg.num_heads,
+            cfg.mlp_dim,
+            cfg.dropout,
+            tokens,
         )
         self.decoder = Decoder(cfg.dim, 12)
         hw = cfg.head_width
@@ -197,7 +213,7 @@ class AICTNet(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         b, k = x.shape[0], cfg.knots
-        t1 = self.encoder(x)
+        t1 = self.encoder(with_matched(x) if cfg.prior_input else x)
         t2 = self.decoder(t1)
         m = t2.shape[-1]
         logits = self.colors_layer(t2).view(b, 3, k, m, m)
@@ -222,6 +238,32 @@ class AICTNet(nn.Module):
             intervals=intervals.permute(0, 1, 3, 4, 2).contiguous(),
             colors=colors.permute(0, 1, 3, 4, 2).contiguous(),
         )
+
+
+def with_matched(x: Tensor) -> Tensor:
+    """``(B, 4, S, S)`` composite + mask -> ``(B, 7, S, S)``: the statistics-matched composite
+    (foreground moved onto the background's per-channel mean/std, blended by the mask)
+    appended as channels 4-6, in [0, 1]."""
+    matched = classical_transfer(x[:, :3], x[:, 3:])
+    return torch.cat([x, matched], dim=1)
+
+
+def expand_input_weights(state: dict[str, Tensor], model: AICTNet) -> dict[str, Tensor]:
+    """Fit a 4-channel state_dict to a ``prior_input`` model: the patch embedding's new input
+    columns start at zero, so the expanded network computes exactly what the old one did.
+    Other tensors are returned unchanged; a state that already fits is returned as is."""
+    key = "encoder.patch_to_embedding.1.weight"
+    want = model.state_dict()[key].shape
+    have = state[key]
+    if have.shape == want:
+        return state
+    p2 = model.config.patch_size**2
+    old_c, new_c = have.shape[1] // p2, want[1] // p2
+    if have.shape[0] != want[0] or have.shape[1] % p2 or old_c > new_c:
+        raise ValueError(f"cannot fit {key} of shape {tuple(have.shape)} to {tuple(want)}")
+    grown = have.new_zeros(want[0], p2, new_c)
+    grown[:, :, :old_c] = have.view(want[0], p2, old_c)
+    return {**state, key: grown.view(want)}
 
 
 PRIOR_GATE_INIT = -3.0
