@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "backend"))
 
-from backend import protocol as P  # noqa: E402
-from backend.client import Client  # noqa: E402
-from backend.engine import Engine  # noqa: E402
+from layer_harmonizer import protocol as P  # noqa: E402
+from layer_harmonizer.client import Client  # noqa: E402
+from layer_harmonizer.engine import Engine  # noqa: E402
 
 
 def make_layer(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,7 +56,7 @@ def start_daemon(
     weights: Path, device: str, lut_backend: str, tmp: Path
 ) -> tuple[subprocess.Popen, Path]:
     env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp / "rt"), "HARMONIZE_LOG_DIR": str(tmp)}
-    cmd = [sys.executable, "-m", "backend", "serve", "--weights", str(weights)]
+    cmd = [sys.executable, "-m", "layer_harmonizer", "serve", "--weights", str(weights)]
     cmd += ["--device", device, "--lut-backend", lut_backend, "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     path = tmp / "rt" / "daemon.json"
@@ -117,9 +117,9 @@ def main() -> None:
 
     import torch
 
-    from backend.model import create_model
-    from backend.model.weights import save_weights
-    from backend.pipeline import load_model
+    from layer_harmonizer.model import create_model
+    from layer_harmonizer.model.weights import save_weights
+    from layer_harmonizer.pipeline import load_model
 
     rows: dict[str, list[tuple[float, ...]]] = {t: [] for t in transports}
     local: list[float] = []

@@ -78,8 +78,8 @@ def main() -> int:
     subprocess.run(["bash", str(SCRIPT), "provision"], check=True, stdout=subprocess.DEVNULL)
     import torch
 
-    from backend.model import create_model
-    from backend.model.weights import save_weights
+    from layer_harmonizer.model import create_model
+    from layer_harmonizer.model.weights import save_weights
 
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp)
@@ -88,7 +88,7 @@ def main() -> int:
         env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(job / "runtime"),
                "HARMONIZE_LOG_DIR": str(job / "log")}  # fmt: skip
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "backend", "serve", "--weights", str(job / "w.pt")],
+            [sys.executable, "-m", "layer_harmonizer", "serve", "--weights", str(job / "w.pt")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -97,7 +97,8 @@ def main() -> int:
                     raise SystemExit("the daemon did not start")
                 time.sleep(0.2)
             subprocess.run(
-                [sys.executable, "-m", "backend", "install-plugin", "gimp", "--deps", "host",
+                [sys.executable, "-m", "layer_harmonizer", "install-plugin", "gimp",
+                 "--deps", "host",
                  "--gimp-dir", str(job / "home" / ".config" / "GIMP" / "3.0")],
                 check=True, stdout=subprocess.DEVNULL,
             )  # fmt: skip

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "backend"))
 
 
 def main() -> int:
@@ -44,8 +44,8 @@ def main() -> int:
         return 1
     import torch
 
-    from backend.model import create_model
-    from backend.model.weights import save_weights
+    from layer_harmonizer.model import create_model
+    from layer_harmonizer.model.weights import save_weights
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -69,7 +69,7 @@ def main() -> int:
         env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp / "run"),
                "HARMONIZE_LOG_DIR": str(tmp / "log")}  # fmt: skip
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "backend", "serve", "--weights", str(tmp / "w.pt"),
+            [sys.executable, "-m", "layer_harmonizer", "serve", "--weights", str(tmp / "w.pt"),
              "--device", "cpu", "--port", "0"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -85,6 +85,7 @@ def main() -> int:
                              QT_QPA_PLATFORM="offscreen", HARMONIZE_KRITA_NO_REGISTER="1",
                              PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "hosts"),
                                                          str(ROOT / "plugins" / "krita"),
+                                                         str(ROOT / "backend"),
                                                          str(ROOT)]))  # fmt: skip
             print(f"{w} x {h} document, {side} x {side} pasted layer (8-bit RGBA), CPU daemon")
             for run in range(args.repeat):

@@ -74,7 +74,7 @@ def _inputs(h: int, w: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 def _random_maps(device: str) -> Any:
     import torch
 
-    from backend.lut import LutMaps
+    from layer_harmonizer.lut import LutMaps
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 3, 256, 256, 8, generator=g) * 2
@@ -111,7 +111,7 @@ def _device_memory_mb() -> float | None:
 def worker_lut(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from backend.lut.backends import get_backend
+    from layer_harmonizer.lut.backends import get_backend
 
     h, w = _size(args.size)
     device = "cuda" if args.method == "cuda" else "cpu"
@@ -138,8 +138,8 @@ def worker_lut(args: argparse.Namespace) -> dict[str, Any]:
 def worker_e2e(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from backend.model import create_model
-    from backend.pipeline import apply_prediction, predict
+    from layer_harmonizer.model import create_model
+    from layer_harmonizer.pipeline import apply_prediction, predict
 
     h, w = _size(args.size)
     device = "cuda" if args.method == "cuda" else "cpu"
@@ -187,7 +187,7 @@ def worker_network(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from backend.model import create_model
+    from layer_harmonizer.model import create_model
 
     model = create_model(args.variant).eval()
     x = torch.rand(1, 4, model.config.input_size, model.config.input_size)
@@ -237,7 +237,7 @@ def _methods(args: argparse.Namespace) -> list[str]:
     methods = args.methods.split(",")
     if "cuda" in methods:
         try:
-            from backend.lut.cuda_kernel import import_cupy
+            from layer_harmonizer.lut.cuda_kernel import import_cupy
 
             import_cupy()
         except Exception as exc:

@@ -33,9 +33,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.model import create_model  # noqa: E402
+from layer_harmonizer.model import create_model  # noqa: E402
 from training.data import DataSpec, build_training, default_shared_data  # noqa: E402
-from training.samples import collate  # noqa: E402
+from training.data.samples import collate  # noqa: E402
 from training.train import TrainConfig, batch_loss  # noqa: E402
 
 DEFAULT_BATCH = {"aict-light": 8, "aict-small": 8, "aict": 2}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.model import AICTNet, create_model
+from layer_harmonizer.model import AICTNet, create_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

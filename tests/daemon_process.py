@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.client import Client
+from layer_harmonizer.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE = [sys.executable, "-m", "backend", "serve"]
+SERVE = [sys.executable, "-m", "layer_harmonizer", "serve"]
 
 
 def serve_once(env: dict[str, str], weights: str | Path) -> subprocess.CompletedProcess[str]:

@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.batch import Pair, output_paths
-from backend.cli import main
-from backend.errors import InputError
-from backend.model import AICTNet
-from backend.model.weights import save_weights
+from layer_harmonizer.batch import Pair, output_paths
+from layer_harmonizer.cli import main
+from layer_harmonizer.errors import InputError
+from layer_harmonizer.model import AICTNet
+from layer_harmonizer.model.weights import save_weights
 from tests.conftest import blob_mask, random_image
 from tests.test_imageheader import png_declaring
 
@@ -53,7 +53,7 @@ def _pair(folder: Path, name: str, dtype: type = np.uint8, ext: str = ".png") ->
 
 def test_version_does_not_import_torch() -> None:
     code = (
-        "import sys; from backend.cli import main\n"
+        "import sys; from layer_harmonizer.cli import main\n"
         "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'"
     )
@@ -107,7 +107,7 @@ def test_without_weights_says_how_to_get_them(
 ) -> None:
     monkeypatch.setenv("HARMONIZE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("HARMONIZE_WEIGHTS", raising=False)
-    monkeypatch.setattr("backend.model.weights.PACKAGED_DEFAULT", tmp_path / "none.pt")
+    monkeypatch.setattr("layer_harmonizer.model.weights.PACKAGED_DEFAULT", tmp_path / "none.pt")
     comp, mask = _pair(tmp_path, "x")
     assert main(["run", str(comp), str(mask), "-o", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
@@ -377,7 +377,7 @@ def test_oversized_images_are_refused_before_decoding(
     (src / "huge.png").write_bytes(huge)
     shutil.copy(mask, src / "huge_mask.png")
     with monkeypatch.context() as patched:
-        patched.setattr("backend.cli._load", lambda args: pytest.fail("model loaded"))
+        patched.setattr("layer_harmonizer.cli._load", lambda args: pytest.fail("model loaded"))
         assert main(["run", str(src / "huge.png"), str(mask), "-o", str(tmp_path / "o.png")]) == 2
         err = _one_line(capsys.readouterr().err)
         assert "huge.png (PNG) is 32768 x 32768 = 1,073,741,824 pixels, over the limit" in err

@@ -25,13 +25,13 @@ import pytest
 import torch
 import zmq
 
-from backend import cli, shm
-from backend import protocol as P
-from backend.client import Client, DaemonError, ensure_daemon
-from backend.engine import Engine
-from backend.model import create_model
-from backend.model.weights import save_weights
-from backend.pipeline import load_model
+from layer_harmonizer import cli, shm
+from layer_harmonizer import protocol as P
+from layer_harmonizer.client import Client, DaemonError, ensure_daemon
+from layer_harmonizer.engine import Engine
+from layer_harmonizer.model import create_model
+from layer_harmonizer.model.weights import save_weights
+from layer_harmonizer.pipeline import load_model
 from tests.daemon_process import SERVE, DaemonProcess, daemon_env
 
 pytestmark = pytest.mark.slow
@@ -278,8 +278,8 @@ def test_hostile_input_never_crashes_the_daemon(tmp_path, weights):
 
 CLIENT_SCRIPT = """
 import sys, numpy as np
-from backend.client import Client
-from backend.protocol import Pixels
+from layer_harmonizer.client import Client
+from layer_harmonizer.protocol import Pixels
 c = Client.from_endpoint_file(sys.argv[1], timeout=60)
 layer = np.random.default_rng(0).integers(0, 255, (1500, 1500, 4), dtype=np.uint8)
 mask = np.full((1500, 1500), 200, np.uint8)

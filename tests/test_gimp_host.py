@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backend import plugin_support as S
-from backend.compose import composite, crop_box
-from backend.protocol import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
+from layer_harmonizer import plugin_support as S
+from layer_harmonizer.compose import composite, crop_box
+from layer_harmonizer.protocol import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
 from tests.conftest import BUILD_HOSTS_ENV, build_hosts_allowed, host_unavailable, need_tools
 from tests.daemon_process import DaemonProcess
 
@@ -119,7 +119,7 @@ def scene() -> dict[str, np.ndarray]:
 
 
 def write_png(path: Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> str:
-    from backend.imageio import write_image
+    from layer_harmonizer.imageio import write_image
 
     write_image(path, rgb, alpha)
     return str(path)
@@ -160,7 +160,7 @@ NO_DAEMON_CASES: list[dict[str, Any]] = [
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory, light_model: Any) -> Path:
     """conftest's seeded aict-light with non-trivial random heads, saved for the daemon."""
-    from backend.model.weights import save_weights
+    from layer_harmonizer.model.weights import save_weights
 
     path = tmp_path_factory.mktemp("weights") / "random-aict-light.pt"
     save_weights(path, light_model, "aict-light", {"note": "random, tests only"}, half=False)
@@ -205,7 +205,7 @@ def gimp_run(daemon: Path) -> dict[str, Any]:
     (job / "job.json").write_text(json.dumps(cases))
     (job / "batch.py").write_text(BATCH.read_text())
     install = subprocess.run(
-        [sys.executable, "-m", "backend", "install-plugin", "gimp",
+        [sys.executable, "-m", "layer_harmonizer", "install-plugin", "gimp",
          "--gimp-dir", str(job / "home" / ".config" / "GIMP" / "3.0"), *install_deps()],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -267,14 +267,14 @@ def expected_inputs(case: dict[str, Any], pictures: dict[str, np.ndarray]) -> di
 def harmonize_run(job: Path, weights: Path, name: str, comp: np.ndarray, mask: np.ndarray,
                   strength: float) -> np.ndarray:  # fmt: skip
     """``harmonize run`` (the CLI, a fresh process) on a composite and a mask."""
-    from backend.imageio import read_image
+    from layer_harmonizer.imageio import read_image
 
     ext = ".tiff" if comp.dtype == np.float32 else ".png"  # PNG: 8/16 bit; TIFF keeps float
     comp_png = write_png(job / f"{name}.comp{ext}", comp)
     mask_png = write_png(job / f"{name}.mask{ext}", np.repeat(mask[..., None], 3, axis=2))
     out = job / f"{name}.expected{ext}"
     subprocess.run(
-        [sys.executable, "-m", "backend", "run", comp_png, mask_png, "-o", str(out),
+        [sys.executable, "-m", "layer_harmonizer", "run", comp_png, mask_png, "-o", str(out),
          "--weights", str(weights), "--device", "cpu", "--strength", str(strength)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""backend.imageheader: the size a file declares, read without decoding it."""
+"""layer_harmonizer.imageheader: the size a file declares, read without decoding it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.imageheader import HeaderError, declared_size
+from layer_harmonizer.imageheader import HeaderError, declared_size
 
 W, H = 37, 23
 

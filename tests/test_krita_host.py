@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backend.model.weights import save_weights
+from layer_harmonizer.model.weights import save_weights
 from tests.conftest import host_unavailable, need_tools
 from tests.daemon_process import DaemonProcess
 
@@ -83,7 +83,7 @@ def quantize(image: np.ndarray, dtype: Any) -> np.ndarray:
 
 def write_png(path: Path, image: np.ndarray) -> Path:
     """RGB ``(H, W, 3)`` or a grey mask ``(H, W)`` as PNG (8 or 16 bit, as the dtype)."""
-    from backend.imageio import write_image
+    from layer_harmonizer.imageio import write_image
 
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -95,14 +95,14 @@ def harmonize_run(
     tmp: Path, weights: Path, comp: np.ndarray, mask: np.ndarray, strength: float = 1.0
 ) -> np.ndarray:
     """``harmonize run`` (the CLI, a fresh process) on a composite and a mask, as arrays."""
-    from backend.imageio import read_image
+    from layer_harmonizer.imageio import read_image
 
     out = tmp / f"expected_{comp.dtype}_{strength}.png"
     subprocess.run(
         [
             sys.executable,
             "-m",
-            "backend",
+            "layer_harmonizer",
             "run",
             str(write_png(tmp / f"comp_{comp.dtype}.png", comp)),
             str(write_png(tmp / f"mask_{mask.dtype}.png", mask)),
@@ -123,7 +123,7 @@ def harmonize_run(
 
 
 def composite_of(layer: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from backend.compose import composite
+    from layer_harmonizer.compose import composite
 
     return composite(
         np.ascontiguousarray(layer[..., :3]),
@@ -185,7 +185,7 @@ def run_kritarunner(
         **krita_env(env, home),
         "QT_QPA_PLATFORM": "offscreen",
         "HARMONIZE_KRITA_NO_REGISTER": "1",
-        "PYTHONPATH": os.pathsep.join([str(HOSTS), str(PLUGIN), str(REPO)]),
+        "PYTHONPATH": os.pathsep.join([str(HOSTS), str(PLUGIN), str(REPO / "backend"), str(REPO)]),
     }
     proc = subprocess.run(
         [
@@ -356,7 +356,7 @@ def test_xvfb_filter_action(
     home = tmp_path / "home"
     krita_dir, kritarc = home / ".local" / "share" / "krita", home / ".config" / "kritarc"
     install = subprocess.run(
-        [sys.executable, "-m", "backend", "install-plugin", "krita", "--krita-dir",
+        [sys.executable, "-m", "layer_harmonizer", "install-plugin", "krita", "--krita-dir",
          str(krita_dir), "--kritarc", str(kritarc)],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
@@ -459,7 +459,7 @@ def test_release_zip_imports_and_loads_its_wheels(tmp_path: Path, runner_home: P
     importer = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
     if not importer.is_file():
         host_unavailable(f"{importer} is missing (Debian's krita package ships it)")
-    from backend import plugin_install
+    from layer_harmonizer import plugin_install
 
     version = subprocess.run(
         ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -492,4 +492,4 @@ def test_release_zip_imports_and_loads_its_wheels(tmp_path: Path, runner_home: P
     wheels = str(resources / "pykrita" / "harmonize" / "wheels" / f"cp{version.replace('.', '')}")
     assert report["python"] == version
     assert report["zmq"].startswith(wheels) and report["msgpack"].startswith(wheels), report
-    assert "/vendor/backend/plugin_support.py" in report["plugin_support"]
+    assert "/vendor/layer_harmonizer/plugin_support.py" in report["plugin_support"]

@@ -1,5 +1,6 @@
-"""The fused LUT kernel (backend/lut/kernel.cu): CPU build vs the torch reference, build cache,
-backend choice, nvcc/NVRTC compile checks, and the CuPy backend where a CUDA device exists."""
+"""The fused LUT kernel (backend/layer_harmonizer/lut/kernel.cu): CPU build vs the torch
+reference, build cache, backend choice, nvcc/NVRTC compile checks, and the CuPy backend where
+a CUDA device exists."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend.errors import InputError
-from backend.lut import LutMaps, apply_luts, backends
-from backend.lut import cpu_kernel as ck
-from backend.lut.backends import TorchBackend, auto_backend, get_backend
-from backend.model import AICTNet
-from backend.pipeline import harmonize
+from layer_harmonizer.errors import InputError
+from layer_harmonizer.lut import LutMaps, apply_luts, backends
+from layer_harmonizer.lut import cpu_kernel as ck
+from layer_harmonizer.lut.backends import TorchBackend, auto_backend, get_backend
+from layer_harmonizer.model import AICTNet
+from layer_harmonizer.pipeline import harmonize
 from tests.conftest import blob_mask, random_image
 from tests.test_lut_reference import gather_oracle, random_maps
 
@@ -254,7 +255,7 @@ def test_auto_without_compiler_warns_once_and_uses_torch(
     monkeypatch.setattr(ck, "_LOADED", None)
     monkeypatch.setattr(ck, "find_compiler", lambda: None)
     image, mask = random_image(8, 9, np.uint8), blob_mask(8, 9)
-    with caplog.at_level(logging.WARNING, logger="backend.lut.backends"):
+    with caplog.at_level(logging.WARNING, logger="layer_harmonizer.lut.backends"):
         for _ in range(3):
             assert get_backend("auto", "cpu").name == "torch"
             get_backend("auto", "cpu").apply(image, mask, random_maps(), 1.0)
@@ -417,7 +418,7 @@ class FakeCupy:
 def _cuda_with(
     monkeypatch: pytest.MonkeyPatch, kernel: ck.CompiledKernel, limit: int | None = None
 ) -> tuple[object, FakeCupy]:
-    from backend.lut import cuda_kernel
+    from layer_harmonizer.lut import cuda_kernel
 
     fake = FakeCupy(kernel, limit)
     monkeypatch.setattr(cuda_kernel, "import_cupy", lambda: fake)
@@ -447,7 +448,7 @@ def test_cuda_out_of_memory_bands_then_cpu(
     want = ck.run(kernel, image, None, maps, 1.0)
     backend, fake = _cuda_with(monkeypatch, kernel)
     fake.limit = 16 * 50 * 3 * 4  # room for 16 rows of the image
-    with caplog.at_level(logging.WARNING, logger="backend.lut.cuda_kernel"):
+    with caplog.at_level(logging.WARNING, logger="layer_harmonizer.lut.cuda_kernel"):
         assert np.array_equal(backend.apply(image, None, maps, 1.0), want)  # type: ignore[attr-defined]
     assert {band for band, _ in fake.launches[-4:]} == {16}
     assert "bands of 16 rows" in caplog.text
@@ -462,7 +463,7 @@ def test_cuda_out_of_memory_bands_then_cpu(
 @pytest.fixture(scope="module")
 def cuda_backend() -> object:
     try:
-        from backend.lut.cuda_kernel import CudaBackend, CudaUnavailable
+        from layer_harmonizer.lut.cuda_kernel import CudaBackend, CudaUnavailable
     except ImportError as exc:  # pragma: no cover - the module imports only torch/numpy
         pytest.skip(f"cuda_kernel not importable: {exc}")
     try:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.errors import HarmonizeError
-from backend.lut import LutMaps, LutTransform, apply_luts
-from backend.lut.backends import TorchBackend, get_backend
+from layer_harmonizer.errors import HarmonizeError
+from layer_harmonizer.lut import LutMaps, LutTransform, apply_luts
+from layer_harmonizer.lut.backends import TorchBackend, get_backend
 from tests.conftest import blob_mask, random_image
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.errors import WeightsError, WeightsNotFoundError
-from backend.model import VARIANTS, AICTNet, create_model
-from backend.model.weights import find_default_weights, load_weights, save_weights
+from layer_harmonizer.errors import WeightsError, WeightsNotFoundError
+from layer_harmonizer.model import VARIANTS, AICTNet, create_model
+from layer_harmonizer.model.weights import find_default_weights, load_weights, save_weights
 from tests.conftest import REFERENCE
 
 
@@ -55,7 +55,7 @@ def test_variants_predict_valid_maps(name: str) -> None:
 
 def test_identity_init_reproduces_input_for_plain_variant() -> None:
     model = create_model("aict", depth=1).eval()
-    from backend.lut import apply_luts
+    from layer_harmonizer.lut import apply_luts
 
     x = torch.rand(1, 4, 256, 256)
     with torch.inference_mode():
@@ -145,7 +145,7 @@ def test_unreadable_files_are_refused(tmp_path: Path, content: str) -> None:
 def test_damaged_weights_give_one_line_errors_and_exit_2(
     tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from backend.cli import main
+    from layer_harmonizer.cli import main
 
     path = tmp_path / "w.pt"
     save_weights(path, create_model("aict-light"), "aict-light")
@@ -181,8 +181,8 @@ def test_missing_file_and_missing_default(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(("gate", "expect"), [(-30.0, "identity"), (30.0, "classical")])
 def test_prior_gate_mixes_identity_and_classical_match(gate: float, expect: str) -> None:
-    from backend.color_stats import classical_transfer
-    from backend.lut import apply_luts
+    from layer_harmonizer.color_stats import classical_transfer
+    from layer_harmonizer.lut import apply_luts
 
     model = create_model("aict-light").eval()
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_prior_gate_mixes_identity_and_classical_match(gate: float, expect: str)
 
 
 def test_prior_input_model_warm_started_from_plain_weights_predicts_the_same() -> None:
-    from backend.model.aict import expand_input_weights
+    from layer_harmonizer.model.aict import expand_input_weights
 
     torch.manual_seed(0)
     plain = create_model("aict-light").eval()

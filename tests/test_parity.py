@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import torch
 
-from backend.lut import apply_luts
-from backend.model.weights import load_weights
-from backend.pipeline import low_res_input
+from layer_harmonizer.lut import apply_luts
+from layer_harmonizer.model.weights import load_weights
+from layer_harmonizer.pipeline import low_res_input
 
 
 def test_network_and_luts_reproduce_official_outputs(
@@ -45,7 +45,7 @@ def test_cli_reproduces_official_output_within_one_level(
     cv2.imwrite(str(comp), reference_case["composite"][..., ::-1])
     soft16 = (reference_case["mask"] * 65535).round().astype(np.uint16)
     cv2.imwrite(str(mask), soft16)  # a 16-bit PNG keeps the soft mask to 1/65535
-    cmd = [sys.executable, "-m", "backend", "run", str(comp), str(mask), "-o", str(out)]
+    cmd = [sys.executable, "-m", "layer_harmonizer", "run", str(comp), str(mask), "-o", str(out)]
     done = subprocess.run(
         [*cmd, "--weights", str(reference_ckpt), "--lut-backend", "torch"],
         capture_output=True,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.errors import InputError
-from backend.model import AICTNet
-from backend.pipeline import apply_prediction, harmonize, predict
+from layer_harmonizer.errors import InputError
+from layer_harmonizer.model import AICTNet
+from layer_harmonizer.pipeline import apply_prediction, harmonize, predict
 from tests.conftest import blob_mask, random_image
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backend import plugin_support as S
-from backend import protocol as P
-from backend.compose import crop_box
+from layer_harmonizer import plugin_support as S
+from layer_harmonizer import protocol as P
+from layer_harmonizer.compose import crop_box
 from tests.mock import gimp as mock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def gi() -> Iterator[types.SimpleNamespace]:
 
 
 class FakeDaemon:
-    """Stands in for :mod:`backend.client`: records the frames, inverts the masked crop."""
+    """Stands in for :mod:`layer_harmonizer.client`: records the frames, inverts the masked crop."""
 
     class DaemonError(Exception):
         def __init__(self, code: str, message: str) -> None:
@@ -401,12 +401,12 @@ def test_starts_the_daemon_recorded_by_the_installer(gi: Any, daemon: FakeDaemon
     daemon.running = False
     exe = tmp_path / "python"
     exe.write_text("")
-    settings = S.Settings(serve_command=[str(exe), "-m", "backend", "serve"])
+    settings = S.Settings(serve_command=[str(exe), "-m", "layer_harmonizer", "serve"])
     monkeypatch.setattr(S, "load_settings", lambda _dir: settings)
     s = scene(gi)
     status, error = run(gi, s["image"], s["obj"])
     assert status == gi.Gimp.PDBStatusType.SUCCESS, error
-    assert daemon.started == [[str(exe), "-m", "backend", "serve"]]
+    assert daemon.started == [[str(exe), "-m", "layer_harmonizer", "serve"]]
 
 
 def test_refuses_channels_and_several_drawables(gi: Any, daemon: FakeDaemon):

@@ -1,4 +1,4 @@
-"""backend.plugin_install and ``harmonize install-plugin|uninstall-plugin``: folders, the
+"""layer_harmonizer.plugin_install and ``harmonize install-plugin|uninstall-plugin``: folders, the
 vendored client, pyzmq/msgpack from the host or from wheels, safe replace/uninstall."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import cli
-from backend import plugin_install as I
-from backend.plugin_support import SETTINGS_FILE, Settings
+from layer_harmonizer import cli
+from layer_harmonizer import plugin_install as I
+from layer_harmonizer.plugin_support import SETTINGS_FILE, Settings
 
 
 def profile(tmp_path: Path) -> Path:
@@ -41,9 +41,9 @@ def test_install_layout_settings_and_marker(tmp_path: Path, monkeypatch: pytest.
                                    ).read_bytes()  # fmt: skip
     assert script.stat().st_mode & 0o111, "GIMP runs the plug-in by its shebang"
     for name in I.VENDORED_MODULES:
-        assert (target / "vendor" / "backend" / name).is_file()
+        assert (target / "vendor" / "layer_harmonizer" / name).is_file()
     settings = Settings.from_dict(json.loads((target / SETTINGS_FILE).read_text()))
-    assert settings.serve_command == [sys.executable, "-m", "backend", "serve"]
+    assert settings.serve_command == [sys.executable, "-m", "layer_harmonizer", "serve"]
     assert settings.serve_args == ["--device", "cpu"]
     assert settings.runtime_dir == str(tmp_path / "runtime")
     assert json.loads((target / I.MARKER).read_text())["host"] == "gimp"
@@ -59,7 +59,7 @@ def test_vendored_client_imports_without_the_project(tmp_path: Path):
         "for m in ('numpy', 'torch', 'platformdirs', 'cv2'):\n"
         "    sys.modules[m] = None\n"
         f"sys.path.insert(0, {str(vendor)!r})\n"
-        "from backend import plugin_support, client, protocol\n"
+        "from layer_harmonizer import plugin_support, client, protocol\n"
         f"assert plugin_support.__file__.startswith({str(vendor)!r}), plugin_support.__file__\n"
         "assert plugin_support._client_module() is client\n"
         "print(client.default_endpoint_file())\n"

@@ -412,7 +412,7 @@ def fake_wheel(folder: Path, dist: str, module: str) -> Path:
 
 
 def test_kritarc_enabling_keeps_the_rest(tmp_path: Path) -> None:
-    from backend.plugin_install import set_kritarc_enabled
+    from layer_harmonizer.plugin_install import set_kritarc_enabled
 
     rc = tmp_path / "kritarc"
     rc.write_text("[General]\nfoo=1\n\n[python]\nenable_other=true\nenable_harmonize=false\n"
@@ -433,7 +433,7 @@ def test_kritarc_enabling_keeps_the_rest(tmp_path: Path) -> None:
 
 
 def test_install_krita_layout_and_uninstall(tmp_path: Path) -> None:
-    from backend import plugin_install as I
+    from layer_harmonizer import plugin_install as I
 
     krita_dir, rc = tmp_path / "share" / "krita", tmp_path / "config" / "kritarc"
     report = I.install_plugin("krita", host_dir=krita_dir, kritarc=rc, deps="host")
@@ -442,7 +442,7 @@ def test_install_krita_layout_and_uninstall(tmp_path: Path) -> None:
     for name in ("__init__.py", "host.py", "extension.py", "docker.py", "settings.json", I.MARKER):
         assert (package / name).is_file(), name
     for name in I.VENDORED_MODULES:
-        assert (package / "vendor" / "backend" / name).is_file()
+        assert (package / "vendor" / "layer_harmonizer" / name).is_file()
     assert (krita_dir / "pykrita" / "harmonize.desktop").is_file()
     assert (krita_dir / "actions" / "harmonize.action").is_file()
     assert "enable_harmonize=true" in rc.read_text()
@@ -459,7 +459,7 @@ def test_install_krita_layout_and_uninstall(tmp_path: Path) -> None:
 
 
 def test_install_krita_vendors_wheels(tmp_path: Path) -> None:
-    from backend import plugin_install as I
+    from layer_harmonizer import plugin_install as I
 
     wheels = tmp_path / "wheels"
     fake_wheel(wheels, "pyzmq", "zmq")
@@ -474,7 +474,7 @@ def test_install_krita_vendors_wheels(tmp_path: Path) -> None:
 
 
 def test_release_zip_layout(tmp_path: Path) -> None:
-    from backend import plugin_install as I
+    from layer_harmonizer import plugin_install as I
 
     folders = {}
     for version, platform in I.KRITA_ZIP_TARGETS:
@@ -489,7 +489,7 @@ def test_release_zip_layout(tmp_path: Path) -> None:
     assert {"harmonize.desktop", "harmonize.action", "harmonize/", "harmonize/__init__.py"} <= set(
         names
     )
-    assert "harmonize/vendor/backend/plugin_support.py" in names
+    assert "harmonize/vendor/layer_harmonizer/plugin_support.py" in names
     assert set(folders) == {"cp310-win_amd64", "cp310-linux_x86_64", "cp311-linux_x86_64",
                             "cp312-linux_x86_64", "cp313-linux_x86_64", "cp310-macosx"}  # fmt: skip
     for tag in folders:
@@ -502,7 +502,7 @@ def test_installer_and_plugin_agree_on_wheel_folders() -> None:
     """The tag the installer writes for this interpreter is one the plugin looks up."""
     import sysconfig
 
-    from backend.plugin_install import wheel_tag
+    from layer_harmonizer.plugin_install import wheel_tag
 
     deps = plugin("deps")
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -512,8 +512,8 @@ def test_installer_and_plugin_agree_on_wheel_folders() -> None:
 
 
 def test_cli_install_package_uninstall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from backend import cli
-    from backend import plugin_install as I
+    from layer_harmonizer import cli
+    from layer_harmonizer import plugin_install as I
 
     args = ["--krita-dir", str(tmp_path / "k"), "--kritarc", str(tmp_path / "rc")]
     assert cli.main(["install-plugin", "krita", *args, "--deps", "host"]) == 0
@@ -531,8 +531,8 @@ def test_cli_install_package_uninstall(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_daemon_status_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from backend import plugin_support as ps
-    from backend.client import DaemonError
+    from layer_harmonizer import plugin_support as ps
+    from layer_harmonizer.client import DaemonError
 
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path))
 

@@ -1,5 +1,5 @@
-"""backend.plugin_support: geometry, formats, settings, messages, and the daemon call (against
-a real daemon over TCP for the happy path and the version check)."""
+"""layer_harmonizer.plugin_support: geometry, formats, settings, messages, and the daemon call
+(against a real daemon over TCP for the happy path and the version check)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend import plugin_support as S
-from backend import protocol as P
-from backend.compose import crop_box
+from layer_harmonizer import plugin_support as S
+from layer_harmonizer import protocol as P
+from layer_harmonizer.compose import crop_box
 from tests.daemon_process import DaemonProcess
 
 # ---- geometry ---------------------------------------------------------------------------------
@@ -159,8 +159,8 @@ def test_explain(exc, words):
 
 def test_client_module_missing_zmq_is_a_message(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "zmq", None)  # import zmq -> ImportError
-    monkeypatch.delitem(sys.modules, "backend.client", raising=False)
-    monkeypatch.delattr(sys.modules["backend"], "client", raising=False)
+    monkeypatch.delitem(sys.modules, "layer_harmonizer.client", raising=False)
+    monkeypatch.delattr(sys.modules["layer_harmonizer"], "client", raising=False)
     with pytest.raises(S.PluginError, match="pyzmq and msgpack"):
         S._client_module()
 
@@ -168,7 +168,7 @@ def test_client_module_missing_zmq_is_a_message(monkeypatch: pytest.MonkeyPatch)
 def test_importing_plugin_support_needs_no_zmq_numpy_or_torch():
     code = (
         "import sys; sys.modules['zmq'] = None\n"
-        "import backend.plugin_support\n"
+        "import layer_harmonizer.plugin_support\n"
         "bad = [m for m in ('zmq', 'numpy', 'torch') if sys.modules.get(m) is not None]\n"
         "assert not bad, bad\n"
     )
@@ -189,7 +189,7 @@ def test_harmonize_checks_sizes_and_strength():
 @pytest.fixture(scope="module")
 def real_daemon(tmp_path_factory: pytest.TempPathFactory, light_model) -> Iterator[Path]:
     """``harmonize serve`` (conftest's random aict-light) on 127.0.0.1; yields its runtime dir."""
-    from backend.model.weights import save_weights
+    from layer_harmonizer.model.weights import save_weights
 
     tmp = tmp_path_factory.mktemp("daemon")
     weights = tmp / "w.pt"
@@ -251,15 +251,15 @@ def test_starts_a_daemon_when_none_runs(tmp_path: Path, monkeypatch: pytest.Monk
                                         light_model) -> None:  # fmt: skip
     """The plugin's path for a user with no daemon: settings.json's command is started
     detached, found through the endpoint file, used, and then shut down here."""
-    from backend.client import Client
-    from backend.model.weights import save_weights
+    from layer_harmonizer.client import Client
+    from layer_harmonizer.model.weights import save_weights
 
     weights = tmp_path / "w.pt"
     save_weights(weights, light_model, "aict-light", {"note": "random, tests"}, half=False)
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("HARMONIZE_LOG_DIR", str(tmp_path / "log"))
     settings_ = S.Settings(
-        serve_command=[sys.executable, "-m", "backend", "serve"],
+        serve_command=[sys.executable, "-m", "layer_harmonizer", "serve"],
         serve_args=["--weights", str(weights), "--device", "cpu"],
     )
     w, h = 40, 32

@@ -1,4 +1,5 @@
-"""backend.protocol: envelope/body/frames round trips, limits, versions, torch-free import."""
+"""layer_harmonizer.protocol: envelope/body/frames round trips, limits, versions, torch-free
+import."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 import zmq
 
-from backend import protocol as P
-from backend.images import DEFAULT_MAX_PIXELS
+from layer_harmonizer import protocol as P
+from layer_harmonizer.images import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,16 +206,17 @@ def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
     """The plugins' copies: import with numpy/torch blocked, in the package and vendored."""
     vendored = tmp_path / "vendored"
     vendored.mkdir()
-    from backend.plugin_install import VENDORED_MODULES
+    from layer_harmonizer.plugin_install import VENDORED_MODULES
 
     for name in VENDORED_MODULES:
-        shutil.copy(ROOT / "backend" / name, vendored / name)
+        shutil.copy(ROOT / "backend" / "layer_harmonizer" / name, vendored / name)
     code = textwrap.dedent(
         f"""
         import sys
         for name in ("numpy", "torch", "cv2", "platformdirs"):
             sys.modules[name] = None  # any import of these now fails
-        import backend.client, backend.protocol, backend.shm, backend.plugin_support
+        import layer_harmonizer.client, layer_harmonizer.protocol
+        import layer_harmonizer.shm, layer_harmonizer.plugin_support
         sys.path.insert(0, {str(vendored)!r})
         import client, protocol, rundir, shm, plugin_support
         assert client.P is protocol and client.shm is shm and shm.P is protocol
@@ -231,10 +233,10 @@ def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
 
 
 def test_client_runtime_dir_matches_the_daemons(monkeypatch, tmp_path):
-    """One rule (backend.rundir) on both sides, whatever platformdirs version is installed."""
+    """One rule (layer_harmonizer.rundir) on both sides, whatever platformdirs version."""
     import platformdirs
 
-    from backend import client, paths
+    from layer_harmonizer import client, paths
 
     # an older platformdirs answers differently: neither side may follow it
     monkeypatch.setattr(platformdirs, "user_runtime_dir", lambda *a, **k: "/elsewhere")

@@ -1,5 +1,5 @@
-"""backend.rundir: the runtime directory both sides use, created 0700 and checked before use
-(issue 12, item 3), for this user; tests/test_trust.py has the cases with a second user."""
+"""layer_harmonizer.rundir: the runtime directory both sides use, created 0700 and checked before
+use (issue 12, item 3), for this user; tests/test_trust.py has the cases with a second user."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from backend import client, paths, rundir
-from backend import plugin_support as S
-from backend.client import DaemonError
+from layer_harmonizer import client, paths, rundir
+from layer_harmonizer import plugin_support as S
+from layer_harmonizer.client import DaemonError
 from tests.daemon_process import serve_once
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_client_refuses_an_endpoint_file_in_a_shared_folder(tmp_path, monkeypatc
     assert info.value.code == "unsafe_runtime_dir"
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(shared))
     fmt = S.wire_format("U8_NON_LINEAR")
-    settings = S.Settings(serve_command=[sys.executable, "-m", "backend", "serve"])
+    settings = S.Settings(serve_command=[sys.executable, "-m", "layer_harmonizer", "serve"])
     with pytest.raises(S.PluginError, match=r"not private to you.*writable by other users"):
         S.harmonize(b"\0" * 4, b"\xff", b"\0" * 3, 1, 1, fmt, settings=settings)
 

@@ -1,6 +1,6 @@
-"""backend.server in-process (a thread, ipc:// in a private temporary folder, or TCP with CURVE)
-with a random aict-light model: request handling, crop, cache, progress, cancel, structured
-errors, the hello proof."""
+"""layer_harmonizer.server in-process (a thread, ipc:// in a private temporary folder, or TCP
+with CURVE) with a random aict-light model: request handling, crop, cache, progress, cancel,
+structured errors, the hello proof."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import pytest
 import torch
 import zmq
 
-from backend import protocol as P
-from backend.client import BUSY_RETRY_S, REPLY_LIMITS, Client, DaemonError, secure_socket
-from backend.compose import composite, crop_box
-from backend.engine import Engine
-from backend.errors import HarmonizeError
-from backend.model import create_model
-from backend.pipeline import apply_prediction, harmonize, predict
-from backend.server import Server, ServerConfig, check_host
+from layer_harmonizer import protocol as P
+from layer_harmonizer.client import BUSY_RETRY_S, REPLY_LIMITS, Client, DaemonError, secure_socket
+from layer_harmonizer.compose import composite, crop_box
+from layer_harmonizer.engine import Engine
+from layer_harmonizer.errors import HarmonizeError
+from layer_harmonizer.model import create_model
+from layer_harmonizer.pipeline import apply_prediction, harmonize, predict
+from layer_harmonizer.server import Server, ServerConfig, check_host
 
 
 def random_model(seed: int):
@@ -205,7 +205,7 @@ def test_progress_events_in_order(running):
 
 
 def test_long_jobs_send_heartbeats(model, monkeypatch):
-    from backend import server
+    from layer_harmonizer import server
 
     monkeypatch.setattr(server, "HEARTBEAT_S", 0.1)
     run = Running(GatedEngine(model))

@@ -1,11 +1,11 @@
-"""backend.service (systemd user unit) and the daemon CLI commands without a daemon."""
+"""layer_harmonizer.service (systemd user unit) and the daemon CLI commands without a daemon."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 
-from backend import cli, service
+from layer_harmonizer import cli, service
 
 
 def test_unit_runs_this_interpreter_as_a_notify_service():
@@ -15,7 +15,7 @@ def test_unit_runs_this_interpreter_as_a_notify_service():
     assert shlex.split(lines["ExecStart"]) == [
         sys.executable,
         "-m",
-        "backend",
+        "layer_harmonizer",
         "serve",
         "--device",
         "cuda",

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import protocol as P
-from backend import shm
-from backend.client import Client, DaemonError
-from backend.engine import Engine
+from layer_harmonizer import protocol as P
+from layer_harmonizer import shm
+from layer_harmonizer.client import Client, DaemonError
+from layer_harmonizer.engine import Engine
 from tests.test_server import (
     GatedEngine,
     Running,

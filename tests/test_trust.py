@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import plugin_support as S
-from backend import protocol as P
-from backend.client import Client
-from backend.model.weights import save_weights
+from layer_harmonizer import plugin_support as S
+from layer_harmonizer import protocol as P
+from layer_harmonizer.client import Client
+from layer_harmonizer.model.weights import save_weights
 from tests.daemon_process import SERVE, DaemonProcess, daemon_env, serve_once
 
 pytestmark = pytest.mark.slow
@@ -410,7 +410,7 @@ def test_the_fallback_without_xdg_runtime_dir_is_checked_too(other):
     its runtime dir is /tmp/harmonize-<uid>, which a planted folder (here root's) blocks."""
     code = other.shared / "code"
     code.mkdir(mode=0o755, exist_ok=True)
-    shutil.copy(ROOT / "backend" / "rundir.py", code / "rundir.py")
+    shutil.copy(ROOT / "backend" / "layer_harmonizer" / "rundir.py", code / "rundir.py")
     (code / "rundir.py").chmod(0o644)
     fallback = Path(f"/tmp/harmonize-{other.uid}")
     if Path(f"/run/user/{other.uid}").exists() or fallback.exists():

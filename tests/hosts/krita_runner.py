@@ -2,7 +2,7 @@
 the plugin's host-facing code (``harmonize.host``) against a real daemon.
 
     HOME=$TMP PATH=/usr/bin:/bin QT_QPA_PLATFORM=offscreen HARMONIZE_KRITA_NO_REGISTER=1 \\
-      PYTHONPATH=tests/hosts:plugins/krita:. \\
+      PYTHONPATH=tests/hosts:plugins/krita:backend:. \\
       timeout 300 kritarunner -s krita_runner -f main SPEC.json
 
 SPEC (JSON): ``{"cases": [{"name", "depth", "profile", "width", "height", "background",

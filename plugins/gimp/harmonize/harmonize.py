@@ -2,7 +2,7 @@
 """GIMP 3 plug-in: Filters ▸ Harmonize Layer… recolours the active layer to fit the scene.
 
 Wiring only: GIMP objects in, bytes out, bytes back into a new layer. Geometry, formats,
-settings, the daemon call and every user-facing message live in ``backend.plugin_support``
+settings, the daemon call and every user-facing message live in ``layer_harmonizer.plugin_support``
 (shared with the Krita plugin), which ``harmonize install-plugin gimp`` copies into
 ``vendor/`` beside this file together with the daemon client.
 """
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-# Installed: <plug-ins>/harmonize/vendor holds backend/{client,protocol,plugin_support}.py and,
-# when GIMP's Python lacks them, pyzmq + msgpack. From a source checkout: the repository root.
+# Installed: <plug-ins>/harmonize/vendor holds layer_harmonizer/{client,protocol,plugin_support}.py
+# and, when GIMP's Python lacks them, pyzmq + msgpack. From a source checkout: the repository's
+# backend/.
 _VENDOR = _HERE / "vendor"
-sys.path.insert(0, str(_VENDOR if _VENDOR.is_dir() else _HERE.parents[2]))
+sys.path.insert(0, str(_VENDOR if _VENDOR.is_dir() else _HERE.parents[2] / "backend"))
 
 import gi  # noqa: E402
 
@@ -29,7 +30,7 @@ gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
-from backend import plugin_support as S  # noqa: E402
+from layer_harmonizer import plugin_support as S  # noqa: E402
 
 MENU_LABEL = "_Harmonize Layer…"
 

@@ -1,10 +1,10 @@
-"""The shared plugin modules: the installed copy in ``vendor/``, else the repository's backend.
+"""The shared plugin modules: the installed copy in ``vendor/``, else the repository's package.
 
-``harmonize install-plugin krita`` puts a ``backend`` package with ``protocol.py``,
+``harmonize install-plugin krita`` puts a ``layer_harmonizer`` package with ``protocol.py``,
 ``client.py`` and ``plugin_support.py`` into ``harmonize/vendor/`` and, where Krita's Python
 lacks them, unpacks pyzmq and msgpack wheels there too. The release zip, which must work with
 several Krita Pythons, carries the wheels per interpreter in ``harmonize/wheels/<tag>/``. In a
-source checkout (unit tests, kritarunner tests) the same modules come from :mod:`backend`.
+source checkout (unit tests, kritarunner tests) the same modules come from :mod:`layer_harmonizer`.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ def wheel_tags() -> list[str]:
 
 
 def add_wheels_to_path() -> list[str]:
-    """Put the vendored ``backend`` first on ``sys.path`` and append the wheel folders that
+    """Put the vendored ``layer_harmonizer`` first on ``sys.path`` and append the wheel folders that
     match this Python (after the host's own packages, which win when present); returns the
     folders added."""
     added = []
-    if (VENDOR_DIR / "backend" / "__init__.py").is_file() and str(VENDOR_DIR) not in sys.path:
+    vendored = (VENDOR_DIR / "layer_harmonizer" / "__init__.py").is_file()
+    if vendored and str(VENDOR_DIR) not in sys.path:
         sys.path.insert(0, str(VENDOR_DIR))
         added.append(str(VENDOR_DIR))
     for tag in wheel_tags():
@@ -58,9 +59,9 @@ def add_wheels_to_path() -> list[str]:
 
 
 def plugin_support() -> ModuleType:
-    """:mod:`backend.plugin_support` (needs msgpack; pyzmq only when talking to the daemon)."""
+    """:mod:`layer_harmonizer.plugin_support` (needs msgpack; pyzmq only to talk to the daemon)."""
     add_wheels_to_path()
-    return importlib.import_module("backend.plugin_support")
+    return importlib.import_module("layer_harmonizer.plugin_support")
 
 
 def explain(exc: BaseException) -> str:

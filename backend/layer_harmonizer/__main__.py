@@ -1,0 +1,5 @@
+import sys
+
+from layer_harmonizer.cli import main
+
+sys.exit(main())

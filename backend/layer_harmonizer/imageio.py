@@ -1,0 +1,150 @@
+"""Reading and writing image files without losing precision.
+
+8-bit and 16-bit PNG/TIFF stay at their depth, 32-bit float TIFF stays float; an alpha channel
+on the composite is carried through to the output untouched. Files are written atomically and
+never over an input. The size a file declares is checked against the pixel limit before any
+pixel is decoded; a file that cannot be read or written is a :class:`FileError` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+
+from layer_harmonizer.errors import FileError, InputError
+from layer_harmonizer.fileutil import atomic_open
+from layer_harmonizer.imageheader import HeaderError, declared_size
+from layer_harmonizer.images import check_pixel_count, from_unit_float, to_unit_float
+
+log = logging.getLogger(__name__)
+
+READ_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+EIGHT_BIT_ONLY = (".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` as the file at ``path`` declares them, without decoding it.
+
+    Raises what :func:`read_image` raises for a missing or unreadable file, a format it does
+    not read, or a size over ``max_pixels``; a file that passes can still be damaged further on.
+    """
+    target = Path(path)
+    try:
+        with _open_image(target) as fh:
+            return _check_header(fh, target, max_pixels)
+    except OSError as exc:
+        raise FileError.from_os_error(exc, target, "read") from None
+
+
+def _imread(path: Path, max_pixels: int | None) -> np.ndarray:
+    try:
+        with _open_image(path) as fh:
+            _check_header(fh, path, max_pixels)  # before any pixel is decoded
+            fh.seek(0)
+            data = np.fromfile(fh, dtype=np.uint8)
+    except OSError as exc:
+        raise FileError.from_os_error(exc, path, "read") from None
+    # JPEGs go through IMREAD_COLOR so their EXIF orientation is honoured; others keep depth/alpha.
+    flags = cv2.IMREAD_COLOR if path.suffix.lower() in (".jpg", ".jpeg") else cv2.IMREAD_UNCHANGED
+    arr = cv2.imdecode(data, flags) if data.size else None
+    if arr is None:
+        raise InputError(f"{path}: not a readable image (supported: {', '.join(READ_EXTENSIONS)})")
+    if arr.dtype not in (np.uint8, np.uint16, np.float32):
+        raise InputError(f"{path}: pixel type {arr.dtype} is not supported (8/16-bit or float32)")
+    return arr
+
+
+def _open_image(path: Path) -> BinaryIO:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    return open(path, "rb")
+
+
+def _check_header(fh: BinaryIO, path: Path, max_pixels: int | None) -> tuple[int, int]:
+    """The declared ``(width, height)``; refuses an unknown format or a size over the limit."""
+    try:
+        kind, width, height = declared_size(fh)
+    except HeaderError as exc:
+        raise InputError(
+            f"{path}: not a readable image ({exc}; supported: {', '.join(READ_EXTENSIONS)})"
+        ) from None
+    check_pixel_count(width, height, max_pixels=max_pixels, what=f"{path} ({kind})")
+    return width, height
+
+
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an image file as ``(rgb (H, W, 3), alpha (H, W) or None)`` in the file's dtype.
+
+    A file declaring more than ``max_pixels`` pixels (default: $HARMONIZE_MAX_PIXELS or
+    :data:`layer_harmonizer.images.DEFAULT_MAX_PIXELS`) is refused before it is decoded.
+    """
+    arr = _imread(Path(path), max_pixels)
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2), None
+    if arr.shape[2] == 4:
+        return np.ascontiguousarray(arr[..., 2::-1]), np.ascontiguousarray(arr[..., 3])
+    if arr.shape[2] == 3:
+        return np.ascontiguousarray(arr[..., ::-1]), None
+    raise InputError(f"{path}: {arr.shape[2]}-channel images are not supported")
+
+
+def read_mask(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask file as ``(H, W)`` in the file's dtype (``max_pixels`` as for
+    :func:`read_image`).
+
+    Greyscale files are used as they are; for colour files the brightest colour channel of each
+    pixel counts (so a white, red or any coloured object on black works); an alpha channel is
+    ignored unless the colour channels are all the same value everywhere.
+    """
+    arr = _imread(Path(path), max_pixels)
+    if arr.ndim == 2:
+        return arr
+    colour = arr[..., :3]
+    if arr.shape[2] == 4 and colour.min() == colour.max():
+        return np.ascontiguousarray(arr[..., 3])
+    return np.ascontiguousarray(colour.max(axis=2))
+
+
+def write_image(
+    path: str | os.PathLike[str], rgb: np.ndarray, alpha: np.ndarray | None = None
+) -> Path:
+    """Write ``rgb`` (and ``alpha``) atomically, in the format the extension names.
+
+    JPEG, WebP and BMP hold 8 bits only: deeper images are converted with a warning. PNG holds
+    up to 16 bits: float images are written as 16-bit PNG. TIFF keeps float32.
+    """
+    target = Path(path)
+    ext = target.suffix.lower()
+    if ext not in READ_EXTENSIONS:
+        raise InputError(f"{target}: unknown output format {ext!r}; use one of {READ_EXTENSIONS}")
+    channels = [rgb[..., 2], rgb[..., 1], rgb[..., 0]]
+    if alpha is not None and ext not in (".jpg", ".jpeg", ".bmp"):
+        channels.append(
+            alpha.astype(rgb.dtype) if alpha.dtype == rgb.dtype else _convert(alpha, rgb.dtype)
+        )
+    out = np.stack(channels, axis=2)
+    if ext in EIGHT_BIT_ONLY and out.dtype != np.uint8:
+        log.warning("%s holds 8 bits per channel only: converting from %s", target.name, out.dtype)
+        out = _convert(out, np.dtype(np.uint8))
+    elif ext == ".png" and out.dtype == np.float32:
+        out = _convert(out, np.dtype(np.uint16))
+    ok, buf = cv2.imencode(ext, out)
+    if not ok:
+        raise InputError(f"{target}: OpenCV could not encode a {out.dtype} image as {ext}")
+    try:
+        with atomic_open(target) as fh:
+            fh.write(buf.tobytes())
+    except OSError as exc:  # permissions, a full disk: the old file (if any) is left as it was
+        raise FileError.from_os_error(exc, target, "write") from None
+    return target
+
+
+def _convert(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return from_unit_float(to_unit_float(arr), np.dtype(dtype))

@@ -1,0 +1,530 @@
+"""Wire protocol between the ``harmonize serve`` daemon and its clients (spec: docs/protocol.md).
+
+A message is a ZeroMQ multipart message (DEALER client, ROUTER daemon)::
+
+    [envelope, body, *frames]
+
+- ``envelope``: msgpack map ``{"version": [major, minor], "id": str, "type": str,
+  "token": str, "parent": str | None}``. Its layout never changes between protocol versions,
+  so any peer can read the version and refuse clearly.
+- ``body``: msgpack map; binary pixel data is never inside it. It declares the frames in
+  ``body["frames"] = [{"name": str, "shape": [int, ...], "dtype": "uint8"|"uint16"|"float32"}]``.
+- ``frames``: raw little-endian, C-ordered pixel bytes, one per declaration.
+
+Since 1.1 a client on the daemon's machine may instead put the pixels in a shared-memory
+segment and describe it in ``body["shm"]`` (:mod:`layer_harmonizer.shm`), when the daemon lists
+``"shm"`` in its hello reply's ``transports``.
+
+Since 2.0 the daemon proves it holds the token before a client sends it: a client's first
+message on a connection is a ``hello_request`` without token that carries a random
+``challenge``; the reply's ``proof`` must equal :func:`hello_proof` of the token and that
+challenge. The daemon listens on an ``ipc://`` socket in the private runtime dir, or on TCP
+with CURVE (docs/protocol.md, "Trust model").
+
+This module is importable with only the standard library and msgpack (no numpy, no torch), so
+the GIMP and Krita plugins can carry a copy of it next to :mod:`.client`. The protocol
+version is independent of the package version (``layer_harmonizer._version``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import reprlib
+import sys
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION: tuple[int, int] = (2, 0)
+"""(major, minor). Minor: backwards-compatible additions. Major: peers must be updated."""
+OPEN_TYPES = ("hello_request",)
+"""Requests the daemon answers without a token (2.0: the hello challenge comes first)."""
+CHALLENGE_CHARS = (32, 128)
+"""Length range of a hello ``challenge`` (the client sends 32 random bytes as 64 hex)."""
+
+# Message types: requests are answered by "<action>_reply", or by "error".
+HELLO = "hello_request"
+PING = "ping_request"
+HARMONIZE = "harmonize_request"
+CANCEL = "cancel_request"
+SHUTDOWN = "shutdown_request"
+REQUEST_TYPES = (HELLO, PING, HARMONIZE, CANCEL, SHUTDOWN)
+PROGRESS = "progress"
+ERROR = "error"
+
+
+def reply_type(request_type: str) -> str:
+    """``"ping_request"`` -> ``"ping_reply"``."""
+    return request_type.removesuffix("_request") + "_reply"
+
+
+class ErrorCode:
+    """The ``code`` of an ``error`` message body (``{"code": str, "message": str}``)."""
+
+    BAD_MESSAGE = "bad_message"  # not msgpack, wrong envelope/body structure
+    UNSUPPORTED_VERSION = "unsupported_version"  # other major protocol version
+    UNAUTHORIZED = "unauthorized"  # missing or wrong token
+    UNKNOWN_TYPE = "unknown_type"  # message type this daemon does not know
+    TOO_LARGE = "too_large"  # a size limit (envelope, body, frames, pixels) exceeded
+    BAD_FRAMES = "bad_frames"  # declared shape/dtype do not match the frames sent
+    INVALID_INPUT = "invalid_input"  # pixel values, sizes or options are wrong
+    EMPTY_MASK = "empty_mask"  # no mask pixel above 0: nothing to harmonize
+    BUSY = "busy"  # job queue full
+    CANCELLED = "cancelled"  # the job was cancelled
+    NOT_FOUND = "not_found"  # cancel: no such queued or running job
+    OUT_OF_MEMORY = "out_of_memory"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"  # a bug: the daemon logged a traceback
+    SHM_UNAVAILABLE = "shm_unavailable"  # 1.1: the shared-memory segment is not reachable here
+    # Client-side only (never sent by the daemon):
+    UNREACHABLE = "unreachable"  # no reply after all retries
+    NO_DAEMON = "no_daemon"  # no endpoint file / daemon could not be started
+    NOT_AUTHENTIC = "not_authentic"  # 2.0: the peer failed the hello proof, or is not secured
+    UNSAFE_RUNTIME_DIR = "unsafe_runtime_dir"  # 2.0: the runtime dir is not private to the user
+
+
+FRAMES, SHM = "frames", "shm"
+TRANSPORTS = (FRAMES, SHM)
+"""How pixels travel (1.1): raw message frames (always), or a shared-memory segment."""
+
+DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
+"""Pixel dtypes on the wire (little-endian) and their item sizes in bytes."""
+
+DEFAULT_MAX_PIXELS = 150_000_000
+"""Largest frame (height x width) accepted; equals ``images.DEFAULT_MAX_PIXELS``."""
+
+ECHO_CHARS = 200
+"""Most characters of a peer's value quoted in an error message (:func:`echo`)."""
+MAX_ERROR_CHARS = 2000
+"""Longest ``error`` message (:func:`error_body`): a reply stays far below any body limit."""
+
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict = 3, 8, 8
+_ECHO.maxstring = _ECHO.maxother = _ECHO.maxlong = ECHO_CHARS
+
+
+def echo(value: Any) -> str:
+    """``repr`` of a value a peer sent, for an error message: at most :data:`ECHO_CHARS`
+    characters and 3 levels deep, whatever its size or nesting (``reprlib``)."""
+    text = _ECHO.repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits, checked on receipt before anything is allocated for the pixels."""
+
+    max_envelope_bytes: int = 4096
+    max_body_bytes: int = 64 * 1024
+    max_frames: int = 4
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_channels: int = 4
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Largest single frame: ``max_pixels`` of 4 float32 channels."""
+        return self.max_pixels * self.max_channels * 4
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; becomes an ``error`` reply with ``code``.
+
+    ``msg_id`` is the id of the offending request when it could be read (the reply's parent).
+    """
+
+    def __init__(self, code: str, message: str, msg_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.msg_id = msg_id
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Raw pixels: a C-ordered, little-endian buffer with its shape and dtype name.
+
+    ``shape`` is ``(H, W)`` or ``(H, W, C)``; ``data`` is any buffer (bytes, memoryview, a
+    numpy array, a zmq frame buffer) of exactly ``H * W * C * itemsize`` bytes.
+    """
+
+    data: Any
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def of(cls, array: Any) -> Pixels:
+        """Wrap a numpy-like array (``.shape``, ``.dtype``, buffer protocol) without numpy."""
+        dtype = str(array.dtype)
+        if dtype not in DTYPES:
+            raise ProtocolError(
+                ErrorCode.INVALID_INPUT, f"pixel dtype must be one of {list(DTYPES)}; got {dtype}"
+            )
+        if sys.byteorder != "little" and DTYPES[dtype] > 1:
+            raise ProtocolError(ErrorCode.INVALID_INPUT, "big-endian hosts must byteswap pixels")
+        view = memoryview(array)
+        if not view.c_contiguous:
+            raise ProtocolError(ErrorCode.INVALID_INPUT, "pixel arrays must be C-contiguous")
+        return cls(view.cast("B"), tuple(int(s) for s in array.shape), dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return _product(self.shape) * DTYPES[self.dtype]
+
+    def spec(self, name: str) -> dict[str, Any]:
+        """The frame declaration for a message body."""
+        return {"name": name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class Message:
+    """A decoded message. ``frames`` maps declared names to :class:`Pixels` (zero-copy)."""
+
+    type: str
+    id: str
+    body: dict[str, Any]
+    version: tuple[int, int] = PROTOCOL_VERSION
+    token: str = ""
+    parent: str | None = None
+    frames: dict[str, Pixels] = field(default_factory=dict)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _product(shape: Iterable[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def pack(
+    msg_type: str,
+    body: Mapping[str, Any] | None = None,
+    frames: Mapping[str, Pixels] | None = None,
+    *,
+    token: str = "",
+    msg_id: str | None = None,
+    parent: str | None = None,
+    version: Sequence[int] = PROTOCOL_VERSION,
+) -> list[Any]:
+    """Build the multipart list ``[envelope, body, *frame buffers]`` of one message.
+
+    Frame buffers are passed through uncopied (send them with ``copy=False`` for large ones).
+    """
+    envelope = {
+        "version": list(version),
+        "id": msg_id or new_id(),
+        "type": msg_type,
+        "token": token,
+        "parent": parent,
+    }
+    content = dict(body or {})
+    frames = dict(frames or {})
+    if frames:
+        content["frames"] = [pix.spec(name) for name, pix in frames.items()]
+    return [
+        msgpack.packb(envelope, use_bin_type=True),
+        msgpack.packb(content, use_bin_type=True),
+        *(pix.data for pix in frames.values()),
+    ]
+
+
+def _unpackb(data: Any, limit: int, what: str, msg_id: str | None) -> Any:
+    data = memoryview(data)
+    size = data.nbytes
+    if size > limit:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"{what} is {size} bytes, over the limit of {limit}", msg_id
+        )
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=max(16, limit // 8),
+            max_map_len=max(16, limit // 16),
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many kinds (ValueError, ExtraData, FormatError...)
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"{what} is not valid msgpack ({type(exc).__name__})", msg_id
+        ) from None
+
+
+def decode_envelope(data: Any, limits: Limits = Limits()) -> dict[str, Any]:
+    """Decode and type-check an envelope; raises :class:`ProtocolError` (``bad_message``)."""
+    env = _unpackb(data, limits.max_envelope_bytes, "envelope", None)
+    if not isinstance(env, dict):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "envelope must be a msgpack map")
+    msg_id = env.get("id")
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 64:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "envelope 'id' must be a string of 1-64 chars")
+    version = env.get("version")
+    if (
+        not isinstance(version, list)
+        or len(version) != 2
+        or not all(type(v) is int and 0 <= v < 1 << 16 for v in version)
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, "envelope 'version' must be [major, minor]", msg_id
+        )
+    for key, kinds in (("type", (str,)), ("token", (str,)), ("parent", (str, type(None)))):
+        if not isinstance(env.get(key), kinds):
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, f"envelope {key!r} has the wrong type", msg_id
+            )
+    return env
+
+
+def check_version(version: Sequence[int], msg_id: str | None = None, *, local: str) -> None:
+    """Refuse another major version, naming which side must be updated.
+
+    ``local`` is this side's role ("daemon" or "client"); ``version`` is the peer's.
+    """
+    major = version[0]
+    if major == PROTOCOL_VERSION[0]:
+        return
+    peer = "client" if local == "daemon" else "daemon"
+    older = peer if major < PROTOCOL_VERSION[0] else local
+    fix = (
+        "the plugin (client)"
+        if older == "client"
+        else "the daemon (`pip install <path to an up-to-date clone of harmonize>`)"
+    )
+    ours = ".".join(map(str, PROTOCOL_VERSION))
+    theirs = ".".join(map(str, version))
+    raise ProtocolError(
+        ErrorCode.UNSUPPORTED_VERSION,
+        f"the {peer} speaks protocol {theirs} but this {local} speaks {ours}: update {fix}",
+        msg_id,
+    )
+
+
+def _frame_specs(body: dict[str, Any], count: int, limits: Limits, msg_id: str) -> list[Any]:
+    specs = body.get("frames", [])
+    if not isinstance(specs, list):
+        raise ProtocolError(ErrorCode.BAD_FRAMES, "body 'frames' must be a list", msg_id)
+    if len(specs) != count:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES,
+            f"the body declares {len(specs)} frames but {count} were sent",
+            msg_id,
+        )
+    return specs
+
+
+def check_frame(spec: Any, size: int | None, limits: Limits, msg_id: str | None = None) -> Pixels:
+    """Validate one frame declaration against the frame's byte length (``None``: pixels that
+    are not in a frame, e.g. in shared memory); returns an empty :class:`Pixels` template
+    (``data=None``). Never allocates from declared sizes."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ProtocolError(ErrorCode.BAD_FRAMES, "each frame needs a 'name' string", msg_id)
+    name, shape, dtype = echo(spec["name"]), spec.get("shape"), spec.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES,
+            f"frame {name}: dtype must be one of {list(DTYPES)}; got {echo(dtype)}",
+            msg_id,
+        )
+    if (
+        not isinstance(shape, list)
+        or len(shape) not in (2, 3)
+        or not all(type(s) is int and s > 0 for s in shape)
+    ):
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES,
+            f"frame {name}: shape must be [H, W] or [H, W, C] of positive ints; got {echo(shape)}",
+            msg_id,
+        )
+    channels = shape[2] if len(shape) == 3 else 1
+    if channels > limits.max_channels:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"frame {name} has {channels} channels, over the limit of {limits.max_channels}",
+            msg_id,
+        )
+    pixels = shape[0] * shape[1]  # each side is bounded by the msgpack int range: no overflow
+    if pixels > limits.max_pixels:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"frame {name} is {shape[1]} x {shape[0]} = {pixels:,} pixels, over the limit of "
+            f"{limits.max_pixels:,}",
+            msg_id,
+        )
+    expected = pixels * channels * DTYPES[dtype]
+    if size is not None and expected != size:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES,
+            f"frame {name}: shape {shape} of {dtype} is {expected} bytes but {size} were sent",
+            msg_id,
+        )
+    return Pixels(None, tuple(shape), dtype)
+
+
+def unpack(
+    parts: Sequence[Any],
+    limits: Limits = Limits(),
+    *,
+    local: str = "daemon",
+    token: str | None = None,
+    open_types: Sequence[str] = (),
+) -> Message:
+    """Decode ``[envelope, body, *frames]`` (bytes or buffers) and check every limit.
+
+    Order: envelope, version, ``token`` (compared in constant time unless None; not for a
+    type in ``open_types``), frame count, body, frame declarations. Raises
+    :class:`ProtocolError` whose ``msg_id`` is set as soon as the envelope could be read.
+    """
+    if len(parts) < 2:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"a message has at least 2 parts; got {len(parts)}"
+        )
+    env = decode_envelope(parts[0], limits)
+    msg_id = env["id"]
+    check_version(env["version"], msg_id, local=local)
+    if (
+        token is not None
+        and env["type"] not in open_types
+        and not hmac.compare_digest(env["token"].encode(), token.encode())
+    ):
+        raise ProtocolError(
+            ErrorCode.UNAUTHORIZED,
+            "wrong or missing token: read it from the daemon's endpoint file",
+            msg_id,
+        )
+    if len(parts) - 2 > limits.max_frames:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"{len(parts) - 2} frames sent, over the limit of {limits.max_frames}",
+            msg_id,
+        )
+    body = _unpackb(parts[1], limits.max_body_bytes, "body", msg_id)
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "body must be a msgpack map", msg_id)
+    frames: dict[str, Pixels] = {}
+    for spec, data in zip(
+        _frame_specs(body, len(parts) - 2, limits, msg_id), parts[2:], strict=True
+    ):
+        view = memoryview(data)
+        template = check_frame(spec, view.nbytes, limits, msg_id)
+        if spec["name"] in frames:
+            raise ProtocolError(
+                ErrorCode.BAD_FRAMES, f"frame {echo(spec['name'])} sent twice", msg_id
+            )
+        frames[spec["name"]] = Pixels(view, template.shape, template.dtype)
+    return Message(
+        type=env["type"],
+        id=msg_id,
+        body=body,
+        version=(env["version"][0], env["version"][1]),
+        token=env["token"],
+        parent=env.get("parent"),  # a missing parent is null, as decode_envelope accepts
+        frames=frames,
+    )
+
+
+def hello_proof(token: str, challenge: str) -> str:
+    """What a daemon answers to a hello ``challenge``: HMAC-SHA256 keyed with the token, hex.
+
+    Only a holder of the endpoint file's token can compute it, so a client checks it before it
+    sends the token or any pixels.
+    """
+    message = b"harmonize hello proof\0" + challenge.encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def check_challenge(challenge: Any, msg_id: str | None = None) -> str:
+    """A hello body's ``challenge``: a string of :data:`CHALLENGE_CHARS` characters."""
+    low, high = CHALLENGE_CHARS
+    if not isinstance(challenge, str) or not low <= len(challenge) <= high:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"hello 'challenge' must be a string of {low}-{high} characters",
+            msg_id,
+        )
+    return challenge
+
+
+def error_body(code: str, message: str) -> dict[str, str]:
+    """An ``error`` body; the message is cut at :data:`MAX_ERROR_CHARS` characters."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    return {"code": code, "message": message}
+
+
+# ---- harmonize requests ------------------------------------------------------------------------
+
+DEFAULT_CROP_MARGIN = 0.25
+"""Context around the mask's bounding box, as a fraction of the box's longer side."""
+MIN_CROP_MARGIN_PX = 16
+"""The context margin is never smaller than this many pixels (then clamped to the layer)."""
+OUTPUTS = ("rgba", "rgb")
+
+
+@dataclass(frozen=True)
+class HarmonizeOptions:
+    """Options of a ``harmonize_request`` (``body["options"]``).
+
+    Attributes:
+        strength: 0 returns the layer unchanged, 1 the full harmonization.
+        crop_margin: context margin around the mask's bounding box as a fraction of its longer
+            side (at least :data:`MIN_CROP_MARGIN_PX`, clamped to the layer); ``None`` = work on
+            the whole layer.
+        dtype: dtype of the result (``None``: the layer's).
+        output: ``"rgba"`` (harmonized RGB + the layer's alpha) or ``"rgb"``.
+    """
+
+    strength: float = 1.0
+    crop_margin: float | None = DEFAULT_CROP_MARGIN
+    dtype: str | None = None
+    output: str = "rgba"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "strength": float(self.strength),
+            "crop_margin": None if self.crop_margin is None else float(self.crop_margin),
+            "dtype": self.dtype,
+            "output": self.output,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any, msg_id: str | None = None) -> HarmonizeOptions:
+        """Validate options from a request body; unknown keys are refused (typos show up)."""
+
+        def fail(text: str) -> ProtocolError:
+            return ProtocolError(ErrorCode.INVALID_INPUT, f"options: {text}", msg_id)
+
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise fail("must be a map")
+        unknown = sorted(map(str, set(raw) - {"strength", "crop_margin", "dtype", "output"}))
+        if unknown:
+            raise fail(f"unknown keys {echo(unknown)}")
+        default = cls()
+        strength = raw.get("strength", default.strength)
+        if type(strength) not in (int, float) or not 0.0 <= strength <= 1.0:
+            raise fail(f"strength must be a number in [0, 1]; got {echo(strength)}")
+        margin = raw.get("crop_margin", default.crop_margin)
+        if margin is not None and (type(margin) not in (int, float) or not 0.0 <= margin <= 10.0):
+            raise fail(f"crop_margin must be null or a number in [0, 10]; got {echo(margin)}")
+        dtype = raw.get("dtype")
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
+            raise fail(f"dtype must be null or one of {list(DTYPES)}; got {echo(dtype)}")
+        output = raw.get("output", default.output)
+        if not isinstance(output, str) or output not in OUTPUTS:
+            raise fail(f"output must be one of {list(OUTPUTS)}; got {echo(output)}")
+        return cls(float(strength), None if margin is None else float(margin), dtype, output)
+
+
+def harmonize_frames(layer: Pixels, mask: Pixels, backdrop: Pixels) -> dict[str, Pixels]:
+    """The frames of a ``harmonize_request``: layer ``(H, W, 4|3)``, mask ``(H, W)``, backdrop
+    ``(H, W, 3)`` (all of the same H x W; dtypes independent)."""
+    return {"layer": layer, "mask": mask, "backdrop": backdrop}
