@@ -89,8 +89,9 @@ class InstallReport:
 
 
 def project_root() -> Path:
-    """The checkout that holds ``plugins/`` (site-packages when installed from a wheel)."""
-    return Path(__file__).resolve().parents[1]
+    """The checkout that holds ``plugins/`` and ``backend/layer_harmonizer/`` (in a wheel
+    install: a folder without ``plugins/``, so the shipped copy is used)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def plugin_source(host: str) -> Path:
