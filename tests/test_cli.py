@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 import pytest
 
-from layer_harmonizer.batch import Pair, output_paths
 from layer_harmonizer.cli import main
 from layer_harmonizer.errors import InputError
 from layer_harmonizer.model import AICTNet
 from layer_harmonizer.model.weights import save_weights
+from layer_harmonizer.pairs import Pair, output_paths
 from tests.conftest import blob_mask, random_image
 from tests.test_imageheader import png_declaring
 

@@ -119,7 +119,7 @@ def scene() -> dict[str, np.ndarray]:
 
 
 def write_png(path: Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> str:
-    from layer_harmonizer.imageio import write_image
+    from layer_harmonizer.image_files import write_image
 
     write_image(path, rgb, alpha)
     return str(path)
@@ -267,7 +267,7 @@ def expected_inputs(case: dict[str, Any], pictures: dict[str, np.ndarray]) -> di
 def harmonize_run(job: Path, weights: Path, name: str, comp: np.ndarray, mask: np.ndarray,
                   strength: float) -> np.ndarray:  # fmt: skip
     """``harmonize run`` (the CLI, a fresh process) on a composite and a mask."""
-    from layer_harmonizer.imageio import read_image
+    from layer_harmonizer.image_files import read_image
 
     ext = ".tiff" if comp.dtype == np.float32 else ".png"  # PNG: 8/16 bit; TIFF keeps float
     comp_png = write_png(job / f"{name}.comp{ext}", comp)

@@ -83,7 +83,7 @@ def quantize(image: np.ndarray, dtype: Any) -> np.ndarray:
 
 def write_png(path: Path, image: np.ndarray) -> Path:
     """RGB ``(H, W, 3)`` or a grey mask ``(H, W)`` as PNG (8 or 16 bit, as the dtype)."""
-    from layer_harmonizer.imageio import write_image
+    from layer_harmonizer.image_files import write_image
 
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -95,7 +95,7 @@ def harmonize_run(
     tmp: Path, weights: Path, comp: np.ndarray, mask: np.ndarray, strength: float = 1.0
 ) -> np.ndarray:
     """``harmonize run`` (the CLI, a fresh process) on a composite and a mask, as arrays."""
-    from layer_harmonizer.imageio import read_image
+    from layer_harmonizer.image_files import read_image
 
     out = tmp / f"expected_{comp.dtype}_{strength}.png"
     subprocess.run(

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from layer_harmonizer import protocol as P
-from layer_harmonizer.images import DEFAULT_MAX_PIXELS
+from layer_harmonizer.arrays import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -209,7 +209,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _run_one(args: argparse.Namespace, model: Any, composite: Path, mask: Path, out: Path) -> None:
     from layer_harmonizer.errors import InputError
-    from layer_harmonizer.imageio import read_image, read_mask, write_image
+    from layer_harmonizer.image_files import read_image, read_mask, write_image
     from layer_harmonizer.pipeline import harmonize
 
     for source in (composite, mask):
@@ -235,9 +235,9 @@ def _harmonize_remote(client: Any, rgb: Any, mask: Any, args: argparse.Namespace
     the result equals in-process :func:`layer_harmonizer.pipeline.harmonize`."""
     import numpy as np
 
+    from layer_harmonizer.arrays import check_image, check_mask
     from layer_harmonizer.client import DaemonError
     from layer_harmonizer.errors import InputError
-    from layer_harmonizer.images import check_image, check_mask
     from layer_harmonizer.protocol import Pixels
 
     image = check_image(rgb, max_pixels=args.max_pixels, what="composite")
@@ -279,7 +279,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_folder(args)
     if args.mask is None:
         raise InputError("MASK is required when COMPOSITE is a file")
-    from layer_harmonizer.imageio import probe_image
+    from layer_harmonizer.image_files import probe_image
 
     for path in (args.composite, args.mask):  # refuse a bad file before loading the model
         probe_image(path, max_pixels=args.max_pixels)
@@ -293,8 +293,8 @@ def _run(args: argparse.Namespace) -> int:
 def _run_folder(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from layer_harmonizer.batch import find_pairs, output_paths
     from layer_harmonizer.errors import FileError, HarmonizeError, InputError
+    from layer_harmonizer.pairs import find_pairs, output_paths
 
     if args.mask is not None:
         raise InputError("give no MASK with a folder: masks are found by name")
@@ -378,8 +378,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from layer_harmonizer.arrays import max_pixels_default
     from layer_harmonizer.daemon import serve
-    from layer_harmonizer.images import max_pixels_default
     from layer_harmonizer.protocol import Limits
     from layer_harmonizer.server import ServerConfig
 

@@ -14,8 +14,8 @@ import math
 import cv2
 import numpy as np
 
+from layer_harmonizer.arrays import OPAQUE, convert, from_unit_float, to_unit_float
 from layer_harmonizer.errors import InputError
-from layer_harmonizer.images import from_unit_float, to_unit_float
 
 
 def composite(rgb: np.ndarray, mask: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ def with_alpha(rgb: np.ndarray, layer: np.ndarray, out: np.ndarray | None = None
         out = np.empty((*rgb.shape[:2], 4), rgb.dtype)
     if layer.shape[2] == 3:
         out[..., :3] = rgb
-        out[..., 3] = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(rgb.dtype, 1.0)
+        out[..., 3] = OPAQUE[rgb.dtype]
         return out
     cv2.mixChannels([rgb, convert(layer, rgb.dtype)], [out], [0, 0, 1, 1, 2, 2, 6, 3])
     return out
@@ -109,11 +109,3 @@ def check_same_size(shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
                 "layer, mask and backdrop must have the same size"
             )
     return first[0], first[1]
-
-
-def convert(arr: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
-    """Convert between uint8 / uint16 / float32 pixel scales (no copy when already ``dtype``)."""
-    dtype = np.dtype(dtype)
-    if arr.dtype == dtype:
-        return arr
-    return from_unit_float(to_unit_float(arr), dtype)

@@ -14,15 +14,8 @@ import numpy as np
 
 from layer_harmonizer import protocol as P
 from layer_harmonizer._version import __version__
-from layer_harmonizer.compose import (
-    composite,
-    convert,
-    crop_box,
-    layer_rgb,
-    selection_weight,
-    with_alpha,
-)
-from layer_harmonizer.images import check_image, check_mask
+from layer_harmonizer.arrays import OPAQUE, check_image, check_mask, convert
+from layer_harmonizer.compose import composite, crop_box, layer_rgb, selection_weight, with_alpha
 
 
 class Engine:
@@ -119,7 +112,7 @@ class Engine:
         alpha = None
         if crop.shape[2] == 4:  # an opaque layer (the common case) skips the division
             a = crop[..., 3]
-            if a.dtype.kind == "f" or a.min() < _opaque(str(a.dtype)):
+            if a.dtype.kind == "f" or a.min() < OPAQUE[a.dtype]:
                 alpha = check_mask(np.ascontiguousarray(a), mask.shape, what="alpha")
         comp = composite(rgb, mask, back)
         times["compose"] = time.perf_counter() - start
@@ -150,10 +143,6 @@ class Engine:
 
 class EmptyMask(Exception):
     """The mask has no pixel above 0."""
-
-
-def _opaque(dtype: str) -> float:
-    return {"uint8": 255, "uint16": 65535}.get(dtype, 1.0)
 
 
 def free_memory(device: str) -> int | None:

@@ -1,6 +1,6 @@
 """The size an image file declares, read from its header without decoding any pixels.
 
-Covers the formats :mod:`.imageio` reads (PNG, JPEG, TIFF and BigTIFF, WebP, BMP), so a
+Covers the formats :mod:`.image_files` reads (PNG, JPEG, TIFF and BigTIFF, WebP, BMP), so a
 file that declares more pixels than allowed is refused before a decoder allocates memory for
 it. Formats are recognised by their leading bytes, as the decoders do, not by the extension.
 """

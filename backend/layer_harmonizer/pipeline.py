@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import torch
 
+from layer_harmonizer.arrays import check_image, check_mask, to_unit_float
 from layer_harmonizer.errors import InputError
-from layer_harmonizer.images import check_image, check_mask, to_unit_float
 from layer_harmonizer.lut import LutMaps
 from layer_harmonizer.lut.backends import get_backend
 from layer_harmonizer.model import AICTNet

@@ -95,7 +95,7 @@ DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
 """Pixel dtypes on the wire (little-endian) and their item sizes in bytes."""
 
 DEFAULT_MAX_PIXELS = 150_000_000
-"""Largest frame (height x width) accepted; equals ``images.DEFAULT_MAX_PIXELS``."""
+"""Largest frame (height x width) accepted; equals ``arrays.DEFAULT_MAX_PIXELS``."""
 
 ECHO_CHARS = 200
 """Most characters of a peer's value quoted in an error message (:func:`echo`)."""

@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from layer_harmonizer.arrays import from_unit_float, to_unit_float
 from layer_harmonizer.errors import HarmonizeError
-from layer_harmonizer.images import from_unit_float, to_unit_float
 from layer_harmonizer.lut.maps import LutMaps
 from layer_harmonizer.lut.reference import apply_luts
 

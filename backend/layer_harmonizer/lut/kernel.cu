@@ -98,7 +98,7 @@ __device__ __forceinline__ float lut_blend(float x, float y, float a) {
 
 // ---- sample conversion: float in [0, 1] <-> stored type -------------------------------------
 // Integers: divide by full scale; back with round half up of clamp(v, 0, 1) * scale
-// (layer_harmonizer.images.to_unit_float / from_unit_float).
+// (layer_harmonizer.arrays.to_unit_float / from_unit_float).
 
 __device__ __forceinline__ float lut_to_unit(float v) { return v; }
 __device__ __forceinline__ float lut_to_unit(unsigned char v) { return (float)v / 255.0f; }

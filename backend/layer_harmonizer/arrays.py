@@ -1,4 +1,4 @@
-"""Validation and dtype conversion of in-memory images and masks.
+"""In-memory images and masks: validation, the pixel limit and dtype conversion.
 
 Images are ``(H, W, 3)`` RGB arrays: uint8 (0..255), uint16 (0..65535) or float32 in [0, 1].
 Masks are ``(H, W)`` arrays: uint8 (0..255), uint16 (0..65535), bool, or float in [0, 1];
@@ -19,6 +19,8 @@ DEFAULT_MAX_PIXELS = 150_000_000
 """Largest image accepted by default (e.g. 15000 x 10000); override with $HARMONIZE_MAX_PIXELS."""
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+OPAQUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535, np.dtype(np.float32): 1.0}
+"""The alpha value of a fully opaque pixel per image dtype."""
 
 
 def max_pixels_default() -> int:
@@ -118,3 +120,11 @@ def from_unit_float(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.clip(arr, 0.0, 1.0).astype(dtype, copy=False)
     out = np.clip(arr * scale + 0.5, 0.0, scale)
     return out.astype(dtype)
+
+
+def convert(arr: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    """Convert between uint8 / uint16 / float32 pixel scales (no copy when already ``dtype``)."""
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype:
+        return arr
+    return from_unit_float(to_unit_float(arr), dtype)

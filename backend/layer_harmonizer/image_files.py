@@ -16,10 +16,10 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
+from layer_harmonizer.arrays import check_pixel_count, convert
 from layer_harmonizer.errors import FileError, InputError
 from layer_harmonizer.fileutil import atomic_open
 from layer_harmonizer.imageheader import HeaderError, declared_size
-from layer_harmonizer.images import check_pixel_count, from_unit_float, to_unit_float
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def read_image(
     """Read an image file as ``(rgb (H, W, 3), alpha (H, W) or None)`` in the file's dtype.
 
     A file declaring more than ``max_pixels`` pixels (default: $HARMONIZE_MAX_PIXELS or
-    :data:`layer_harmonizer.images.DEFAULT_MAX_PIXELS`) is refused before it is decoded.
+    :data:`layer_harmonizer.arrays.DEFAULT_MAX_PIXELS`) is refused before it is decoded.
     """
     arr = _imread(Path(path), max_pixels)
     if arr.ndim == 2:
@@ -126,15 +126,13 @@ def write_image(
         raise InputError(f"{target}: unknown output format {ext!r}; use one of {READ_EXTENSIONS}")
     channels = [rgb[..., 2], rgb[..., 1], rgb[..., 0]]
     if alpha is not None and ext not in (".jpg", ".jpeg", ".bmp"):
-        channels.append(
-            alpha.astype(rgb.dtype) if alpha.dtype == rgb.dtype else _convert(alpha, rgb.dtype)
-        )
+        channels.append(convert(alpha, rgb.dtype))
     out = np.stack(channels, axis=2)
     if ext in EIGHT_BIT_ONLY and out.dtype != np.uint8:
         log.warning("%s holds 8 bits per channel only: converting from %s", target.name, out.dtype)
-        out = _convert(out, np.dtype(np.uint8))
+        out = convert(out, np.uint8)
     elif ext == ".png" and out.dtype == np.float32:
-        out = _convert(out, np.dtype(np.uint16))
+        out = convert(out, np.uint16)
     ok, buf = cv2.imencode(ext, out)
     if not ok:
         raise InputError(f"{target}: OpenCV could not encode a {out.dtype} image as {ext}")
@@ -144,7 +142,3 @@ def write_image(
     except OSError as exc:  # permissions, a full disk: the old file (if any) is left as it was
         raise FileError.from_os_error(exc, target, "write") from None
     return target
-
-
-def _convert(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return from_unit_float(to_unit_float(arr), np.dtype(dtype))

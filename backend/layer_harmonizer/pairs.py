@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layer_harmonizer.errors import FileError, InputError
-from layer_harmonizer.imageio import READ_EXTENSIONS
+from layer_harmonizer.image_files import READ_EXTENSIONS
 
 MASK_SUFFIX = "_mask"
 
