@@ -19,7 +19,8 @@ import torch
 from layer_harmonizer.errors import InputError
 from layer_harmonizer.lut import LutMaps, apply_luts, backends
 from layer_harmonizer.lut import cpu_kernel as ck
-from layer_harmonizer.lut.backends import TorchBackend, auto_backend, get_backend
+from layer_harmonizer.lut.backends import TorchBackend, auto_backend, cpu_fallback, get_backend
+from layer_harmonizer.lut.maps import GPU_BLOCK, check_kernel_limits
 from layer_harmonizer.model import AICTNet
 from layer_harmonizer.pipeline import harmonize
 from tests.conftest import blob_mask, random_image
@@ -27,7 +28,7 @@ from tests.test_lut_reference import gather_oracle, random_maps
 
 KERNEL = Path(ck.__file__).resolve().parent / "kernel.cu"
 SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
-BLOCKS = [ck.PRODUCTION_BLOCK, ck.GPU_BLOCK, (1, 1), (5, 3)]
+BLOCKS = [ck.PRODUCTION_BLOCK, GPU_BLOCK, (1, 1), (5, 3)]
 MAX_REGISTERS = 64
 """ptxas register cap per thread for the CI compile check (measured 32 ... 62)."""
 
@@ -79,7 +80,7 @@ def with_range_ends(image: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 37), (7, 3), (4097, 13)])
 @pytest.mark.parametrize("mask_kind", ["none", "zeros", "ones", "soft"])
-@pytest.mark.parametrize("block", [ck.PRODUCTION_BLOCK, ck.GPU_BLOCK])
+@pytest.mark.parametrize("block", [ck.PRODUCTION_BLOCK, GPU_BLOCK])
 def test_float_matches_torch_reference(
     kernel: ck.CompiledKernel, size: tuple[int, int], mask_kind: str, block: tuple[int, int]
 ) -> None:
@@ -105,7 +106,7 @@ def test_integer_within_one_level_of_torch_backend(
     image = with_range_ends(random_image(h, w, dtype, seed=h * w))
     mask = make_mask(mask_kind, h, w)
     maps = random_maps(grid=(9, 6), seed=w)
-    got = ck.run(kernel, image, mask, maps, 1.0, block=ck.GPU_BLOCK)
+    got = ck.run(kernel, image, mask, maps, 1.0, block=GPU_BLOCK)
     want = TorchBackend().apply(image, mask, maps, 1.0)
     assert got.dtype == image.dtype
     assert np.abs(got.astype(np.int64) - want.astype(np.int64)).max() <= 1
@@ -193,7 +194,7 @@ def test_bad_arguments_raise_input_errors(kernel: ck.CompiledKernel) -> None:
     with pytest.raises(InputError, match="one image"):
         ck.run(kernel, image, None, random_maps(batch=2), 1.0)
     with pytest.raises(InputError, match="too large"):
-        ck.check_kernel_limits(10_000_000, 300, (3, 256, 256, 9))
+        check_kernel_limits(10_000_000, 300, (3, 256, 256, 9))
     with pytest.raises(InputError, match="block"):
         ck.run(kernel, image, None, maps, 1.0, block=(0, 1))
 
@@ -275,6 +276,19 @@ def test_auto_on_cuda_without_a_usable_gpu_falls_back(fresh_auto: None) -> None:
     backend, reason = auto_backend("cuda")
     assert backend.name == "cpu-kernel"
     assert reason.startswith("cuda:")
+
+
+def test_the_kernel_modules_import_only_the_contract_from_lut() -> None:
+    """No import cycle: the CUDA and CPU kernels take from ``lut`` only :mod:`.maps`; the
+    fallback chain between backends lives in :mod:`.backends`, which imports them."""
+    import ast
+
+    for module in ("cuda_kernel", "cpu_kernel"):
+        tree = ast.parse((KERNEL.parent / f"{module}.py").read_text(encoding="utf-8"))
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        from_lut = {n for n in names if n.startswith("layer_harmonizer.lut")}
+        assert from_lut == {"layer_harmonizer.lut.maps"}, (module, from_lut)
 
 
 def test_pipeline_with_cpu_kernel_matches_torch(light_model: AICTNet, fresh_auto: None) -> None:
@@ -423,7 +437,8 @@ def _cuda_with(
     fake = FakeCupy(kernel, limit)
     monkeypatch.setattr(cuda_kernel, "import_cupy", lambda: fake)
     monkeypatch.setattr(ck, "_LOADED", kernel)
-    return cuda_kernel.CudaBackend("cuda"), fake  # runs the self-test through the fake
+    # runs the self-test through the fake
+    return cuda_kernel.CudaBackend("cuda", fallback=cpu_fallback), fake
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
@@ -467,7 +482,7 @@ def cuda_backend() -> object:
     except ImportError as exc:  # pragma: no cover - the module imports only torch/numpy
         pytest.skip(f"cuda_kernel not importable: {exc}")
     try:
-        return CudaBackend("cuda")
+        return CudaBackend("cuda", fallback=cpu_fallback)
     except CudaUnavailable as exc:
         pytest.skip(f"no usable CUDA device for CuPy: {exc}")
 
@@ -483,7 +498,7 @@ def test_cuda_matches_cpu_kernel(
         mask = make_mask(mask_kind, h, w)
         maps = random_maps(grid=(64, 64), seed=w)
         got = cuda_backend.apply(image, mask, maps, 0.9)  # type: ignore[attr-defined]
-        want = ck.run(kernel, image, mask, maps, 0.9, block=ck.GPU_BLOCK)
+        want = ck.run(kernel, image, mask, maps, 0.9, block=GPU_BLOCK)
         limit = 1e-5 if dtype == np.float32 else 1
         assert np.abs(got.astype(np.float64) - want.astype(np.float64)).max() <= limit
         if mask is not None:

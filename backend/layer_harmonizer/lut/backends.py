@@ -72,10 +72,21 @@ class TorchBackend:
         return out
 
 
+def cpu_fallback() -> LutBackend:
+    """The CPU kernel when it builds, else the torch reference: what the CUDA backend checks
+    itself against and falls back to."""
+    from layer_harmonizer.lut.cpu_kernel import CpuKernelBackend, KernelBuildError
+
+    try:
+        return CpuKernelBackend()
+    except KernelBuildError:
+        return TorchBackend("cpu")
+
+
 def _cuda_backend(device: str) -> LutBackend:
     from layer_harmonizer.lut.cuda_kernel import CudaBackend
 
-    return CudaBackend(device)
+    return CudaBackend(device, fallback=cpu_fallback)
 
 
 def _cpu_kernel_backend(device: str) -> LutBackend:

@@ -31,7 +31,7 @@ import numpy as np
 
 from layer_harmonizer import paths
 from layer_harmonizer.errors import HarmonizeError, InputError
-from layer_harmonizer.lut.maps import LutMaps
+from layer_harmonizer.lut.maps import LutMaps, check_kernel_call
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,8 @@ ATTEMPTS = (
 no ``-march=native`` for compilers that reject it)."""
 PRODUCTION_BLOCK = (256, 1)
 """Block shape of normal CPU calls: row strips, the fastest shape measured here (docs/kernel.md)."""
-GPU_BLOCK = (32, 8)
-"""Block shape of the CUDA launch; tests run the CPU build with it too."""
 
 _TYPES = {np.dtype(np.float32): "f32", np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16"}
-_INT32_MAX = 2**31 - 1
 
 
 class KernelBuildError(HarmonizeError):
@@ -221,36 +218,13 @@ def _ptr(arr: np.ndarray | None) -> int | None:
     return None if arr is None else arr.ctypes.data
 
 
-def check_kernel_limits(height: int, width: int, intervals_shape: tuple[int, ...]) -> None:
-    """Raise :class:`InputError` when 32-bit kernel index arithmetic could overflow."""
-    rows, cols = intervals_shape[-3], intervals_shape[-2]
-    if (max(height, width) - 1) * (max(rows, cols) - 1) > _INT32_MAX:
-        raise InputError(
-            f"a {width} x {height} image on a {rows} x {cols} LUT grid is too large for the kernel"
-        )
-    if int(np.prod(intervals_shape)) > _INT32_MAX:
-        raise InputError(f"LUT maps of shape {intervals_shape} are too large for the kernel")
-
-
 def _check_call(
     image: np.ndarray, mask: np.ndarray | None, maps: LutMaps
 ) -> tuple[np.ndarray, np.ndarray]:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in _TYPES:
-        raise InputError(
-            f"image must be (H, W, 3) uint8, uint16 or float32; got {image.shape} {image.dtype}"
-        )
-    h, w, _ = image.shape
-    if h == 0 or w == 0 or h > _INT32_MAX or w > _INT32_MAX:
-        raise InputError(f"image size {w} x {h} is not supported")
-    if mask is not None and (mask.shape != (h, w) or mask.dtype != np.float32):
-        raise InputError(f"mask must be ({h}, {w}) float32; got {mask.shape} {mask.dtype}")
-    if maps.batch != 1:
-        raise InputError(f"the LUT kernel takes the maps of one image; got {maps.batch}")
+    """:func:`check_kernel_call`, then the maps of the one image as float32 numpy tables."""
+    check_kernel_call(image, mask, maps)
     cpu = maps.to("cpu")
-    intervals = cpu.intervals[0].numpy()
-    colors = cpu.colors[0].numpy()
-    check_kernel_limits(h, w, intervals.shape)
-    return intervals, colors
+    return cpu.intervals[0].numpy(), cpu.colors[0].numpy()
 
 
 def run(

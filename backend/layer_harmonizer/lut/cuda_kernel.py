@@ -12,6 +12,7 @@ compiles with NVRTC 12 and 13 for sm_75 ... sm_90. **Not yet run on a GPU** (doc
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,21 +21,20 @@ import numpy as np
 import torch
 
 from layer_harmonizer.errors import HarmonizeError, InputError
-from layer_harmonizer.lut.cpu_kernel import check_kernel_limits
-from layer_harmonizer.lut.maps import LutMaps
+from layer_harmonizer.lut.maps import GPU_BLOCK as BLOCK
+from layer_harmonizer.lut.maps import LutMaps, check_kernel_call
 
 log = logging.getLogger(__name__)
 
 CUPY_MAJOR_RANGE = (13, 15)
 """Supported CuPy major versions: ``13 <= major < 15`` (the pyproject extras pin the same)."""
-BLOCK = (32, 8)
-"""Threads per block (x = columns, y = rows): 256, the kernel's ``__launch_bounds__``."""
 MAX_GRID_Y = 65535
 KERNEL_NAMES = {
     np.dtype(np.float32): "lut_apply_f32",
     np.dtype(np.uint8): "lut_apply_u8",
     np.dtype(np.uint16): "lut_apply_u16",
 }
+"""The kernel's entry point per image dtype (:data:`~.maps.KERNEL_DTYPES`)."""
 SELF_TEST_TOLERANCE = 1e-4
 
 
@@ -91,11 +91,20 @@ class CudaBackend:
     :class:`CudaUnavailable` when any of that fails, so ``auto`` moves on to the CPU kernel.
     Out of device memory, :meth:`apply` retries in row bands of halving height and finally
     applies the LUTs on the CPU, logging a warning each time.
+
+    Args:
+        device: ``cuda`` or ``cuda:N``.
+        fallback: makes the CPU backend of the self-test and of the last resort (the chain
+            lives in :mod:`.backends`: :func:`~.backends.cpu_fallback`).
+        self_test: run the self-test on construction.
     """
 
     name = "cuda"
 
-    def __init__(self, device: str = "cuda", *, self_test: bool = True) -> None:
+    def __init__(
+        self, device: str = "cuda", *, fallback: Callable[[], Any], self_test: bool = True
+    ) -> None:
+        self._fallback = fallback
         self.cp = import_cupy()
         self.device_id = _device_index(device)
         try:
@@ -122,7 +131,7 @@ class CudaBackend:
             got = self.apply(image, mask, maps, 0.9)
         except Exception as exc:
             raise CudaUnavailable(f"CUDA LUT kernel self-test could not run: {exc}") from exc
-        want = _cpu_fallback().apply(image, mask, maps, 0.9)
+        want = self._fallback().apply(image, mask, maps, 0.9)
         error = float(np.abs(got - want).max())
         if not error <= SELF_TEST_TOLERANCE:
             raise CudaUnavailable(f"CUDA LUT kernel self-test failed: max error {error:.3g}")
@@ -142,16 +151,8 @@ class CudaBackend:
         self, image: np.ndarray, mask: np.ndarray | None, maps: LutMaps, strength: float
     ) -> np.ndarray:
         """Image ``(H, W, 3)`` uint8/uint16/float32 in, a new array of the same dtype out."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in KERNEL_NAMES:
-            raise InputError(
-                f"image must be (H, W, 3) uint8, uint16 or float32; got {image.shape} {image.dtype}"
-            )
-        h, w, _ = image.shape
-        if mask is not None and (mask.shape != (h, w) or mask.dtype != np.float32):
-            raise InputError(f"mask must be ({h}, {w}) float32; got {mask.shape} {mask.dtype}")
-        if maps.batch != 1:
-            raise InputError(f"the LUT kernel takes the maps of one image; got {maps.batch}")
-        check_kernel_limits(h, w, tuple(maps.intervals.shape))
+        check_kernel_call(image, mask, maps)
+        h = image.shape[0]
         cp = self.cp
         band = min(h, MAX_GRID_Y * BLOCK[1])
         with cp.cuda.Device(self.device_id):
@@ -167,7 +168,7 @@ class CudaBackend:
                     band = max(1, band // 2)
                     log.warning("GPU out of memory: applying the LUTs in bands of %d rows", band)
         log.warning("GPU out of memory even for single rows: applying the LUTs on the CPU")
-        return _cpu_fallback().apply(image, mask, maps, strength)
+        return self._fallback().apply(image, mask, maps, strength)
 
     def _run(
         self,
@@ -212,14 +213,3 @@ class CudaBackend:
             out[top:bottom] = dst.get()
             del src, alpha, dst
         return out
-
-
-def _cpu_fallback() -> Any:
-    """The CPU kernel when it builds, else the torch reference."""
-    from layer_harmonizer.lut.backends import TorchBackend
-    from layer_harmonizer.lut.cpu_kernel import CpuKernelBackend, KernelBuildError
-
-    try:
-        return CpuKernelBackend()
-    except KernelBuildError:
-        return TorchBackend("cpu")

@@ -1,11 +1,23 @@
-"""The predicted LUT maps: what the network produces and every LUT backend consumes."""
+"""The predicted LUT maps and the kernel contract: what the network produces, what every LUT
+backend consumes, and the checks every compiled kernel (CPU and CUDA) applies to a call."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from layer_harmonizer.errors import InputError
+
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.uint16))
+"""Image dtypes the compiled kernels take (``kernel.cu`` has one entry point each)."""
+GPU_BLOCK = (32, 8)
+"""Threads per block of the CUDA launch (x = columns, y = rows): 256, the kernel's
+``__launch_bounds__``; the tests run the CPU build with it too."""
+INT32_MAX = 2**31 - 1
+"""The kernels index with 32-bit integers."""
 
 
 @dataclass(frozen=True)
@@ -58,3 +70,32 @@ class LutMaps:
         intervals = torch.linspace(0, 1, knots + 1).expand(batch, 3, m, n, knots + 1)
         colors = torch.linspace(0, 1, knots).expand(batch, 3, m, n, knots)
         return LutMaps(intervals.contiguous(), colors.contiguous())
+
+
+def check_kernel_limits(height: int, width: int, intervals_shape: tuple[int, ...]) -> None:
+    """Raise :class:`InputError` when 32-bit kernel index arithmetic could overflow."""
+    rows, cols = intervals_shape[-3], intervals_shape[-2]
+    if (max(height, width) - 1) * (max(rows, cols) - 1) > INT32_MAX:
+        raise InputError(
+            f"a {width} x {height} image on a {rows} x {cols} LUT grid is too large for the kernel"
+        )
+    if int(np.prod(intervals_shape)) > INT32_MAX:
+        raise InputError(f"LUT maps of shape {intervals_shape} are too large for the kernel")
+
+
+def check_kernel_call(image: np.ndarray, mask: np.ndarray | None, maps: LutMaps) -> None:
+    """The arguments of a compiled kernel's ``apply``: image ``(H, W, 3)`` of
+    :data:`KERNEL_DTYPES`, mask ``(H, W)`` float32 or None, the maps of one image, and sizes
+    the 32-bit index arithmetic holds; :class:`InputError` otherwise."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in KERNEL_DTYPES:
+        raise InputError(
+            f"image must be (H, W, 3) uint8, uint16 or float32; got {image.shape} {image.dtype}"
+        )
+    h, w, _ = image.shape
+    if h == 0 or w == 0 or h > INT32_MAX or w > INT32_MAX:
+        raise InputError(f"image size {w} x {h} is not supported")
+    if mask is not None and (mask.shape != (h, w) or mask.dtype != np.float32):
+        raise InputError(f"mask must be ({h}, {w}) float32; got {mask.shape} {mask.dtype}")
+    if maps.batch != 1:
+        raise InputError(f"the LUT kernel takes the maps of one image; got {maps.batch}")
+    check_kernel_limits(h, w, tuple(maps.intervals.shape))
