@@ -15,24 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from backend.model import create_model
-from backend.model.weights import load_weights
+from layer_harmonizer.model import create_model
+from layer_harmonizer.model.weights import load_weights
 from tests.test_training_data import write_photo_folder
 from training import metrics as M
-from training.data import DataSpec, build_training, folder_triplets
+from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from training.config import DataSpec, TrainConfig
+from training.data import build_training, folder_triplets
+from training.data.samples import collate
 from training.evaluate import ContactSheet, evaluate, predict, summarize, write_summary
 from training.export import export
-from training.losses import harmonization_loss, masked_mse
-from training.samples import collate
-from training.train import (
-    EMA,
-    TrainConfig,
-    batch_loss,
-    choose_precision,
-    load_checkpoint,
-    lr_factor,
-    train,
-)
+from training.losses import batch_loss, harmonization_loss, masked_mse
+from training.precision import choose_precision
+from training.schedule import EMA, lr_factor
+from training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"input_size": 64}
@@ -169,7 +165,7 @@ def test_a_few_steps_lower_the_loss(tiny_spec: DataSpec) -> None:
     losses = []
     for _ in range(12):
         opt.zero_grad()
-        loss, _, _ = batch_loss(model, batch, cfg)
+        loss = batch_loss(model, batch, cfg).total
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
@@ -220,6 +216,44 @@ def test_resumed_training_equals_an_uninterrupted_run(tiny_spec: DataSpec, tmp_p
     assert {"composite", "classical", "ema"} <= set(ev) and ev["ema"]["n"] == 3
     assert json.loads((tmp_path / "straight" / "split.json").read_text())["val"]
     assert (tmp_path / "straight" / "best.pt").is_file()
+
+
+def test_a_checkpoint_of_the_previous_version_resumes_and_exports(
+    tiny_spec: DataSpec, tmp_path: Path
+) -> None:
+    """``last.pt`` as the code before the config move wrote it: its config JSON has today's old
+    shape (no newer fields; an ``init_weights`` file that is gone), and it still exports and
+    resumes."""
+    from tests.test_training_config import OLD_CONFIG
+
+    torch.manual_seed(0)
+    model = create_model("aict-light", **SMALL)
+    cfg = json.loads(json.dumps(_cfg(tiny_spec, tmp_path, max_steps=3, eval_every=0).to_json()))
+    old = {k: v for k, v in cfg.items() if k in OLD_CONFIG}
+    old["init_weights"] = str(tmp_path / "gone" / "last.pt")
+    assert set(old) == set(OLD_CONFIG) and set(old["data"]) == set(OLD_CONFIG["data"])
+    ck = {
+        "format": CHECKPOINT_FORMAT,
+        "variant": "aict-light",
+        "config": old,
+        "model": model.state_dict(),
+        "ema": EMA(model, 0.999).state_dict(),
+        "optimizer": torch.optim.Adam(model.parameters()).state_dict(),
+        "step": 2,
+        "samples": 8,
+        "elapsed": 1.5,
+        "best_fmse": math.inf,
+        "data": {"kind": "synthetic"},
+        "baselines": {},
+        "torch_rng": torch.get_rng_state(),
+        "precision": {"precision": "fp32"},
+    }
+    torch.save(ck, tmp_path / "last.pt")
+    meta = export(tmp_path / "last.pt", tmp_path / "w.pt")
+    assert meta["steps"] == 2 and meta["hyperparameters"]["smooth_weight"] is None
+    summary = train(TrainConfig.from_json(old))
+    assert summary["step"] == 3 and summary["elapsed"] > 1.5
+    assert load_checkpoint(tmp_path / "last.pt")["samples"] == 3 * 2 * 2
 
 
 def test_precision_is_measured_without_touching_the_training_rng() -> None:
@@ -332,8 +366,8 @@ def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_p
 
 
 def test_hindsight_affine_undoes_a_global_gain_and_offset() -> None:
+    from training.data.samples import Triplet
     from training.evaluate import hindsight_affine
-    from training.samples import Triplet
 
     rng = np.random.default_rng(0)
     real = rng.integers(40, 200, (20, 24, 3)).astype(np.uint8)

@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from training import colour_ops as ops
-from training import iharmony4, recipes
-from training.augment import crop_box, crop_flip, fit_size, limit_size
-from training.masks import feather, label_region, place_bank_mask
-from training.samples import Triplet, collate, training_example
-from training.sources import scan_folder, split_keys, split_photos
-from training.synthetic import CompositeGenerator, write_triplets
+from training.data import colour_edits as ops
+from training.data import iharmony4, mistakes
+from training.data.augment import crop_box, crop_flip, fit_size, limit_size
+from training.data.masks import feather, label_region, place_bank_mask
+from training.data.samples import Triplet, collate, training_example
+from training.data.sources import scan_folder, split_keys, split_photos
+from training.data.synthetic import CompositeGenerator, write_triplets
 
 
 def smooth_photo(h: int, w: int, seed: int) -> np.ndarray:
@@ -135,7 +135,7 @@ def test_every_transfer_method_moves_the_mean_towards_the_target() -> None:
     dst = np.clip(src * [0.5, 0.8, 1.1] + [0.3, 0.1, 0.0], 0, 1).astype(np.float32)
     seen = set()
     for _ in range(40):
-        recipe = recipes.draw_transfer(rng, src, dst, strong=True)
+        recipe = mistakes.draw_transfer(rng, src, dst, strong=True)
         json.dumps(recipe)
         seen.add(recipe[0]["op"])
         out = ops.apply_recipe(src[None], recipe[:1])[0]
@@ -146,17 +146,17 @@ def test_every_transfer_method_moves_the_mean_towards_the_target() -> None:
 
 def test_drawn_recipes_are_json_and_vary() -> None:
     rng = np.random.default_rng(0)
-    looks = [recipes.draw_look(rng, 0.5, strong=False) for _ in range(60)]
-    lights = [recipes.draw_light(rng, 0.5, strong=True) for _ in range(60)]
-    json.dumps([looks, lights, recipes.draw_jitter(rng)])
+    looks = [mistakes.draw_look(rng, 0.5, strong=False) for _ in range(60)]
+    lights = [mistakes.draw_light(rng, 0.5, strong=True) for _ in range(60)]
+    json.dumps([looks, lights, mistakes.draw_jitter(rng)])
     look_ops = {s["op"] for r in looks for s in r}
     assert {"lut3d", "split_tone", "curve", "white_balance", "saturation"} <= look_ops
     stops = [s["stops"] for r in lights for s in r if s["op"] == "exposure"]
     assert max(abs(x) for x in stops) > 2.0  # the heavy tail reaches more than two stops
-    families = [recipes.draw_family(rng) for _ in range(2000)]
-    for name, share in recipes.FAMILY_MIX.items():
+    families = [mistakes.draw_family(rng) for _ in range(2000)]
+    for name, share in mistakes.FAMILY_MIX.items():
         assert abs(sum(f == name for f, _ in families) / 2000 - share) < 0.05
-    assert abs(np.mean([s for _, s in families]) - recipes.STRONG_PROBABILITY) < 0.05
+    assert abs(np.mean([s for _, s in families]) - mistakes.STRONG_PROBABILITY) < 0.05
 
 
 # -- masks and augmentation -------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_generator_jitters_the_photo_and_labels_families(
     generator: CompositeGenerator,
 ) -> None:
     metas = [generator.triplet(i).meta for i in range(30)]
-    assert {m["kind"] for m in metas} == set(recipes.FAMILY_MIX)
+    assert {m["kind"] for m in metas} == set(mistakes.FAMILY_MIX)
     assert any(m["jitter"] for m in metas) and any(m["strong"] for m in metas)
 
 

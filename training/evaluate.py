@@ -3,10 +3,10 @@
 Methods compared in one run, on the same images:
 
 * ``composite``: the input as it is (what doing nothing scores);
-* ``classical``: :func:`backend.color_stats.classical_transfer`, the per-channel mean/std match
-  of the foreground to the background, computed at full resolution;
+* ``classical``: :func:`layer_harmonizer.color_stats.classical_transfer`, the per-channel
+  mean/std match of the foreground to the background, computed at full resolution;
 * ``model``: the network (LUT maps from the 256 x 256 input, applied to the full-resolution
-  composite by the differentiable reference :func:`backend.lut.reference.apply_luts`);
+  composite by the differentiable reference :func:`layer_harmonizer.lut.reference.apply_luts`);
 * ``hindsight``: (needs the real image; a ceiling, not a method) the per-channel gain and offset
   fitted by least squares on the object's own pixels against the truth: what a perfect global
   correction of that form would score.
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.color_stats import classical_transfer
-from backend.lut.reference import apply_luts
-from backend.model import AICTNet
-from backend.pipeline import low_res_input
+from layer_harmonizer.color_stats import classical_transfer
+from layer_harmonizer.lut.reference import apply_luts
+from layer_harmonizer.model import AICTNet
+from layer_harmonizer.pipeline import low_res_input
+from training.data.samples import Triplet, to_chw
 from training.metrics import all_metrics
-from training.samples import Triplet, to_chw
 
 METHODS = ("composite", "classical", "model")
 METRICS = ("mse", "fmse", "psnr", "mean_err", "ssim")
@@ -303,3 +303,12 @@ def write_summary(rows: list[dict[str, Any]], out_dir: str | Path, meta: dict[st
     by = {f"by_{group}": table for group, table in tables.items()}
     (out / "summary.json").write_text(json.dumps({**meta, **by}, indent=1) + "\n")
     return md
+
+
+def validate(
+    model: AICTNet, val: list[Triplet], device: str, methods: tuple[str, ...] = ("model",)
+) -> dict[str, dict[str, float]]:
+    """Mean MSE / fMSE / PSNR over the validation triplets, per method (no SSIM: speed)."""
+    rows = evaluate(val, model, methods=methods, device=device, with_ssim=False)
+    table = summarize(rows, "subset")["All"]
+    return {m: {k: round(v, 4) for k, v in s.items()} for m, s in table.items()}

@@ -1,4 +1,4 @@
-"""Checkpoint -> release weights file (the format of :mod:`backend.model.weights`).
+"""Checkpoint -> release weights file (the format of :mod:`layer_harmonizer.model.weights`).
 
 The EMA weights are exported by default (they are what validation scored). The metadata says
 what the file is: variant, network config, training hyper-parameters, the data it was trained
@@ -13,17 +13,38 @@ import json
 from pathlib import Path
 from typing import Any
 
-from backend.model.weights import save_weights
-from training.train import load_checkpoint, model_from_checkpoint
+from layer_harmonizer.model.weights import save_weights
+from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 TRAINED_ON_SYNTHETIC = (
-    "synthetic composites (training/synthetic.py) from ../shared/data: natural_photos "
+    "synthetic composites (training/data/synthetic.py) from ../shared/data: natural_photos "
     "(scikit-image/scikit-learn/matplotlib/imgaug samples, Debian mate-backgrounds and "
     "plasma-workspace-wallpapers, GPL-2+/CC0/CC BY 2.0/public domain), BSDS500 photos + "
     "segmentation regions (research use), Weizmann horses (research use), SycoNet HFlickr "
     "real photos + masks (research use); object shapes from the Lalonde & Efros mask bank "
     "(MIT repo / LabelMe, research use). Whole photos held out for validation."
 )
+
+HYPERPARAMETERS = (
+    "batch_size",
+    "accum",
+    "lr",
+    "betas",
+    "const_fraction",
+    "final_lr_fraction",
+    "ema_decay",
+    "max_steps",
+    "time_budget",
+    "seed",
+    "hr_min_area",
+    "lr_min_area",
+    "lr_weight",
+    "relative_tau",
+    "smooth_weight",
+    "identity_init",
+)
+"""The TrainConfig fields stored as the weights' ``hyperparameters`` (None: not in that run's
+config, e.g. a field newer than the checkpoint)."""
 
 
 def export(
@@ -61,25 +82,7 @@ def export(
         "variant": variant,
         "trained_on": trained_on,
         "data": data,
-        "hyperparameters": {
-            k: cfg.get(k)
-            for k in (
-                "batch_size",
-                "accum",
-                "lr",
-                "betas",
-                "const_fraction",
-                "final_lr_fraction",
-                "ema_decay",
-                "max_steps",
-                "time_budget",
-                "seed",
-                "hr_min_area",
-                "lr_min_area",
-                "lr_weight",
-                "identity_init",
-            )
-        },
+        "hyperparameters": {k: cfg.get(k) for k in HYPERPARAMETERS},
         "data_options": cfg.get("data", {}),
         "steps": ck["step"],
         "samples": ck["samples"],

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from training.checkpoint import load_checkpoint
 from training.evaluate import format_table
-from training.train import load_checkpoint
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 
@@ -67,15 +67,20 @@ def report(
             f"{curve} (composite {base['composite']['fmse']:.0f}, classical "
             f"{base['classical']['fmse']:.0f})"
         )
-    lines += [
-        "",
+    lines += ["", *_validation(obj, contact_sheets)]
+    return "\n".join(lines) + "\n"
+
+
+def _validation(obj: dict[str, Any], contact_sheets: list[str] | None) -> list[str]:
+    """The "Validation" section: the evaluation summary's tables and the targets."""
+    lines = [
         "### Validation",
         "",
         f"{obj.get('n', '?')} synthetic composites from the **held-out photos** (never trained "
         f"on), full resolution (longer side <= {obj.get('max_side') or 'as is'}), metrics of "
         "the official evaluation (0..255, unrounded prediction) plus the error of the object's "
         "mean colour. `composite` = doing nothing, `classical` = "
-        "`backend.color_stats.classical_transfer` (per-channel mean/std match to the "
+        "`layer_harmonizer.color_stats.classical_transfer` (per-channel mean/std match to the "
         "background), `hindsight` = the per-channel gain + offset fitted on the object against "
         "the truth (a ceiling for global corrections, not a method). Regenerate with "
         "`python -m training evaluate` (see `docs/training.md`).",
@@ -95,7 +100,7 @@ def report(
             "Contact sheets (composite / classical / ours / ground truth): "
             + ", ".join(f"`{s}`" for s in contact_sheets),
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def targets(obj: dict[str, Any]) -> list[str]:

@@ -5,7 +5,7 @@ shape and range; the synthetic generator blends the result into the masked regio
 the anti-memorising jitter, applies it to the whole photo). A *recipe* is a plain,
 JSON-serialisable list of ``{"op": name, **parameters}`` applied in order
 (:func:`apply_recipe`), so every composite can be logged and reproduced. Which recipes are drawn,
-and how often, is :mod:`training.recipes`.
+and how often, is :mod:`training.data.mistakes`.
 """
 
 from __future__ import annotations

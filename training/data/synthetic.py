@@ -12,7 +12,7 @@ be regenerated alone, in any worker, after any resume):
 3. a soft mask edge (anti-aliased or feathered);
 4. (training) a random global colour change of the whole view (:func:`draw_jitter`): the ground
    truth changes with it, so no photo's own colours can be memorised;
-5. a recipe family and a recipe (:mod:`training.recipes`): a transfer of another photo's
+5. a recipe family and a recipe (:mod:`training.data.mistakes`): a transfer of another photo's
    colours, a photographic look, or another light; a share of them strong;
 6. ``composite = real + mask * (recoloured - real)``, rounded to 8 bits. Where the mask is 0 the
    composite equals the photo bit for bit.
@@ -29,11 +29,11 @@ import cv2
 import numpy as np
 import torch
 
-from backend.imageio import read_image
-from training import masks as M
-from training.augment import crop_box, fit_size, resize_image
-from training.colour_ops import Recipe, apply_recipe, region_pixels
-from training.recipes import (
+from layer_harmonizer.image_files import read_image
+from training.data import masks as M
+from training.data.augment import crop_box, fit_size, resize_image
+from training.data.colour_edits import Recipe, apply_recipe, region_pixels
+from training.data.mistakes import (
     JITTER_PROBABILITY,
     draw_family,
     draw_jitter,
@@ -41,8 +41,8 @@ from training.recipes import (
     draw_look,
     draw_transfer,
 )
-from training.samples import Triplet, training_example
-from training.sources import Photo
+from training.data.samples import Triplet, training_example
+from training.data.sources import Photo
 
 MIN_CHANGE_FMSE = 20.0
 """Smallest foreground MSE (0..255 scale) of a composite; milder recipes are redrawn."""

@@ -1,4 +1,9 @@
-"""Building the training stream and the validation set from command-line style options.
+"""Training data: the training stream and the validation set built from a :class:`DataSpec`.
+
+The sub-package holds where photos come from (``sources``), object masks (``masks``), crops and
+flips (``augment``), the colour operations (``colour_edits``) and the compositing mistakes drawn
+from them (``mistakes``: recipe families and their mix), the synthetic generator
+(``synthetic``), iHarmony4 (``iharmony4``) and the sample/batch types (``samples``).
 
 * ``synthetic``: photos from ``../shared/data`` (``--shared-data``) and/or folders
   (``--photos DIR[:MASKDIR]``), object-mask banks (``--mask-bank DIR``); a seeded share of whole
@@ -12,46 +17,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from backend.imageio import read_image
-from training import iharmony4
-from training.augment import limit_size
-from training.samples import Triplet
-from training.sources import Photo, Split, mask_bank, scan_folder, shared_sources, split_photos
-from training.synthetic import CompositeGenerator, SyntheticDataset
+from layer_harmonizer.image_files import read_image
+from training.config import DataSpec
+from training.data import iharmony4
+from training.data.augment import limit_size
+from training.data.samples import Triplet
+from training.data.sources import Photo, Split, mask_bank, scan_folder, shared_sources, split_photos
+from training.data.synthetic import CompositeGenerator, SyntheticDataset
 
 VAL_SEED_OFFSET = 10_000
 """Validation composites use seed + this, so they never coincide with training draws."""
 
 
-@dataclass
-class DataSpec:
-    """Where data comes from (the ``data`` options of the train/evaluate commands)."""
-
-    kind: str = "synthetic"  # or "iharmony4"
-    shared_data: str | None = None
-    photos: tuple[str, ...] = ()
-    mask_banks: tuple[str, ...] = ()
-    iharmony4: str | None = None
-    subsets: tuple[str, ...] = ()
-    val_fraction: float = 0.1
-    val_count: int = 400
-    max_side: int | None = 352
-    val_max_side: int | None = 512
-    lr_size: int = 256
-    seed: int = 0
-    max_bank_fill: float = 1.0
-    identity_fraction: float = 0.0  # training composites left as they are (a good paste)
-
-
 def default_shared_data() -> Path:
     """``../shared/data`` beside the repository checkout."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def gather_photos(spec: DataSpec) -> tuple[dict[str, list[Photo]], list[Path]]:

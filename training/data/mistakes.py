@@ -18,7 +18,7 @@ scene, a warm object in cool light). :func:`draw_jitter` is the separate global 
 to the *whole* photo before a composite is made, so the ground truth's colours vary from one view
 of a photo to the next and a network cannot memorise them.
 
-Every drawing function returns a JSON-serialisable recipe (:mod:`training.colour_ops`).
+Every drawing function returns a JSON-serialisable recipe (:mod:`training.data.colour_edits`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from training.colour_ops import LUMA, Recipe, region_lab_stats
+from training.data.colour_edits import LUMA, Recipe, region_lab_stats
 
 FAMILY_MIX: dict[str, float] = {"transfer": 0.35, "look": 0.35, "light": 0.30}
 """Share of each recipe family in the synthetic stream (and in the validation set)."""

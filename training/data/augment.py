@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from training.samples import Triplet
+from training.data.samples import Triplet
 
 CROP_RATIO = 0.5
 """Smallest crop side as a share of the image side (``RandomCropNoResize(ratio=0.5)``)."""

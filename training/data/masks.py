@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from backend.imageio import read_mask
+from layer_harmonizer.image_files import read_mask
 
 MIN_FRACTION = 0.02
 """Smallest foreground share of the image a synthetic object may have."""

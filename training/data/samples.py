@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.pipeline import low_res_input
+from layer_harmonizer.pipeline import low_res_input
 
 
 @dataclass

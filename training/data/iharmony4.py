@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import torch
 
-from backend.imageio import read_image, read_mask
-from training.augment import crop_flip, fit_size, limit_size
-from training.samples import Triplet, training_example
+from layer_harmonizer.image_files import read_image, read_mask
+from training.data.augment import crop_flip, fit_size, limit_size
+from training.data.samples import Triplet, training_example
 
 SUBSETS = ("HAdobe5k", "HCOCO", "Hday2night", "HFlickr")
 REAL_SUFFIXES = (".jpg", ".png", ".jpeg")

@@ -1,0 +1,96 @@
+"""Named hyper-parameter recipes: ``python -m training train --preset NAME``.
+
+A preset is a set of option values over the defaults of :mod:`training.config`, keyed by field
+name (``TrainConfig`` and ``DataSpec`` fields side by side, as on the command line). Options
+given with it win (``--override`` entries are merged into the preset's network overrides).
+``python -m training presets`` (or ``train --preset list``) prints every preset as the options
+it stands for.
+
+Paths may hold ``{runs}``, the runs folder: ``$HARMONIZE_RUNS_DIR``, else ``harmonize-runs`` in
+the user data folder (``~/.local/share/harmonize-runs`` on Linux), where the runs behind the
+shipped weights were kept. A fine-tune preset starts from ``{runs}/<base preset>/last.pt``: train
+the base preset with ``--out {runs}/<base preset>`` first, or give ``--init-weights PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+RUNS_ENV = "HARMONIZE_RUNS_DIR"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe: what it is for, and its option values (field name -> value)."""
+
+    description: str
+    values: Mapping[str, Any]
+
+
+LIGHT_2026_12: dict[str, Any] = {
+    "variant": "aict-light",
+    "max_side": 256,
+    "val_count": 400,
+    "val_max_side": 384,
+    "lr_weight": 0.0,
+    "batch_size": 8,
+    "lr": 2.5e-4,
+    "const_fraction": 0.3,
+    "max_steps": 15_000,
+    "time_budget": 150 * 60.0,
+    "eval_every": 2500,
+    "ckpt_minutes": 5.0,
+    "threads": 2,
+    "identity_fraction": 0.1,
+    "relative_tau": 0.0015,
+}
+"""The run that made ``backend/layer_harmonizer/weights/default.pt`` (docs/weights.md)."""
+
+FINE_TUNE: dict[str, Any] = {
+    **LIGHT_2026_12,
+    "lr": 1e-4,
+    "const_fraction": 0.3,
+    "max_steps": 100_000,
+    "time_budget": 100 * 60.0,
+    "eval_every": 1250,
+    "threads": 1,
+    "init_weights": "{runs}/light-2026-12/last.pt",
+}
+"""A second stage from the light-2026-12 run's final state, at a lower LR."""
+
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {
+        "light-2026-12": Preset(
+            "aict-light on ../shared/data, 150 CPU-minutes on 2 threads: the shipped default",
+            MappingProxyType(LIGHT_2026_12),
+        ),
+        "light-2026-12-ft": Preset(
+            "light-2026-12 fine-tuned for 100 more minutes at LR 1e-4 (1 thread)",
+            MappingProxyType(FINE_TUNE),
+        ),
+        "light-2026-12-ft-prior-input": Preset(
+            "light-2026-12-ft with the statistics-matched composite as 3 more input channels",
+            MappingProxyType({**FINE_TUNE, "model_overrides": {"prior_input": True}}),
+        ),
+    }
+)
+
+
+def runs_dir() -> Path:
+    """The runs folder that ``{runs}`` stands for."""
+    env = os.environ.get(RUNS_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir()) / "harmonize-runs"
+
+
+def expand_path(text: str) -> str:
+    """``text`` with ``{runs}`` replaced by the runs folder and ``~`` expanded."""
+    return str(Path(text.replace("{runs}", str(runs_dir()))).expanduser())
