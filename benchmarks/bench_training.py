@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from layer_harmonizer.model import create_model  # noqa: E402
-from training.data import DataSpec, build_training, default_shared_data  # noqa: E402
+from training.config import DataSpec, TrainConfig  # noqa: E402
+from training.data import build_training, default_shared_data  # noqa: E402
 from training.data.samples import collate  # noqa: E402
-from training.train import TrainConfig, batch_loss  # noqa: E402
+from training.losses import batch_loss  # noqa: E402
 
 DEFAULT_BATCH = {"aict-light": 8, "aict-small": 8, "aict": 2}
 """Batch per variant (the paper network is too slow on CPU for 8 per step)."""
@@ -75,7 +76,7 @@ def bench_variant(
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss, _, _ = batch_loss(model, b, cfg)
+        loss = batch_loss(model, b, cfg).total
         loss.backward()
         opt.step()
         if device.startswith("cuda"):
