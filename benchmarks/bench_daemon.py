@@ -33,9 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
-from layer_harmonizer import protocol as P  # noqa: E402
-from layer_harmonizer.client import Client  # noqa: E402
 from layer_harmonizer.engine import Engine  # noqa: E402
+from layer_harmonizer.wire import messages as M  # noqa: E402
+from layer_harmonizer.wire import protocol as P  # noqa: E402
+from layer_harmonizer.wire.client import Client  # noqa: E402
 
 
 def make_layer(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,7 +132,7 @@ def main() -> None:
             weights = tmp / "random.pt"
             save_weights(weights, create_model("aict-light"), "aict-light")
         engine = Engine(load_model(weights, device=args.device), lut_backend=args.lut_backend)
-        options = P.HarmonizeOptions(crop_margin=None)
+        options = M.HarmonizeOptions(crop_margin=None)
         proc, endpoint_file = start_daemon(weights, args.device, args.lut_backend, tmp)
         # This process holds torch for the in-process reference; a plugin's client does not.
         # Keep full garbage-collector passes over torch's objects (~65 ms) out of the timings.

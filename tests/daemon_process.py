@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from layer_harmonizer.client import Client
+from layer_harmonizer.wire.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = [sys.executable, "-m", "layer_harmonizer", "serve"]

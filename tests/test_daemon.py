@@ -25,13 +25,15 @@ import pytest
 import torch
 import zmq
 
-from layer_harmonizer import cli, shm
-from layer_harmonizer import protocol as P
-from layer_harmonizer.client import Client, DaemonError, ensure_daemon
+from layer_harmonizer import cli
 from layer_harmonizer.engine import Engine
 from layer_harmonizer.model import create_model
 from layer_harmonizer.model.weights import save_weights
 from layer_harmonizer.pipeline import load_model
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import shm
+from layer_harmonizer.wire.client import Client, DaemonError, ensure_daemon
 from tests.daemon_process import SERVE, DaemonProcess, daemon_env
 
 pytestmark = pytest.mark.slow
@@ -83,7 +85,7 @@ def remote(client: Client, frames: dict, **options) -> np.ndarray:
 
 
 def local(engine: Engine, frames: dict, **options) -> np.ndarray:
-    out, offset, _ = engine.run(frames, P.HarmonizeOptions(**options), lambda *a, **k: None)
+    out, offset, _ = engine.run(frames, M.HarmonizeOptions(**options), lambda *a, **k: None)
     return np.concatenate([np.array(offset, np.float64), out.ravel().astype(np.float64)])
 
 
@@ -225,7 +227,7 @@ def test_hostile_input_never_crashes_the_daemon(tmp_path, weights):
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)
         layer, mask, back = (P.Pixels.of(v) for v in payload(0, 40, 30, "uint8").values())
-        frames = P.harmonize_frames(layer, mask, back)
+        frames = M.harmonize_frames(layer, mask, back)
         good = P.pack(P.HARMONIZE, {}, frames, token=token)
         offsets, size = shm.plan({n: pix.nbytes for n, pix in frames.items()})
         segment = shm.Segment(size, 40 * 30 * 4)
@@ -278,8 +280,8 @@ def test_hostile_input_never_crashes_the_daemon(tmp_path, weights):
 
 CLIENT_SCRIPT = """
 import sys, numpy as np
-from layer_harmonizer.client import Client
-from layer_harmonizer.protocol import Pixels
+from layer_harmonizer.wire.client import Client
+from layer_harmonizer.wire.protocol import Pixels
 c = Client.from_endpoint_file(sys.argv[1], timeout=60)
 layer = np.random.default_rng(0).integers(0, 255, (1500, 1500, 4), dtype=np.uint8)
 mask = np.full((1500, 1500), 200, np.uint8)
@@ -439,7 +441,7 @@ def test_a_client_cannot_truncate_its_segment_mid_job(tmp_path, weights):
         token = run.info["token"]
         big = np.random.default_rng(0).integers(0, 256, (4096, 4096, 4), dtype=np.uint8)
         mask = np.full((4096, 4096), 200, np.uint8)
-        long_job = P.harmonize_frames(
+        long_job = M.harmonize_frames(
             P.Pixels.of(big), P.Pixels.of(mask), P.Pixels.of(np.ascontiguousarray(big[..., :3]))
         )
         body = {"options": {"crop_margin": None}}

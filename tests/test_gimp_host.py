@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from layer_harmonizer import plugin_support as S
+from layer_harmonizer.wire import host_side as S
 from layer_harmonizer.compose import composite, crop_box
-from layer_harmonizer.protocol import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
+from layer_harmonizer.wire.messages import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
 from tests.conftest import BUILD_HOSTS_ENV, build_hosts_allowed, host_unavailable, need_tools
 from tests.daemon_process import DaemonProcess
 

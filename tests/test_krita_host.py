@@ -492,4 +492,4 @@ def test_release_zip_imports_and_loads_its_wheels(tmp_path: Path, runner_home: P
     wheels = str(resources / "pykrita" / "harmonize" / "wheels" / f"cp{version.replace('.', '')}")
     assert report["python"] == version
     assert report["zmq"].startswith(wheels) and report["msgpack"].startswith(wheels), report
-    assert "/vendor/layer_harmonizer/plugin_support.py" in report["plugin_support"]
+    assert "/vendor/layer_harmonizer/wire/host_side.py" in report["host_side"]

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from layer_harmonizer import plugin_support as S
-from layer_harmonizer import protocol as P
 from layer_harmonizer.compose import crop_box
+from layer_harmonizer.wire import host_side as S
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
 from tests.mock import gimp as mock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +42,8 @@ def gi() -> Iterator[types.SimpleNamespace]:
 
 
 class FakeDaemon:
-    """Stands in for :mod:`layer_harmonizer.client`: records the frames, inverts the masked crop."""
+    """Stands in for :mod:`layer_harmonizer.wire.client`: records the frames, inverts the
+    masked crop."""
 
     class DaemonError(Exception):
         def __init__(self, code: str, message: str) -> None:
@@ -85,6 +87,9 @@ class FakeDaemon:
 
         self.Client = Client
 
+    def answering_client(self, path: Path, **_kw: Any) -> Any:
+        return self.Client() if self.running else None
+
     def ensure_daemon(self, *, command: list[str], **_kw: Any) -> Any:
         self.started.append(command)
         self.running = True
@@ -104,7 +109,7 @@ class FakeDaemon:
             raise FakeDaemon.DaemonError(*self.error)
         full = 1.0 if layer.dtype == "float32" else np.iinfo(layer.dtype).max
         m = arrays["mask"].astype(np.float64) / full
-        x0, y0, x1, y1 = crop_box(m, P.DEFAULT_CROP_MARGIN, P.MIN_CROP_MARGIN_PX)
+        x0, y0, x1, y1 = crop_box(m, M.DEFAULT_CROP_MARGIN, M.MIN_CROP_MARGIN_PX)
         out = arrays["layer"][y0:y1, x0:x1].copy()
         out[..., :3] = (full - out[..., :3]).astype(out.dtype)  # "harmonized" = inverted
         return types.SimpleNamespace(

@@ -13,7 +13,7 @@ import pytest
 
 from layer_harmonizer import cli
 from layer_harmonizer import plugin_install as I
-from layer_harmonizer.plugin_support import SETTINGS_FILE, Settings
+from layer_harmonizer.wire.host_side import SETTINGS_FILE, Settings
 
 
 def profile(tmp_path: Path) -> Path:
@@ -40,14 +40,26 @@ def test_install_layout_settings_and_marker(tmp_path: Path, monkeypatch: pytest.
     assert script.read_bytes() == (I.project_root() / "plugins/gimp/harmonize/harmonize.py"
                                    ).read_bytes()  # fmt: skip
     assert script.stat().st_mode & 0o111, "GIMP runs the plug-in by its shebang"
-    for name in I.VENDORED_MODULES:
-        assert (target / "vendor" / "layer_harmonizer" / name).is_file()
+    assert_vendors_the_wire_package(target / "vendor")
     settings = Settings.from_dict(json.loads((target / SETTINGS_FILE).read_text()))
     assert settings.serve_command == [sys.executable, "-m", "layer_harmonizer", "serve"]
     assert settings.serve_args == ["--device", "cpu"]
     assert settings.runtime_dir == str(tmp_path / "runtime")
     assert json.loads((target / I.MARKER).read_text())["host"] == "gimp"
     assert not list(target.parent.glob(".harmonize-*")), "no staging folder left behind"
+
+
+def assert_vendors_the_wire_package(vendor: Path) -> None:
+    """``vendor/layer_harmonizer/`` holds exactly an ``__init__``, ``_version.py`` and the
+    package's ``wire/`` folder, file for file."""
+    package = vendor / "layer_harmonizer"
+    assert sorted(p.name for p in package.iterdir()) == ["__init__.py", "_version.py", "wire"]
+    source = Path(I.__file__).resolve().parent / "wire"
+    wanted = sorted(p.relative_to(source) for p in source.rglob("*.py"))
+    copied = sorted(p.relative_to(package / "wire") for p in (package / "wire").rglob("*"))
+    assert wanted and copied == wanted
+    for rel in wanted:
+        assert (package / "wire" / rel).read_bytes() == (source / rel).read_bytes(), rel
 
 
 def test_vendored_client_imports_without_the_project(tmp_path: Path):
@@ -59,10 +71,10 @@ def test_vendored_client_imports_without_the_project(tmp_path: Path):
         "for m in ('numpy', 'torch', 'platformdirs', 'cv2'):\n"
         "    sys.modules[m] = None\n"
         f"sys.path.insert(0, {str(vendor)!r})\n"
-        "from layer_harmonizer import plugin_support, client, protocol\n"
-        f"assert plugin_support.__file__.startswith({str(vendor)!r}), plugin_support.__file__\n"
-        "assert plugin_support._client_module() is client\n"
-        "print(client.default_endpoint_file())\n"
+        "from layer_harmonizer.wire import client, discovery, host_side\n"
+        f"assert host_side.__file__.startswith({str(vendor)!r}), host_side.__file__\n"
+        "assert host_side._client_module() is client\n"
+        "print(discovery.endpoint_path())\n"
     )
     # -I: ignore the environment and the current directory (the checkout's backend/)
     subprocess.run([sys.executable, "-I", "-c", code], check=True, cwd=tmp_path)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.test_plugin_install import assert_vendors_the_wire_package
+
 REPO = Path(__file__).resolve().parents[1]
 MOCK = REPO / "tests" / "mock"
 
@@ -183,7 +185,7 @@ def test_selection_mask_at_deeper_depths(krita: ModuleType, depth: str) -> None:
 
 def test_refusals_say_what_to_do(krita: ModuleType) -> None:
     host = plugin("host")
-    support = plugin("deps").plugin_support()
+    support = plugin("deps").host_side()
     doc, _bg, layer = make_doc(krita)
     group = doc.createNode("group", "grouplayer")
     with pytest.raises(support.PluginError, match="not a paint layer"):
@@ -205,7 +207,7 @@ def test_refusals_say_what_to_do(krita: ModuleType) -> None:
 
 def test_transparent_inside_selection_is_refused(krita: ModuleType) -> None:
     host = plugin("host")
-    support = plugin("deps").plugin_support()
+    support = plugin("deps").host_side()
     doc, _bg, layer = make_doc(krita)
     sel = krita.Selection()
     sel.select(0, 0, 12, H, 255)  # left of the layer
@@ -220,7 +222,7 @@ def test_nothing_visible_below_is_refused(krita: ModuleType, hide: bool) -> None
     """The bottom layer (or one over hidden layers only) has nothing to match: refused, like
     GIMP, instead of a washed-out copy."""
     host = plugin("host")
-    support = plugin("deps").plugin_support()
+    support = plugin("deps").host_side()
     doc, bg, layer = make_doc(krita)
     if hide:
         bg.setVisible(False)
@@ -233,7 +235,7 @@ def test_nothing_visible_below_is_refused(krita: ModuleType, hide: bool) -> None
 
 def fake_result(inputs: Any) -> tuple[bytes, Any]:
     """Invert the RGB of the layer over a crop (what a daemon could answer)."""
-    support = plugin("deps").plugin_support()
+    support = plugin("deps").host_side()
     r = inputs.region
     rgba = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4).copy()
     box = support.Box(10, 8, 18, 14)
@@ -298,7 +300,7 @@ def test_update_layer_rewrites_the_crop_in_place(krita: ModuleType) -> None:
 
 def test_harmonize_node_end_to_end(krita: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     host = plugin("host")
-    support = plugin("deps").plugin_support()
+    support = plugin("deps").host_side()
     doc, _bg, layer = make_doc(krita)
     seen: dict[str, Any] = {}
 
@@ -334,7 +336,7 @@ def test_colour_space_helpers(krita: ModuleType) -> None:
     assert host.work_space(native, u8) is native
     grey = host.work_space(host.Space("GRAYA", "U8", "Gray"), u8)
     assert grey == host.Space("RGBA", "U8", host.WORK_PROFILE)
-    with pytest.raises(plugin("deps").plugin_support().PluginError, match="depth"):
+    with pytest.raises(plugin("deps").host_side().PluginError, match="depth"):
         host.wire_format_of(host.Space("RGBA", "U32", "x"))
 
 
@@ -347,7 +349,7 @@ def test_depth_conversion_goes_through_a_scratch_document(krita: ModuleType) -> 
     np.testing.assert_allclose(out, [0, 1, 32768 / 65535, 1], atol=1e-6)
     assert all(d.closed for d in krita.Krita.instance().created)
     assert host.convert_pixels(raw, 1, 1, src, src) == raw  # no scratch document needed
-    support = plugin("deps").plugin_support()
+    support = plugin("deps").host_side()
     with pytest.raises(support.PluginError, match="could not convert"):
         host.convert_pixels(raw, 1, 1, src, host.Space("CMYKA", "U8", "p"))
 
@@ -441,8 +443,7 @@ def test_install_krita_layout_and_uninstall(tmp_path: Path) -> None:
     assert report.plugin_dir == package and report.deps == "assumed"
     for name in ("__init__.py", "host.py", "extension.py", "docker.py", "settings.json", I.MARKER):
         assert (package / name).is_file(), name
-    for name in I.VENDORED_MODULES:
-        assert (package / "vendor" / "layer_harmonizer" / name).is_file()
+    assert_vendors_the_wire_package(package / "vendor")
     assert (krita_dir / "pykrita" / "harmonize.desktop").is_file()
     assert (krita_dir / "actions" / "harmonize.action").is_file()
     assert "enable_harmonize=true" in rc.read_text()
@@ -489,7 +490,7 @@ def test_release_zip_layout(tmp_path: Path) -> None:
     assert {"harmonize.desktop", "harmonize.action", "harmonize/", "harmonize/__init__.py"} <= set(
         names
     )
-    assert "harmonize/vendor/layer_harmonizer/plugin_support.py" in names
+    assert "harmonize/vendor/layer_harmonizer/wire/host_side.py" in names
     assert set(folders) == {"cp310-win_amd64", "cp310-linux_x86_64", "cp311-linux_x86_64",
                             "cp312-linux_x86_64", "cp313-linux_x86_64", "cp310-macosx"}  # fmt: skip
     for tag in folders:
@@ -531,8 +532,8 @@ def test_cli_install_package_uninstall(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_daemon_status_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from layer_harmonizer import plugin_support as ps
-    from layer_harmonizer.client import DaemonError
+    from layer_harmonizer.wire import host_side as ps
+    from layer_harmonizer.wire.client import DaemonError
 
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path))
 
@@ -572,12 +573,12 @@ def test_daemon_status_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 def test_explain_never_raises_without_the_shared_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     deps = plugin("deps")
-    support = deps.plugin_support()
+    support = deps.host_side()
     assert deps.explain(support.PluginError("Select the pasted layer")) == "Select the pasted layer"
 
     def missing() -> Any:
         raise ImportError("No module named 'msgpack'")
 
-    monkeypatch.setattr(deps, "plugin_support", missing)
+    monkeypatch.setattr(deps, "host_side", missing)
     text = deps.explain(RuntimeError("anything"))
     assert "msgpack" in text and "install-plugin krita --deps vendor" in text

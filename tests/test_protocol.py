@@ -1,11 +1,10 @@
-"""layer_harmonizer.protocol: envelope/body/frames round trips, limits, versions, torch-free
+"""layer_harmonizer.wire.protocol: envelope/body/frames round trips, limits, versions, torch-free
 import."""
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,8 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from layer_harmonizer import protocol as P
 from layer_harmonizer.arrays import DEFAULT_MAX_PIXELS
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,14 +152,14 @@ def test_hello_needs_no_token_and_its_proof_needs_the_token():
     assert P.unpack(hello, token="right", open_types=P.OPEN_TYPES).type == P.HELLO
     ping = P.pack(P.PING)
     assert _code(ping, token="right", open_types=P.OPEN_TYPES) == "unauthorized"
-    proof = P.hello_proof("token", "c" * 64)
-    assert proof == P.hello_proof("token", "c" * 64) and len(proof) == 64
-    assert proof != P.hello_proof("other", "c" * 64)
-    assert proof != P.hello_proof("token", "d" * 64)
-    assert P.check_challenge("x" * 32) == "x" * 32
+    proof = M.hello_proof("token", "c" * 64)
+    assert proof == M.hello_proof("token", "c" * 64) and len(proof) == 64
+    assert proof != M.hello_proof("other", "c" * 64)
+    assert proof != M.hello_proof("token", "d" * 64)
+    assert M.check_challenge("x" * 32) == "x" * 32
     for bad in ("short", 7, None, "x" * 129, ["x" * 40]):
         with pytest.raises(P.ProtocolError, match="challenge") as info:
-            P.check_challenge(bad, "m1")
+            M.check_challenge(bad, "m1")
         assert (info.value.code, info.value.msg_id) == ("bad_message", "m1")
 
 
@@ -176,11 +176,11 @@ def test_other_major_version_is_refused_naming_the_side_to_update():
 
 
 def test_harmonize_options_validation():
-    default = P.HarmonizeOptions.from_wire(None)
-    assert default == P.HarmonizeOptions()
-    assert P.HarmonizeOptions.from_wire(default.to_wire()) == default
-    whole = P.HarmonizeOptions(0.4, None, "uint16", "rgb")
-    assert P.HarmonizeOptions.from_wire(whole.to_wire()) == whole
+    default = M.HarmonizeOptions.from_wire(None)
+    assert default == M.HarmonizeOptions()
+    assert M.HarmonizeOptions.from_wire(default.to_wire()) == default
+    whole = M.HarmonizeOptions(0.4, None, "uint16", "rgb")
+    assert M.HarmonizeOptions.from_wire(whole.to_wire()) == whole
     for bad in (
         {"strength": True},
         {"strength": math.nan},
@@ -193,7 +193,7 @@ def test_harmonize_options_validation():
         [],
     ):
         with pytest.raises(P.ProtocolError, match="options") as info:
-            P.HarmonizeOptions.from_wire(bad)
+            M.HarmonizeOptions.from_wire(bad)
         assert info.value.code == "invalid_input"
 
 
@@ -202,26 +202,34 @@ def test_pixel_limit_matches_the_pipeline():
     assert P.reply_type(P.PING) == "ping_reply"
 
 
-def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
-    """The plugins' copies: import with numpy/torch blocked, in the package and vendored."""
-    vendored = tmp_path / "vendored"
-    vendored.mkdir()
-    from layer_harmonizer.plugin_install import VENDORED_MODULES
+def test_the_wire_package_imports_without_numpy_or_torch(tmp_path):
+    """The plugins' copy: every module of layer_harmonizer.wire imports with numpy, torch, cv2
+    and platformdirs blocked, in the package and vendored by install-plugin."""
+    from layer_harmonizer.plugin_install import write_vendored_wire
 
-    for name in VENDORED_MODULES:
-        shutil.copy(ROOT / "backend" / "layer_harmonizer" / name, vendored / name)
+    vendored = tmp_path / "vendored"
+    write_vendored_wire(vendored)
     code = textwrap.dedent(
         f"""
-        import sys
+        import importlib, pkgutil, sys
         for name in ("numpy", "torch", "cv2", "platformdirs"):
             sys.modules[name] = None  # any import of these now fails
-        import layer_harmonizer.client, layer_harmonizer.protocol
-        import layer_harmonizer.shm, layer_harmonizer.plugin_support
+
+        def import_wire():
+            import layer_harmonizer.wire as wire
+            names = sorted(m.name for m in pkgutil.iter_modules(wire.__path__))
+            assert len(names) >= 8, names
+            return [importlib.import_module(f"layer_harmonizer.wire.{{n}}") for n in names]
+
+        import_wire()
+        for name in [m for m in sys.modules if m.startswith("layer_harmonizer")]:
+            del sys.modules[name]
         sys.path.insert(0, {str(vendored)!r})
-        import client, protocol, rundir, shm, plugin_support
+        modules = import_wire()
+        assert all(m.__file__.startswith({str(vendored)!r}) for m in modules)
+        from layer_harmonizer.wire import client, discovery, protocol, shm
         assert client.P is protocol and client.shm is shm and shm.P is protocol
-        assert client.rundir is rundir
-        print(client.runtime_dir())
+        print(discovery.endpoint_path().parent)
         """
     )
     env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp_path / "rt")}
@@ -233,23 +241,24 @@ def test_protocol_and_client_import_without_numpy_or_torch(tmp_path):
 
 
 def test_client_runtime_dir_matches_the_daemons(monkeypatch, tmp_path):
-    """One rule (layer_harmonizer.rundir) on both sides, whatever platformdirs version."""
+    """One rule (layer_harmonizer.wire.discovery) on both sides, whatever platformdirs version."""
     import platformdirs
 
-    from layer_harmonizer import client, paths
+    from layer_harmonizer import paths
+    from layer_harmonizer.wire import discovery
 
     # an older platformdirs answers differently: neither side may follow it
     monkeypatch.setattr(platformdirs, "user_runtime_dir", lambda *a, **k: "/elsewhere")
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path))
-    assert client.runtime_dir() == paths.runtime_dir() == tmp_path
+    assert discovery.endpoint_path().parent == paths.runtime_dir() == tmp_path
     monkeypatch.delenv("HARMONIZE_RUNTIME_DIR")
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    assert client.runtime_dir() == paths.runtime_dir() != Path("/elsewhere")
+    assert discovery.endpoint_path().parent == paths.runtime_dir() != Path("/elsewhere")
     if sys.platform.startswith("linux"):
         xdg = tmp_path / "xdg"
         xdg.mkdir(mode=0o700)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
-        assert client.runtime_dir() == paths.runtime_dir() == xdg / "harmonize"
+        assert discovery.endpoint_path().parent == paths.runtime_dir() == xdg / "harmonize"
 
 
 def _nested(depth: int) -> list:
@@ -295,7 +304,7 @@ def test_odd_frame_fields_are_named_errors_with_the_id_and_a_bounded_message(ove
 @pytest.mark.parametrize("options", ODD_OPTIONS, ids=range(len(ODD_OPTIONS)))
 def test_odd_option_values_are_named_errors_with_a_bounded_message(options):
     with pytest.raises(P.ProtocolError, match="options: ") as info:
-        P.HarmonizeOptions.from_wire(options, "odd2")
+        M.HarmonizeOptions.from_wire(options, "odd2")
     assert (info.value.code, info.value.msg_id) == (P.ErrorCode.INVALID_INPUT, "odd2")
     assert len(info.value.message) <= P.ECHO_CHARS + 100
 

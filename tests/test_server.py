@@ -18,14 +18,16 @@ import pytest
 import torch
 import zmq
 
-from layer_harmonizer import protocol as P
-from layer_harmonizer.client import BUSY_RETRY_S, REPLY_LIMITS, Client, DaemonError, secure_socket
 from layer_harmonizer.compose import composite, crop_box
 from layer_harmonizer.engine import Engine
 from layer_harmonizer.errors import HarmonizeError
 from layer_harmonizer.model import create_model
 from layer_harmonizer.pipeline import apply_prediction, harmonize, predict
 from layer_harmonizer.server import Server, ServerConfig, check_host
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire.client import Client, DaemonError
+from layer_harmonizer.wire.connection import BUSY_RETRY_S, REPLY_LIMITS, secure_socket
 
 
 def random_model(seed: int):
@@ -139,7 +141,7 @@ def test_hello_reports_versions_device_and_weights(running):
 def test_opaque_layer_matches_in_process_harmonize_on_the_crop(running, model):
     layer, mask, back = scene()
     result = send_harmonize(running.client, layer, mask, back, strength=0.8)
-    x0, y0, x1, y1 = crop_box(mask, P.DEFAULT_CROP_MARGIN, P.MIN_CROP_MARGIN_PX)
+    x0, y0, x1, y1 = crop_box(mask, M.DEFAULT_CROP_MARGIN, M.MIN_CROP_MARGIN_PX)
     assert result.offset == (x0, y0)
     out = as_array(result.pixels)
     assert out.shape == (y1 - y0, x1 - x0, 4) and out.dtype == np.uint8
@@ -185,7 +187,7 @@ def test_new_strength_reuses_the_cached_prediction(running, model):
     first = send_harmonize(running.client, layer, mask, back, strength=1.0)
     second = send_harmonize(running.client, layer, mask, back, strength=0.25)
     assert not first.cached and second.cached
-    x0, y0, x1, y1 = crop_box(mask, P.DEFAULT_CROP_MARGIN, P.MIN_CROP_MARGIN_PX)
+    x0, y0, x1, y1 = crop_box(mask, M.DEFAULT_CROP_MARGIN, M.MIN_CROP_MARGIN_PX)
     rgb, m = layer[y0:y1, x0:x1, :3], mask[y0:y1, x0:x1]
     expected = harmonize(
         composite(rgb, m / 255.0, back[y0:y1, x0:x1]), m, model=model, strength=0.25
@@ -271,23 +273,23 @@ def test_errors_are_structured_and_the_daemon_keeps_serving(running):
     assert code == "unsupported_version" and "update the plugin" in text
     assert ask([b"\x00\xff", b"junk"])[0] == "bad_message"
     assert ask([b"only one part"])[0] == "bad_message"
-    frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+    frames = M.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
     lying = P.pack(P.HARMONIZE, {}, frames, token=token)
     env, body, *data = lying
     spec = msgpack.unpackb(body)
     spec["frames"][0]["shape"] = [96, 129, 4]
     assert ask([env, msgpack.packb(spec), *data])[0] == "bad_frames"
     small = P.Pixels.of(np.ascontiguousarray(mask[:50]))
-    other = P.harmonize_frames(P.Pixels.of(layer), small, P.Pixels.of(back))
+    other = M.harmonize_frames(P.Pixels.of(layer), small, P.Pixels.of(back))
     code, text, _ = ask(P.pack(P.HARMONIZE, {}, other, token=token))
     assert code == "bad_frames" and "same size" in text
     only = {"layer": P.Pixels.of(layer)}
     assert ask(P.pack(P.HARMONIZE, {}, only, token=token))[0] == "bad_frames"
-    empty = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask * 0), P.Pixels.of(back))
+    empty = M.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask * 0), P.Pixels.of(back))
     assert ask(P.pack(P.HARMONIZE, {}, empty, token=token))[0] == "empty_mask"
     nan = layer.astype(np.float32) / 255
     nan[40, 40, 0] = math.nan
-    bad = P.harmonize_frames(P.Pixels.of(nan), P.Pixels.of(mask), P.Pixels.of(back))
+    bad = M.harmonize_frames(P.Pixels.of(nan), P.Pixels.of(mask), P.Pixels.of(back))
     code, text, _ = ask(P.pack(P.HARMONIZE, {}, bad, token=token))
     assert code == "invalid_input" and "NaN" in text
     opts = {"options": {"strength": 2}}
@@ -335,7 +337,7 @@ def test_cancel_queued_and_running_jobs_while_ping_is_answered(model):
     try:
         sock, token = run.raw(), run.token
         layer, mask, back = scene(seed=17)
-        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        frames = M.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
         for job in ("a", "b", "c"):
             sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=token, msg_id=job))
         seen: dict[str, list] = {"a": [], "b": [], "c": []}
@@ -408,7 +410,7 @@ def test_queued_pixel_bytes_are_bounded(model):
     run = Running(GatedEngine(model), max_queued_bytes=1 << 10)
     try:
         layer, mask, back = scene(seed=23)
-        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        frames = M.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
         sock = run.raw()
         sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="one"))
         assert recv(sock).body["stage"] == "received"  # one job always fits
@@ -471,7 +473,7 @@ def test_hello_proves_the_daemon_holds_the_token(running):
     sock.send_multipart(P.pack(P.HELLO, {"challenge": challenge}, msg_id="h1"))  # no token
     reply = recv(sock)
     assert (reply.type, reply.parent) == ("hello_reply", "h1")
-    assert reply.body["proof"] == P.hello_proof(running.token, challenge)
+    assert reply.body["proof"] == M.hello_proof(running.token, challenge)
     sock.send_multipart(P.pack(P.PING, msg_id="p1"))  # everything else still needs the token
     assert recv(sock).body["code"] == "unauthorized"
     sock.send_multipart(P.pack(P.HELLO, {"challenge": 5}, msg_id="h2"))
@@ -498,7 +500,7 @@ def test_client_sends_nothing_of_value_to_a_daemon_that_cannot_prove_the_token(t
             received.append(msg)
             body = {"protocol_version": list(P.PROTOCOL_VERSION), "transports": ["frames"]}
             if proof != "missing":
-                body["proof"] = P.hello_proof("another token", msg.body["challenge"])
+                body["proof"] = M.hello_proof("another token", msg.body["challenge"])
             router.send_multipart([identity, *P.pack("hello_reply", body, parent=msg.id)])
 
     thread = threading.Thread(target=answer)
@@ -621,7 +623,7 @@ def test_no_reference_to_the_last_message_is_kept(model):
 
         run.server._handle = spy
         sock = run.raw()
-        frames = P.harmonize_frames(*(P.Pixels.of(a) for a in scene(seed=37)))
+        frames = M.harmonize_frames(*(P.Pixels.of(a) for a in scene(seed=37)))
         sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="m"))
         assert recv_final(sock, "m").type == "harmonize_reply"
         assert len(refs) == 5 and all(ref() is None for ref in refs)
@@ -643,7 +645,7 @@ def test_odd_field_shapes_get_their_error_at_once_with_the_request_id(running):
     sock, token = running.raw(), running.token
     version = list(P.PROTOCOL_VERSION)
     layer, mask, back = scene(seed=41)
-    frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+    frames = M.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
     _env, body, *data = P.pack(P.HARMONIZE, {}, frames, token=token)
 
     def harmonize(msg_id: str, spec_change: dict, options: dict | None = None) -> list:
@@ -702,7 +704,7 @@ def test_the_client_retries_a_busy_daemon_with_back_off(model):
     run = Running(GatedEngine(model), max_queue=1)
     try:
         layer, mask, back = scene(seed=43)
-        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        frames = M.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
         sock = run.raw()
         sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="first"))
         assert recv(sock).body["stage"] == "received"
@@ -726,7 +728,7 @@ def test_the_client_gives_up_on_a_busy_daemon_after_about_two_seconds(model):
     run = Running(GatedEngine(model), max_queue=1)
     try:
         layer, mask, back = scene(seed=47)
-        frames = P.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
+        frames = M.harmonize_frames(P.Pixels.of(layer), P.Pixels.of(mask), P.Pixels.of(back))
         sock = run.raw()
         sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=run.token, msg_id="first"))
         assert recv(sock).body["stage"] == "received"

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layer_harmonizer import protocol as P
-from layer_harmonizer import shm
-from layer_harmonizer.client import Client, DaemonError
 from layer_harmonizer.engine import Engine
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import shm, shm_mapping
+from layer_harmonizer.wire.client import Client, DaemonError
 from tests.test_server import (
     GatedEngine,
     Running,
@@ -209,15 +210,15 @@ BAD_DESCRIPTIONS = [
 def test_bad_descriptions_are_refused_before_anything_is_opened(written, path, value, message):
     _segment, desc = written
     with pytest.raises(P.ProtocolError, match=message) as caught:
-        shm.parse_request(mutate(desc, path, value), P.Limits(), "id1")
+        shm_mapping.parse_request(mutate(desc, path, value), P.Limits(), "id1")
     assert caught.value.code in (P.ErrorCode.BAD_FRAMES, P.ErrorCode.TOO_LARGE)
     assert caught.value.msg_id == "id1"
 
 
 def test_a_valid_description_maps_the_segment_to_read_frames_and_write_the_result(written, frames):
     segment, desc = written
-    request = shm.parse_request(desc, P.Limits())
-    mappings = shm.Mappings()
+    request = shm_mapping.parse_request(desc, P.Limits())
+    mappings = shm_mapping.Mappings()
     try:
         mapping = mappings.open(request)
         for name, (offset, template) in request.frames.items():
@@ -231,8 +232,8 @@ def test_a_valid_description_maps_the_segment_to_read_frames_and_write_the_resul
         mappings.close()
 
 
-def describe_fd(desc: dict, fd: int, name: str) -> shm.Request:
-    return shm.parse_request({**desc, "fd": fd, "name": name}, P.Limits())
+def describe_fd(desc: dict, fd: int, name: str) -> shm_mapping.Request:
+    return shm_mapping.parse_request({**desc, "fd": fd, "name": name}, P.Limits())
 
 
 def test_unsealed_small_or_foreign_files_are_refused_and_closed(written, tmp_path):
@@ -248,7 +249,7 @@ def test_unsealed_small_or_foreign_files_are_refused_and_closed(written, tmp_pat
     try:
         for (fd, name), message, code in cases:
             with pytest.raises(P.ProtocolError, match=message) as caught:
-                shm.open_memfd(describe_fd(desc, fd, name), msg_id="t1")
+                shm_mapping.open_memfd(describe_fd(desc, fd, name), msg_id="t1")
             assert (caught.value.code, caught.value.msg_id) == (code, "t1")
         # a pipe, a wrong name and a dead pid: the link is not the segment; nothing is opened
         read_end, write_end = os.pipe()
@@ -256,11 +257,11 @@ def test_unsealed_small_or_foreign_files_are_refused_and_closed(written, tmp_pat
         unseen = [
             describe_fd(desc, read_end, desc["name"]),
             describe_fd(desc, desc["fd"], f"harmonize-{'c' * 32}"),
-            shm.parse_request({**desc, "pid": shm.ID_MAX}, P.Limits()),
+            shm_mapping.parse_request({**desc, "pid": shm.ID_MAX}, P.Limits()),
         ]
         for request in unseen:
             with pytest.raises(P.ProtocolError, match="send frames instead") as caught:
-                shm.open_memfd(request, msg_id="t2")
+                shm_mapping.open_memfd(request, msg_id="t2")
             assert (caught.value.code, caught.value.msg_id) == (P.ErrorCode.SHM_UNAVAILABLE, "t2")
         # a tmpfs or disk file is not a memfd, even under a matching name
         path = tmp_path / "segment"
@@ -268,7 +269,7 @@ def test_unsealed_small_or_foreign_files_are_refused_and_closed(written, tmp_pat
         fd = os.open(path, os.O_RDWR)
         opened.append(fd)
         with pytest.raises(P.ProtocolError, match="is not a memfd"):
-            shm._check_memfd(fd, os.readlink(f"/proc/self/fd/{fd}"), size, "shm:", "t3")
+            shm_mapping._check_memfd(fd, os.readlink(f"/proc/self/fd/{fd}"), size, "shm:", "t3")
     finally:
         for fd in opened:
             os.close(fd)
@@ -279,12 +280,12 @@ def test_mappings_follow_their_segments(written, frames):
     """Kept while the client holds the segment, remapped when it grew or its fd names another
     file, and unmapped by prune once the client closed it (its memory is then freed)."""
     segment, desc = written
-    request = shm.parse_request(desc, P.Limits())
-    mappings = shm.Mappings()
+    request = shm_mapping.parse_request(desc, P.Limits())
+    mappings = shm_mapping.Mappings()
     try:
         first = mappings.open(request)
         os.ftruncate(segment.fd, segment.size + shm.PAGE)
-        grown = shm.parse_request({**desc, "size": segment.size + shm.PAGE}, P.Limits())
+        grown = shm_mapping.parse_request({**desc, "size": segment.size + shm.PAGE}, P.Limits())
         second = mappings.open(grown)
         assert second is not first and len(second) == segment.size + shm.PAGE
         assert first.closed and len(mappings) == 1
@@ -384,7 +385,7 @@ def test_hostile_shm_requests_get_errors_and_the_daemon_keeps_serving(engine, wr
             reply = recv_final(sock, msg_id)
             assert reply.type == P.ERROR, body_shm
             assert reply.body["code"] in ("bad_frames", "too_large", "shm_unavailable")
-        pixels = P.harmonize_frames(*(P.Pixels.of(a) for a in scene(40, 30)))
+        pixels = M.harmonize_frames(*(P.Pixels.of(a) for a in scene(40, 30)))
         both = P.pack(P.HARMONIZE, {"shm": desc}, pixels, token=run.token)
         sock.send_multipart(both)
         reply = recv_final(sock, P.unpack(both, local="client").id)
@@ -422,7 +423,7 @@ def test_a_client_cannot_truncate_its_segment_during_a_job(engine, when):
     segment = None
     try:
         sock, token = run.raw(), run.token
-        frames = P.harmonize_frames(*(P.Pixels.of(a) for a in scene(40, 30)))
+        frames = M.harmonize_frames(*(P.Pixels.of(a) for a in scene(40, 30)))
         if when == "queued":  # a frames job holds the worker at its first checkpoint
             sock.send_multipart(P.pack(P.HARMONIZE, {}, frames, token=token, msg_id="first"))
             recv_stage(sock, "first", "composed")

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layer_harmonizer import plugin_support as S
-from layer_harmonizer import protocol as P
-from layer_harmonizer.client import Client
 from layer_harmonizer.model.weights import save_weights
+from layer_harmonizer.wire import host_side as S
+from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire.client import Client
 from tests.daemon_process import SERVE, DaemonProcess, daemon_env, serve_once
 
 pytestmark = pytest.mark.slow
@@ -290,7 +290,7 @@ print(json.dumps({"planted": folder}))
 FALLBACK = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import rundir
+import discovery as rundir  # standard library only: runs on a bare system Python
 where = str(rundir.default_runtime_dir())
 try:
     rundir.runtime_dir()
@@ -410,8 +410,10 @@ def test_the_fallback_without_xdg_runtime_dir_is_checked_too(other):
     its runtime dir is /tmp/harmonize-<uid>, which a planted folder (here root's) blocks."""
     code = other.shared / "code"
     code.mkdir(mode=0o755, exist_ok=True)
-    shutil.copy(ROOT / "backend" / "layer_harmonizer" / "rundir.py", code / "rundir.py")
-    (code / "rundir.py").chmod(0o644)
+    shutil.copy(
+        ROOT / "backend" / "layer_harmonizer" / "wire" / "discovery.py", code / "discovery.py"
+    )
+    (code / "discovery.py").chmod(0o644)
     fallback = Path(f"/tmp/harmonize-{other.uid}")
     if Path(f"/run/user/{other.uid}").exists() or fallback.exists():
         pytest.skip(f"/run/user/{other.uid} or {fallback} exists already")

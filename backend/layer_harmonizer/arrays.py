@@ -12,11 +12,13 @@ import os
 import numpy as np
 
 from layer_harmonizer.errors import InputError
+from layer_harmonizer.wire import discovery  # standard library only: shared names
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 MASK_DTYPES = (*IMAGE_DTYPES, np.dtype(np.float64), np.dtype(np.bool_))
-DEFAULT_MAX_PIXELS = 150_000_000
-"""Largest image accepted by default (e.g. 15000 x 10000); override with $HARMONIZE_MAX_PIXELS."""
+DEFAULT_MAX_PIXELS = discovery.DEFAULT_MAX_PIXELS
+"""Largest image accepted by default (e.g. 15000 x 10000); override with $HARMONIZE_MAX_PIXELS.
+The daemon's frame limit is the same number: the one copy is in :mod:`.wire.discovery`."""
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 OPAQUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535, np.dtype(np.float32): 1.0}

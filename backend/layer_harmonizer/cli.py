@@ -191,7 +191,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _load(args: argparse.Namespace) -> Any:
     if getattr(args, "daemon", False):
-        from layer_harmonizer.client import ensure_daemon
+        from layer_harmonizer.wire.client import ensure_daemon
 
         extra = [] if args.weights is None else ["--weights", str(args.weights)]
         extra += [] if args.variant is None else ["--variant", args.variant]
@@ -236,9 +236,9 @@ def _harmonize_remote(client: Any, rgb: Any, mask: Any, args: argparse.Namespace
     import numpy as np
 
     from layer_harmonizer.arrays import check_image, check_mask
-    from layer_harmonizer.client import DaemonError
     from layer_harmonizer.errors import InputError
-    from layer_harmonizer.protocol import Pixels
+    from layer_harmonizer.wire.client import DaemonError
+    from layer_harmonizer.wire.protocol import Pixels
 
     image = check_image(rgb, max_pixels=args.max_pixels, what="composite")
     alpha = check_mask(mask, image.shape[:2])
@@ -380,8 +380,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from layer_harmonizer.arrays import max_pixels_default
     from layer_harmonizer.daemon import serve
-    from layer_harmonizer.protocol import Limits
     from layer_harmonizer.server import ServerConfig
+    from layer_harmonizer.wire.protocol import Limits
 
     config = ServerConfig(
         limits=Limits(max_pixels=max_pixels_default()),
@@ -403,13 +403,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _daemon_client(args: argparse.Namespace) -> Any:
-    from layer_harmonizer.client import Client
+    from layer_harmonizer.wire.client import Client
 
     return Client.from_endpoint_file(timeout=args.timeout, retries=0)
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    from layer_harmonizer.client import DaemonError
+    from layer_harmonizer.wire.client import DaemonError
 
     try:
         with _daemon_client(args) as client:
@@ -431,7 +431,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from layer_harmonizer.client import DaemonError
+    from layer_harmonizer.wire.client import DaemonError
 
     try:
         with _daemon_client(args) as client:

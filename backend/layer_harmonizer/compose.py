@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from layer_harmonizer.arrays import OPAQUE, convert, from_unit_float, to_unit_float
-from layer_harmonizer.errors import InputError
 
 
 def composite(rgb: np.ndarray, mask: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
@@ -96,16 +95,3 @@ def selection_weight(mask: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
         return mask
     weight = np.divide(mask, alpha, out=np.zeros_like(mask), where=alpha > 0)
     return np.minimum(weight, 1.0, out=weight)
-
-
-def check_same_size(shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
-    """All arrays must share ``H x W``; returns it or raises :class:`InputError` naming both."""
-    items = list(shapes.items())
-    first_name, first = items[0]
-    for name, shape in items[1:]:
-        if shape[:2] != first[:2]:
-            raise InputError(
-                f"{name} is {shape[1]} x {shape[0]} but {first_name} is {first[1]} x {first[0]}: "
-                "layer, mask and backdrop must have the same size"
-            )
-    return first[0], first[1]

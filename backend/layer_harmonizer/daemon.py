@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import zmq
 
-from layer_harmonizer import protocol as P
 from layer_harmonizer._version import __version__
 from layer_harmonizer.endpoint import (
     LOCK_FILE,
@@ -38,8 +37,9 @@ from layer_harmonizer.endpoint import (
 )
 from layer_harmonizer.engine import Engine
 from layer_harmonizer.errors import HarmonizeError
-from layer_harmonizer.rundir import RuntimeDirError
 from layer_harmonizer.server import Server, ServerConfig, check_host
+from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire.discovery import RuntimeDirError
 
 log = logging.getLogger("harmonize.daemon")
 
@@ -99,18 +99,16 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None) -> Path:
 
 def running_daemon(path: Path) -> dict[str, Any] | None:
     """The endpoint file's contents if a daemon there answers a ping, else None."""
-    from layer_harmonizer.client import Client, DaemonError
+    from layer_harmonizer.wire.client import answering_client
 
+    client = answering_client(path, timeout=2.0, retries=0)
+    if client is None:
+        return None
+    client.close()
     try:
-        info = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    try:
-        with Client.from_endpoint_file(path, timeout=2.0, retries=0) as client:
-            client.ping()
-    except (DaemonError, zmq.ZMQError, OSError):
-        return None
-    return info
 
 
 def _silence_stdio() -> None:

@@ -1,6 +1,6 @@
 """Files in the runtime dir: the endpoint file clients read, the socket, the instance lock.
 
-The runtime dir is checked by :func:`.rundir.private_dir` (mode 0700, this user's, no
+The runtime dir is checked by :func:`.wire.discovery.private_dir` (mode 0700, this user's, no
 symlink). ``daemon.json`` (mode 0600) holds ``{endpoint, pid, protocol_version,
 server_version, token}`` and, for a TCP endpoint, the CURVE keys ``curve``; ``daemon.sock`` is
 the daemon's ``ipc://`` socket; ``daemon.lock`` is held (``flock``) by the one serving daemon.
@@ -13,12 +13,11 @@ import json
 import os
 from pathlib import Path
 
-from layer_harmonizer import protocol as P
-from layer_harmonizer import rundir
 from layer_harmonizer._version import __version__
 from layer_harmonizer.fileutil import atomic_open
+from layer_harmonizer.wire import discovery
+from layer_harmonizer.wire import protocol as P
 
-ENDPOINT_FILE = "daemon.json"
 LOCK_FILE = "daemon.lock"
 SOCKET_FILE = "daemon.sock"
 
@@ -27,9 +26,9 @@ def endpoint_file() -> Path:
     """``daemon.json`` in the runtime dir, which is created or checked first.
 
     Raises:
-        layer_harmonizer.rundir.RuntimeDirError: the runtime dir is not private to this user.
+        RuntimeDirError: the runtime dir is not private to this user.
     """
-    return rundir.runtime_dir() / ENDPOINT_FILE
+    return discovery.runtime_dir() / discovery.ENDPOINT_FILE
 
 
 def write_endpoint_file(
@@ -40,7 +39,7 @@ def write_endpoint_file(
     ``curve``: for a TCP endpoint, the keys a client needs (``server_public``,
     ``client_public``, ``client_secret``, Z85 text); the daemon's secret key is never written.
     """
-    rundir.private_dir(path.parent)
+    discovery.private_dir(path.parent)
     info = {
         "endpoint": endpoint,
         "pid": os.getpid(),
@@ -77,7 +76,7 @@ class InstanceLock:
             import fcntl
         except ImportError:
             return True
-        rundir.private_dir(self.path.parent)
+        discovery.private_dir(self.path.parent)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:

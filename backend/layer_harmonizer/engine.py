@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from layer_harmonizer import protocol as P
 from layer_harmonizer._version import __version__
 from layer_harmonizer.arrays import OPAQUE, check_image, check_mask, convert
 from layer_harmonizer.compose import composite, crop_box, layer_rgb, selection_weight, with_alpha
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
 
 
 class Engine:
@@ -56,7 +57,7 @@ class Engine:
         mask = np.zeros((64, 64), np.uint8)
         mask[16:48, 16:48] = 255
         frames = {"layer": layer, "mask": mask, "backdrop": layer[..., :3].copy()}
-        self.run(frames, P.HarmonizeOptions(), lambda *a, **k: None)
+        self.run(frames, M.HarmonizeOptions(), lambda *a, **k: None)
         self.cache.clear()
         return time.perf_counter() - start
 
@@ -78,7 +79,7 @@ class Engine:
     def run(
         self,
         frames: dict[str, np.ndarray],
-        options: P.HarmonizeOptions,
+        options: M.HarmonizeOptions,
         checkpoint: Callable,
         destination: Callable[[tuple[int, ...], np.dtype], np.ndarray | None] | None = None,
     ) -> tuple[np.ndarray, tuple[int, int], dict[str, Any]]:
@@ -101,7 +102,7 @@ class Engine:
         times: dict[str, float] = {}
         start = time.perf_counter()
         layer, backdrop, raw_mask = frames["layer"], frames["backdrop"], frames["mask"]
-        box = crop_box(raw_mask, options.crop_margin, P.MIN_CROP_MARGIN_PX)
+        box = crop_box(raw_mask, options.crop_margin, M.MIN_CROP_MARGIN_PX)
         if box is None:
             raise EmptyMask
         x0, y0, x1, y1 = box

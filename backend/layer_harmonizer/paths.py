@@ -10,7 +10,7 @@ config     ~/.config/harmonize              $HARMONIZE_CONFIG_DIR
 runtime    $XDG_RUNTIME_DIR/harmonize       $HARMONIZE_RUNTIME_DIR (socket, endpoint file)
 ========== =============================== ==============================================
 
-The runtime directory follows :mod:`.rundir` (shared with the plug-ins), not platformdirs:
+The runtime directory follows :mod:`.wire.discovery` (shared with the plug-ins), not platformdirs:
 without ``$XDG_RUNTIME_DIR`` it is ``/run/user/<uid>/harmonize`` or ``/tmp/harmonize-<uid>``.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import platformdirs
 
-from layer_harmonizer import rundir
+from layer_harmonizer.wire import discovery
 
 APP = "harmonize"
 
@@ -52,5 +52,5 @@ def config_dir() -> Path:
 
 
 def runtime_dir() -> Path:
-    """Where the runtime dir is (not checked: :func:`.rundir.private_dir` does that)."""
-    return rundir.default_runtime_dir()
+    """Where the runtime dir is (not checked: :func:`.wire.discovery.private_dir` does that)."""
+    return discovery.default_runtime_dir()

@@ -4,10 +4,9 @@ application looks for it, with everything it needs to run in the host's own Pyth
 A plugin folder gets:
 
 - the plugin's own files (from ``plugins/<host>/`` of this project);
-- ``vendor/layer_harmonizer/``: :mod:`.plugin_support`, :mod:`.client`, :mod:`.protocol`,
-  :mod:`.shm`, :mod:`.rundir` and ``_version``
-  (standard library + pyzmq + msgpack only), so the plugin and the daemon share one
-  implementation;
+- ``vendor/layer_harmonizer/``: the :mod:`layer_harmonizer.wire` folder whole (standard
+  library + pyzmq + msgpack only), ``_version.py`` and an empty package ``__init__``, so the
+  plugin and the daemon share one implementation;
 - ``vendor/zmq``, ``vendor/msgpack`` unpacked from wheels for the host Python's version and
   platform, unless the host's Python already imports both (``--deps auto``, the default);
 - ``settings.json``: how to start the daemon (this interpreter) and where its endpoint file is;
@@ -34,15 +33,10 @@ from layer_harmonizer.errors import HarmonizeError, InputError
 
 MARKER = "installed-by-harmonize.json"
 VENDOR = "vendor"
-VENDORED_MODULES = (
-    "_version.py",
-    "protocol.py",
-    "rundir.py",
-    "shm.py",
-    "client.py",
-    "plugin_support.py",
-)
-"""backend modules a plugin carries (checked to need nothing beyond stdlib, pyzmq, msgpack)."""
+VENDORED_PACKAGE = "layer_harmonizer"
+VENDORED = ("_version.py", "wire")
+"""What of the package a plugin carries, besides an empty ``__init__``: the version and the
+whole wire side (a test checks it needs nothing beyond stdlib, pyzmq, msgpack)."""
 WHEELS = ("pyzmq", "msgpack")
 IMPORT_NAMES = {"pyzmq": "zmq", "msgpack": "msgpack"}
 DEPS_MODES = ("auto", "host", "vendor")
@@ -222,24 +216,30 @@ def unpack_wheels(wheels: Sequence[Path], dest: Path) -> list[str]:
 # ---- install / uninstall ----------------------------------------------------------------------
 
 
-def write_vendored_backend(vendor: Path) -> None:
-    """``vendor/layer_harmonizer/``: the modules a plugin shares with the daemon, with an empty
-    package ``__init__`` (the real one would pull in numpy/torch entry points)."""
-    package = vendor / "layer_harmonizer"
+def write_vendored_wire(vendor: Path) -> Path:
+    """``vendor/layer_harmonizer/``: :data:`VENDORED` (the ``wire/`` folder whole, without
+    caches) and an empty package ``__init__`` (the real one would pull in numpy/torch entry
+    points); returns the package folder."""
+    package = vendor / VENDORED_PACKAGE
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text(
         f'"""harmonize {__version__}: the plugin side (vendored by install-plugin)."""\n',
         encoding="utf-8",
     )
     here = Path(__file__).resolve().parent
-    for name in VENDORED_MODULES:
-        shutil.copy2(here / name, package / name)
+    for name in VENDORED:
+        if (here / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(here / name, package / name, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copy2(here / name, package / name)
+    return package
 
 
 def settings_for_plugin(serve_args: Sequence[str] = ()) -> dict[str, object]:
     """``settings.json``: start the daemon with this interpreter; the runtime dir it uses."""
     from layer_harmonizer import paths
-    from layer_harmonizer.plugin_support import Settings
+    from layer_harmonizer.wire.host_side import Settings
 
     settings = Settings(
         serve_command=[sys.executable, "-m", "layer_harmonizer", "serve"],
@@ -326,7 +326,7 @@ def install_plugin(
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
         (staging / "harmonize.py").chmod(0o755)  # GIMP runs it by its shebang
         vendor = staging / VENDOR
-        write_vendored_backend(vendor)
+        write_vendored_wire(vendor)
         if mode == "vendor":
             version = python_version or probed.version  # type: ignore[union-attr]
             plat = platform or probed.platform  # type: ignore[union-attr]
@@ -485,7 +485,7 @@ def _stage_krita(staging: Path) -> Path:
     shutil.copy2(source.parent / f"{KRITA_NAME}.desktop", staging / "pykrita")
     (staging / "actions").mkdir(parents=True, exist_ok=True)
     shutil.copy2(source.parent / f"{KRITA_NAME}.action", staging / "actions")
-    write_vendored_backend(package / VENDOR)
+    write_vendored_wire(package / VENDOR)
     return package
 
 

@@ -8,14 +8,13 @@ Every malformed, oversized or unauthorised message gets a structured ``error`` r
 loop goes on serving everyone else. The ROUTER listens on an ``ipc://`` socket in the private
 runtime dir (the default) or on TCP with CURVE encryption, where ZAP drops every peer without
 the client key in the handshake, before any of its messages is read (docs/protocol.md, "Trust
-model"). The wire format is in :mod:`layer_harmonizer.protocol`; the
+model"). The wire format is in :mod:`layer_harmonizer.wire.protocol`; the
 process around it (endpoint file, signals, logs) is :mod:`layer_harmonizer.daemon`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import queue
 import secrets
@@ -29,12 +28,14 @@ from typing import Any
 import numpy as np
 import zmq
 
-from layer_harmonizer import protocol as P
-from layer_harmonizer import shm
-from layer_harmonizer.compose import check_same_size
 from layer_harmonizer.endpoint import write_endpoint_file  # noqa: F401  (re-exported)
 from layer_harmonizer.engine import EmptyMask, Engine
-from layer_harmonizer.errors import HarmonizeError, InputError
+from layer_harmonizer.errors import HarmonizeError
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import shm, shm_mapping
+from layer_harmonizer.wire.discovery import is_loopback
+from layer_harmonizer.wire.messages import check_harmonize_frames
 
 log = logging.getLogger("harmonize.daemon")
 
@@ -71,13 +72,7 @@ class ServerConfig:
 
 def check_host(host: str, allow_remote: bool) -> None:
     """Refuse a non-loopback address unless ``allow_remote``."""
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
+    if not is_loopback(host) and not allow_remote:
         raise HarmonizeError(
             f"--host {host} would expose the daemon beyond this machine; add --allow-remote "
             "if that is intended (clients then need a copy of the endpoint file's keys)"
@@ -104,12 +99,12 @@ class Job:
 
     route: list[Any]  # ROUTER identity frames (+ empty delimiter for REQ peers)
     msg: P.Message
-    options: P.HarmonizeOptions
+    options: M.HarmonizeOptions
     nbytes: int = 0  # pixel bytes held by the job's frames
     state: str = "queued"  # queued -> running -> done | cancelled
     lock: threading.Lock = field(default_factory=threading.Lock)
     cancel: threading.Event = field(default_factory=threading.Event)
-    shm: shm.Request | None = None  # the client's segment, when the pixels came that way
+    shm: shm_mapping.Request | None = None  # the client's segment, when the pixels came that way
     segment: Any = None  # its mapping (mmap) while the job runs
     shm_map: float = 0.0  # seconds spent opening, checking and mapping it
     result_spec: dict[str, Any] = field(default_factory=dict)  # the result written there
@@ -128,34 +123,6 @@ class Job:
 def _array(pix: P.Pixels) -> np.ndarray:
     """A read-only numpy view of received pixels (no copy)."""
     return np.frombuffer(pix.data, dtype=np.dtype(pix.dtype).newbyteorder("<")).reshape(pix.shape)
-
-
-def check_harmonize_frames(msg: P.Message) -> dict[str, P.Pixels]:
-    """Names and shapes of a ``harmonize_request``'s frames (before anything is allocated)."""
-    frames = msg.frames
-    missing = [n for n in ("layer", "mask", "backdrop") if n not in frames]
-    extra = sorted(set(frames) - {"layer", "mask", "backdrop"})
-    if missing or extra:
-        raise P.ProtocolError(
-            P.ErrorCode.BAD_FRAMES,
-            f"harmonize needs frames layer, mask, backdrop; missing {missing}, unexpected {extra}",
-            msg.id,
-        )
-    layer, mask, back = frames["layer"], frames["mask"], frames["backdrop"]
-    problems = []
-    if len(layer.shape) != 3 or layer.shape[2] not in (3, 4):
-        problems.append(f"layer must be (H, W, 4) or (H, W, 3); got {list(layer.shape)}")
-    if len(mask.shape) != 2:
-        problems.append(f"mask must be (H, W); got {list(mask.shape)}")
-    if len(back.shape) != 3 or back.shape[2] != 3:
-        problems.append(f"backdrop must be (H, W, 3); got {list(back.shape)}")
-    if problems:
-        raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, "; ".join(problems), msg.id)
-    try:
-        check_same_size({"layer": layer.shape, "mask": mask.shape, "backdrop": back.shape})
-    except InputError as exc:
-        raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, str(exc), msg.id) from None
-    return frames
 
 
 # ---- the daemon -------------------------------------------------------------------------------
@@ -194,7 +161,7 @@ class Server:
         self._stopping = False  # a plain flag: set from signal handlers
         self._last_activity = self._last_heartbeat = time.monotonic()
         self._last_prune = -1e9
-        self.segments = shm.Mappings()  # main thread only
+        self.segments = shm_mapping.Mappings()  # main thread only
         self._worker = threading.Thread(target=self._work, name="harmonize-worker", daemon=True)
 
     # -- setup --
@@ -390,8 +357,8 @@ class Server:
                 raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, f"{kind} takes no frames", msg.id)
             body = self.info()
             if kind == P.HELLO and "challenge" in msg.body:  # 2.0: prove we hold the token
-                challenge = P.check_challenge(msg.body["challenge"], msg.id)
-                body["proof"] = P.hello_proof(self.config.token, challenge)
+                challenge = M.check_challenge(msg.body["challenge"], msg.id)
+                body["proof"] = M.hello_proof(self.config.token, challenge)
             self._reply(route, P.reply_type(kind), body, msg.id)
         elif kind == P.HARMONIZE:
             self._enqueue(route, msg)
@@ -419,7 +386,7 @@ class Server:
             },
         }
 
-    def _shm_request(self, msg: P.Message) -> shm.Request:
+    def _shm_request(self, msg: P.Message) -> shm_mapping.Request:
         """Check a request's ``"shm"`` description (nothing is opened yet); the message's
         frames become templates (``data=None``) until :meth:`_map_shm`."""
         if not self.config.shm:
@@ -430,11 +397,11 @@ class Server:
             raise P.ProtocolError(
                 P.ErrorCode.BAD_FRAMES, "send pixels as frames or in shm, not both", msg.id
             )
-        request = shm.parse_request(msg.body["shm"], self.limits, msg.id)
+        request = shm_mapping.parse_request(msg.body["shm"], self.limits, msg.id)
         msg.frames = {name: pix for name, (_offset, pix) in request.frames.items()}
         return request
 
-    def _map_shm(self, msg: P.Message, request: shm.Request) -> Any:
+    def _map_shm(self, msg: P.Message, request: shm_mapping.Request) -> Any:
         """Open, check and map the client's segment; the message's frames become read-only
         views of it (zero copy). Returns the mapping."""
         segment = self.segments.open(request, msg.id)
@@ -455,7 +422,7 @@ class Server:
     def _enqueue(self, route: list[Any], msg: P.Message) -> None:
         request = self._shm_request(msg) if "shm" in msg.body else None
         check_harmonize_frames(msg)
-        options = P.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id)
+        options = M.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id)
         if self._stopping:
             raise P.ProtocolError(P.ErrorCode.SHUTTING_DOWN, "the daemon is stopping", msg.id)
         if msg.id in self.jobs:

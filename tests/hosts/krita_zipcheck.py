@@ -32,14 +32,14 @@ def main(args: list[str]) -> None:
         import msgpack
         import zmq
 
-        support = deps.plugin_support()
+        support = deps.host_side()
         report = {
             "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
             "added": added,
             "zmq": zmq.__file__,
             "libzmq": zmq.zmq_version(),
             "msgpack": msgpack.__file__,
-            "plugin_support": support.__file__,
+            "host_side": support.__file__,
         }
     except Exception:
         traceback.print_exc()

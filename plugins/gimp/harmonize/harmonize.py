@@ -2,9 +2,9 @@
 """GIMP 3 plug-in: Filters ▸ Harmonize Layer… recolours the active layer to fit the scene.
 
 Wiring only: GIMP objects in, bytes out, bytes back into a new layer. Geometry, formats,
-settings, the daemon call and every user-facing message live in ``layer_harmonizer.plugin_support``
-(shared with the Krita plugin), which ``harmonize install-plugin gimp`` copies into
-``vendor/`` beside this file together with the daemon client.
+settings, the daemon call and every user-facing message live in
+``layer_harmonizer.wire.host_side`` (shared with the Krita plugin): ``harmonize install-plugin
+gimp`` copies the whole ``layer_harmonizer/wire/`` package into ``vendor/`` beside this file.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-# Installed: <plug-ins>/harmonize/vendor holds layer_harmonizer/{client,protocol,plugin_support}.py
-# and, when GIMP's Python lacks them, pyzmq + msgpack. From a source checkout: the repository's
-# backend/.
+# Installed: <plug-ins>/harmonize/vendor holds layer_harmonizer/wire/ (and _version.py) and, when
+# GIMP's Python lacks them, pyzmq + msgpack. From a source checkout: the repository's backend/.
 _VENDOR = _HERE / "vendor"
 sys.path.insert(0, str(_VENDOR if _VENDOR.is_dir() else _HERE.parents[2] / "backend"))
 
@@ -30,7 +29,7 @@ gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
-from layer_harmonizer import plugin_support as S  # noqa: E402
+from layer_harmonizer.wire import host_side as S  # noqa: E402
 
 MENU_LABEL = "_Harmonize Layer…"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import host
-from .deps import PLUGIN_DIR, explain, missing_modules_message, plugin_support
+from .deps import PLUGIN_DIR, explain, host_side, missing_modules_message
 from .qt import QtCore
 
 SETTINGS_GROUP = "harmonize"
@@ -61,7 +61,7 @@ class Controller(QtCore.QObject):
 
     @staticmethod
     def settings() -> Any:
-        return plugin_support().load_settings(PLUGIN_DIR)
+        return host_side().load_settings(PLUGIN_DIR)
 
     @staticmethod
     def strength() -> float:
@@ -137,7 +137,7 @@ class Controller(QtCore.QObject):
         """Worker thread: only the daemon call (no Krita API here)."""
         inputs = job["inputs"]
         try:
-            ps = plugin_support()
+            ps = host_side()
             result = host.send(
                 inputs,
                 strength=job["strength"],
@@ -176,14 +176,14 @@ class Controller(QtCore.QObject):
         doc, inputs = job["doc"], job["inputs"]
         source = host.find_node(doc.rootNode(), inputs.source_id)
         if source is None:
-            raise plugin_support().PluginError(
+            raise host_side().PluginError(
                 "The source layer was deleted while harmonizing; nothing was changed."
             )
         seconds = time.perf_counter() - job["started"]
         if job["kind"] == "update" and self.session is not None:
             layer = host.find_node(doc.rootNode(), self.session.layer_id)
             if layer is None:
-                raise plugin_support().PluginError("The harmonized layer was deleted.")
+                raise host_side().PluginError("The harmonized layer was deleted.")
             host.update_layer(doc, layer, inputs, result.pixels, result.box)
             self.session.strength = job["strength"]
             return f"Strength {job['strength']:.2f} applied in {seconds:.2f} s"
@@ -211,7 +211,7 @@ class Controller(QtCore.QObject):
 
         def work() -> None:
             try:
-                text = plugin_support().daemon_status(self.settings())
+                text = host_side().daemon_status(self.settings())
             except ImportError as missing:
                 text = missing_modules_message(missing)
             except Exception as exc:  # e.g. a broken settings.json

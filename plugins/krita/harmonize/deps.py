@@ -1,10 +1,11 @@
 """The shared plugin modules: the installed copy in ``vendor/``, else the repository's package.
 
-``harmonize install-plugin krita`` puts a ``layer_harmonizer`` package with ``protocol.py``,
-``client.py`` and ``plugin_support.py`` into ``harmonize/vendor/`` and, where Krita's Python
-lacks them, unpacks pyzmq and msgpack wheels there too. The release zip, which must work with
-several Krita Pythons, carries the wheels per interpreter in ``harmonize/wheels/<tag>/``. In a
-source checkout (unit tests, kritarunner tests) the same modules come from :mod:`layer_harmonizer`.
+``harmonize install-plugin krita`` puts a ``layer_harmonizer`` package holding the whole
+``wire/`` folder (protocol, client, host side) into ``harmonize/vendor/`` and, where Krita's
+Python lacks them, unpacks pyzmq and msgpack wheels there too. The release zip, which must work
+with several Krita Pythons, carries the wheels per interpreter in ``harmonize/wheels/<tag>/``.
+In a source checkout (unit tests, kritarunner tests) the same modules come from
+:mod:`layer_harmonizer.wire` on the path.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def wheel_tags() -> list[str]:
 
 
 def add_wheels_to_path() -> list[str]:
-    """Put the vendored ``layer_harmonizer`` first on ``sys.path`` and append the wheel folders that
-    match this Python (after the host's own packages, which win when present); returns the
-    folders added."""
+    """Put the vendored ``layer_harmonizer`` first on ``sys.path`` and append the wheel folders
+    that match this Python (after the host's own packages, which win when present); returns
+    the folders added."""
     added = []
     vendored = (VENDOR_DIR / "layer_harmonizer" / "__init__.py").is_file()
     if vendored and str(VENDOR_DIR) not in sys.path:
@@ -58,17 +59,17 @@ def add_wheels_to_path() -> list[str]:
     return added
 
 
-def plugin_support() -> ModuleType:
-    """:mod:`layer_harmonizer.plugin_support` (needs msgpack; pyzmq only to talk to the daemon)."""
+def host_side() -> ModuleType:
+    """:mod:`layer_harmonizer.wire.host_side` (needs msgpack; pyzmq only to talk to the daemon)."""
     add_wheels_to_path()
-    return importlib.import_module("layer_harmonizer.plugin_support")
+    return importlib.import_module("layer_harmonizer.wire.host_side")
 
 
 def explain(exc: BaseException) -> str:
     """A message for the user about any failure; never raises, also when the shared modules
     themselves cannot be imported (Krita's Python without msgpack or pyzmq)."""
     try:
-        return str(plugin_support().explain(exc))
+        return str(host_side().explain(exc))
     except ImportError as missing:
         return missing_modules_message(missing)
 

@@ -4,7 +4,7 @@ Everything here runs on Krita's main thread and only uses the libkis API (``krit
 so the real-Krita tests call these functions directly from ``kritarunner`` (no GUI needed).
 
 Coordinates are image pixels. The *region* is the layer's bounds grown by the daemon's context
-margin and clamped to the canvas (:func:`plugin_support.context_box`); every buffer sent to the
+margin and clamped to the canvas (:func:`host_side.context_box`); every buffer sent to the
 daemon covers exactly that region:
 
 - ``layer``: ``(H, W, 4)`` RGBA of the wire dtype (Krita's BGRA swapped to RGBA);
@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import pixels
-from .deps import plugin_support
+from .deps import host_side
 from .qt import QtGui, enum, to_qbytes
 
 WORK_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
 """Krita's perceptual sRGB profile: what converted pixels travel in."""
 DEPTH_OF_DTYPE = {"uint8": "U8", "uint16": "U16", "float32": "F32"}
 HOST_PRECISION = {"U8": "U8", "U16": "U16", "F16": "HALF", "F32": "FLOAT"}
-"""Krita depth -> the precision names :func:`plugin_support.wire_format` knows."""
+"""Krita depth -> the precision names :func:`host_side.wire_format` knows."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Inputs:
     Attributes:
         source_id: the source layer's ``uniqueId`` (a string).
         region: the context region in image coordinates.
-        fmt: the wire format (``plugin_support.WireFormat``); ``fmt.dtype`` is the item type.
+        fmt: the wire format (``host_side.WireFormat``); ``fmt.dtype`` is the item type.
         layer: ``(H, W, 4)`` RGBA bytes; ``mask``: ``(H, W)``; ``backdrop``: ``(H, W, 3)``.
         work: the colour space of those buffers (RGBA, perceptual, ``fmt``'s depth).
         target: the document's colour space, which the new layer gets.
@@ -94,7 +94,7 @@ def _krita() -> Any:
 
 
 def _error(message: str) -> Exception:
-    return plugin_support().PluginError(message)
+    return host_side().PluginError(message)
 
 
 # ---- finding things ---------------------------------------------------------------------------
@@ -194,20 +194,20 @@ def wire_format_of(space: Space) -> Any:
         )
     if space.linear:
         precision += "_LINEAR"
-    return plugin_support().wire_format(precision)
+    return host_side().wire_format(precision)
 
 
 # ---- reading ----------------------------------------------------------------------------------
 
 
 def _bounds_box(qrect: Any) -> Any:
-    box = plugin_support().Box
+    box = host_side().Box
     return box(qrect.x(), qrect.y(), qrect.width(), qrect.height())
 
 
 def region_of(doc: Any, node: Any) -> Any:
     """The context region for ``node`` (layer bounds x selection bounds, grown, clamped)."""
-    ps = plugin_support()
+    ps = host_side()
     bounds = _bounds_box(node.bounds())
     if bounds.empty:
         raise _error(f"The layer '{node.name()}' is empty: paste something into it first.")
@@ -376,7 +376,7 @@ def read_inputs(doc: Any, node: Any) -> Inputs:
     target = Space.of(doc)
     base_box = _hull(
         region,
-        _bounds_box(node.bounds()).intersect(plugin_support().Box(0, 0, doc.width(), doc.height())),
+        _bounds_box(node.bounds()).intersect(host_side().Box(0, 0, doc.width(), doc.height())),
     )
     raw = bytes(node.pixelData(base_box.x, base_box.y, base_box.w, base_box.h))
     base = convert_pixels(raw, base_box.w, base_box.h, Space.of(node), target)
@@ -414,7 +414,7 @@ def build_layer(doc: Any, source: Any, inputs: Inputs, rgba: bytes, box: Any) ->
     ``doc`` would give one run two undo steps. Adding it to ``doc`` (:func:`insert_above`)
     moves it over as the run's single undo step, "Add Layer".
     """
-    ps = plugin_support()
+    ps = host_side()
     target = inputs.target
     scratch = _krita().createDocument(
         doc.width(), doc.height(), "harmonize-scratch", target.model, target.depth,
@@ -456,10 +456,10 @@ def update_layer(doc: Any, layer: Any, inputs: Inputs, rgba: bytes, box: Any) ->
 
 def send(inputs: Inputs, *, strength: float, **call: Any) -> Any:
     """Send what :func:`read_inputs` gathered to the daemon (blocking; no Krita API, so any
-    thread may call it); returns :class:`plugin_support.Result`. ``call`` (settings,
-    on_progress, cancel) goes to :func:`plugin_support.harmonize`."""
+    thread may call it); returns :class:`host_side.Result`. ``call`` (settings,
+    on_progress, cancel) goes to :func:`host_side.harmonize`."""
     region = inputs.region
-    return plugin_support().harmonize(
+    return host_side().harmonize(
         inputs.layer, inputs.mask, inputs.backdrop, region.w, region.h, inputs.fmt,
         strength=strength, **call,
     )  # fmt: skip
@@ -471,7 +471,7 @@ def harmonize_node(
     """Read, send, build and insert in one go (blocking); returns the new layer.
 
     The GUI splits these steps across threads (see :mod:`.controller`); kritarunner tests and
-    scripts call this directly. ``call`` goes to :func:`plugin_support.harmonize`.
+    scripts call this directly. ``call`` goes to :func:`host_side.harmonize`.
     """
     inputs = read_inputs(doc, node)
     result = send(inputs, strength=strength, settings=settings, **call)

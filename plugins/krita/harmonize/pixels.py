@@ -4,7 +4,7 @@ Krita's ``Node.pixelData`` returns interleaved **B, G, R, A** channels for RGBA 
 depth (U8: 1 byte, U16: 2 bytes, F16: 2 bytes, F32: 4 bytes per channel, native byte order).
 These helpers work on whole channels with :class:`array.array` extended slices, so they run at
 C speed (no per-pixel Python loop). Depth names are Krita's; dtype names are the wire's
-(``uint8``, ``uint16``, ``float32``; see :data:`layer_harmonizer.protocol.DTYPES`).
+(``uint8``, ``uint16``, ``float32``; see :data:`layer_harmonizer.wire.protocol.DTYPES`).
 """
 
 from __future__ import annotations

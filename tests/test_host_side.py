@@ -1,4 +1,4 @@
-"""layer_harmonizer.plugin_support: geometry, formats, settings, messages, and the daemon call
+"""layer_harmonizer.wire.host_side: geometry, formats, settings, messages, and the daemon call
 (against a real daemon over TCP for the happy path and the version check)."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layer_harmonizer import plugin_support as S
-from layer_harmonizer import protocol as P
 from layer_harmonizer.compose import crop_box
+from layer_harmonizer.wire import host_side as S
+from layer_harmonizer.wire import messages as M
+from layer_harmonizer.wire import protocol as P
 from tests.daemon_process import DaemonProcess
 
 # ---- geometry ---------------------------------------------------------------------------------
@@ -56,8 +57,8 @@ def test_context_box_holds_the_daemons_crop(lx, ly, lw, lh, iw, ih, data):
     mh = data.draw(st.integers(1, on_canvas.bottom - my))
     mask = np.zeros((region.h, region.w), np.float32)
     mask[my - region.y : my - region.y + mh, mx - region.x : mx - region.x + mw] = 0.5
-    x0, y0, x1, y1 = crop_box(mask, P.DEFAULT_CROP_MARGIN, P.MIN_CROP_MARGIN_PX)
-    pad = max(P.MIN_CROP_MARGIN_PX, math.ceil(P.DEFAULT_CROP_MARGIN * max(mw, mh)))
+    x0, y0, x1, y1 = crop_box(mask, M.DEFAULT_CROP_MARGIN, M.MIN_CROP_MARGIN_PX)
+    pad = max(M.MIN_CROP_MARGIN_PX, math.ceil(M.DEFAULT_CROP_MARGIN * max(mw, mh)))
     # the daemon's box is its unclamped box cut only by the image, never by the region
     assert (region.x + x0, region.x + x1) == (max(0, mx - pad), min(iw, mx + mw + pad))
     assert (region.y + y0, region.y + y1) == (max(0, my - pad), min(ih, my + mh + pad))
@@ -159,16 +160,16 @@ def test_explain(exc, words):
 
 def test_client_module_missing_zmq_is_a_message(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "zmq", None)  # import zmq -> ImportError
-    monkeypatch.delitem(sys.modules, "layer_harmonizer.client", raising=False)
-    monkeypatch.delattr(sys.modules["layer_harmonizer"], "client", raising=False)
+    monkeypatch.delitem(sys.modules, "layer_harmonizer.wire.client", raising=False)
+    monkeypatch.delattr(sys.modules["layer_harmonizer.wire"], "client", raising=False)
     with pytest.raises(S.PluginError, match="pyzmq and msgpack"):
         S._client_module()
 
 
-def test_importing_plugin_support_needs_no_zmq_numpy_or_torch():
+def test_importing_host_side_needs_no_zmq_numpy_or_torch():
     code = (
         "import sys; sys.modules['zmq'] = None\n"
-        "import layer_harmonizer.plugin_support\n"
+        "import layer_harmonizer.wire.host_side\n"
         "bad = [m for m in ('zmq', 'numpy', 'torch') if sys.modules.get(m) is not None]\n"
         "assert not bad, bad\n"
     )
@@ -251,8 +252,8 @@ def test_starts_a_daemon_when_none_runs(tmp_path: Path, monkeypatch: pytest.Monk
                                         light_model) -> None:  # fmt: skip
     """The plugin's path for a user with no daemon: settings.json's command is started
     detached, found through the endpoint file, used, and then shut down here."""
-    from layer_harmonizer.client import Client
     from layer_harmonizer.model.weights import save_weights
+    from layer_harmonizer.wire.client import Client
 
     weights = tmp_path / "w.pt"
     save_weights(weights, light_model, "aict-light", {"note": "random, tests"}, half=False)

@@ -12,23 +12,20 @@ A message is a ZeroMQ multipart message (DEALER client, ROUTER daemon)::
 - ``frames``: raw little-endian, C-ordered pixel bytes, one per declaration.
 
 Since 1.1 a client on the daemon's machine may instead put the pixels in a shared-memory
-segment and describe it in ``body["shm"]`` (:mod:`layer_harmonizer.shm`), when the daemon lists
-``"shm"`` in its hello reply's ``transports``.
+segment and describe it in ``body["shm"]`` (:mod:`.shm`), when the daemon lists ``"shm"`` in
+its hello reply's ``transports``. Since 2.0 a client's first message on a connection is a
+``hello_request`` without token whose ``challenge`` the daemon answers with a proof that it
+holds the token (:mod:`.messages`, the bodies of each request type). The daemon listens on an
+``ipc://`` socket in the private runtime dir, or on TCP with CURVE (docs/protocol.md, "Trust
+model").
 
-Since 2.0 the daemon proves it holds the token before a client sends it: a client's first
-message on a connection is a ``hello_request`` without token that carries a random
-``challenge``; the reply's ``proof`` must equal :func:`hello_proof` of the token and that
-challenge. The daemon listens on an ``ipc://`` socket in the private runtime dir, or on TCP
-with CURVE (docs/protocol.md, "Trust model").
-
-This module is importable with only the standard library and msgpack (no numpy, no torch), so
-the GIMP and Krita plugins can carry a copy of it next to :mod:`.client`. The protocol
-version is independent of the package version (``layer_harmonizer._version``).
+Standard library and msgpack only (no numpy, no torch), like all of :mod:`layer_harmonizer.wire`,
+which the GIMP and Krita plug-ins carry. The protocol version is independent of the package
+version (``layer_harmonizer._version``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import reprlib
 import sys
@@ -39,12 +36,12 @@ from typing import Any
 
 import msgpack
 
+from . import discovery
+
 PROTOCOL_VERSION: tuple[int, int] = (2, 0)
 """(major, minor). Minor: backwards-compatible additions. Major: peers must be updated."""
 OPEN_TYPES = ("hello_request",)
 """Requests the daemon answers without a token (2.0: the hello challenge comes first)."""
-CHALLENGE_CHARS = (32, 128)
-"""Length range of a hello ``challenge`` (the client sends 32 random bytes as 64 hex)."""
 
 # Message types: requests are answered by "<action>_reply", or by "error".
 HELLO = "hello_request"
@@ -82,9 +79,9 @@ class ErrorCode:
     SHM_UNAVAILABLE = "shm_unavailable"  # 1.1: the shared-memory segment is not reachable here
     # Client-side only (never sent by the daemon):
     UNREACHABLE = "unreachable"  # no reply after all retries
-    NO_DAEMON = "no_daemon"  # no endpoint file / daemon could not be started
+    NO_DAEMON = discovery.NO_DAEMON  # no endpoint file / daemon could not be started
     NOT_AUTHENTIC = "not_authentic"  # 2.0: the peer failed the hello proof, or is not secured
-    UNSAFE_RUNTIME_DIR = "unsafe_runtime_dir"  # 2.0: the runtime dir is not private to the user
+    UNSAFE_RUNTIME_DIR = discovery.UNSAFE_RUNTIME_DIR  # 2.0: the runtime dir is not private
 
 
 FRAMES, SHM = "frames", "shm"
@@ -94,8 +91,8 @@ TRANSPORTS = (FRAMES, SHM)
 DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
 """Pixel dtypes on the wire (little-endian) and their item sizes in bytes."""
 
-DEFAULT_MAX_PIXELS = 150_000_000
-"""Largest frame (height x width) accepted; equals ``arrays.DEFAULT_MAX_PIXELS``."""
+DEFAULT_MAX_PIXELS = discovery.DEFAULT_MAX_PIXELS
+"""Largest frame (height x width) accepted by default (:data:`.discovery.DEFAULT_MAX_PIXELS`)."""
 
 ECHO_CHARS = 200
 """Most characters of a peer's value quoted in an error message (:func:`echo`)."""
@@ -431,100 +428,8 @@ def unpack(
     )
 
 
-def hello_proof(token: str, challenge: str) -> str:
-    """What a daemon answers to a hello ``challenge``: HMAC-SHA256 keyed with the token, hex.
-
-    Only a holder of the endpoint file's token can compute it, so a client checks it before it
-    sends the token or any pixels.
-    """
-    message = b"harmonize hello proof\0" + challenge.encode()
-    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
-
-
-def check_challenge(challenge: Any, msg_id: str | None = None) -> str:
-    """A hello body's ``challenge``: a string of :data:`CHALLENGE_CHARS` characters."""
-    low, high = CHALLENGE_CHARS
-    if not isinstance(challenge, str) or not low <= len(challenge) <= high:
-        raise ProtocolError(
-            ErrorCode.BAD_MESSAGE,
-            f"hello 'challenge' must be a string of {low}-{high} characters",
-            msg_id,
-        )
-    return challenge
-
-
 def error_body(code: str, message: str) -> dict[str, str]:
     """An ``error`` body; the message is cut at :data:`MAX_ERROR_CHARS` characters."""
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 3] + "..."
     return {"code": code, "message": message}
-
-
-# ---- harmonize requests ------------------------------------------------------------------------
-
-DEFAULT_CROP_MARGIN = 0.25
-"""Context around the mask's bounding box, as a fraction of the box's longer side."""
-MIN_CROP_MARGIN_PX = 16
-"""The context margin is never smaller than this many pixels (then clamped to the layer)."""
-OUTPUTS = ("rgba", "rgb")
-
-
-@dataclass(frozen=True)
-class HarmonizeOptions:
-    """Options of a ``harmonize_request`` (``body["options"]``).
-
-    Attributes:
-        strength: 0 returns the layer unchanged, 1 the full harmonization.
-        crop_margin: context margin around the mask's bounding box as a fraction of its longer
-            side (at least :data:`MIN_CROP_MARGIN_PX`, clamped to the layer); ``None`` = work on
-            the whole layer.
-        dtype: dtype of the result (``None``: the layer's).
-        output: ``"rgba"`` (harmonized RGB + the layer's alpha) or ``"rgb"``.
-    """
-
-    strength: float = 1.0
-    crop_margin: float | None = DEFAULT_CROP_MARGIN
-    dtype: str | None = None
-    output: str = "rgba"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "strength": float(self.strength),
-            "crop_margin": None if self.crop_margin is None else float(self.crop_margin),
-            "dtype": self.dtype,
-            "output": self.output,
-        }
-
-    @classmethod
-    def from_wire(cls, raw: Any, msg_id: str | None = None) -> HarmonizeOptions:
-        """Validate options from a request body; unknown keys are refused (typos show up)."""
-
-        def fail(text: str) -> ProtocolError:
-            return ProtocolError(ErrorCode.INVALID_INPUT, f"options: {text}", msg_id)
-
-        raw = {} if raw is None else raw
-        if not isinstance(raw, dict):
-            raise fail("must be a map")
-        unknown = sorted(map(str, set(raw) - {"strength", "crop_margin", "dtype", "output"}))
-        if unknown:
-            raise fail(f"unknown keys {echo(unknown)}")
-        default = cls()
-        strength = raw.get("strength", default.strength)
-        if type(strength) not in (int, float) or not 0.0 <= strength <= 1.0:
-            raise fail(f"strength must be a number in [0, 1]; got {echo(strength)}")
-        margin = raw.get("crop_margin", default.crop_margin)
-        if margin is not None and (type(margin) not in (int, float) or not 0.0 <= margin <= 10.0):
-            raise fail(f"crop_margin must be null or a number in [0, 10]; got {echo(margin)}")
-        dtype = raw.get("dtype")
-        if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
-            raise fail(f"dtype must be null or one of {list(DTYPES)}; got {echo(dtype)}")
-        output = raw.get("output", default.output)
-        if not isinstance(output, str) or output not in OUTPUTS:
-            raise fail(f"output must be one of {list(OUTPUTS)}; got {echo(output)}")
-        return cls(float(strength), None if margin is None else float(margin), dtype, output)
-
-
-def harmonize_frames(layer: Pixels, mask: Pixels, backdrop: Pixels) -> dict[str, Pixels]:
-    """The frames of a ``harmonize_request``: layer ``(H, W, 4|3)``, mask ``(H, W)``, backdrop
-    ``(H, W, 3)`` (all of the same H x W; dtypes independent)."""
-    return {"layer": layer, "mask": mask, "backdrop": backdrop}

@@ -1,10 +1,17 @@
-"""The runtime directory: where the daemon's socket and endpoint file live, private to the user.
+"""How the two sides find each other: the names, folder, file and limit the daemon and its
+clients (the GIMP and Krita plug-ins, the CLI) must agree on, in one place.
 
-One implementation for both sides: the daemon (:mod:`.endpoint`, :mod:`.paths`)
-and every client (:mod:`.client`, vendored into the GIMP and Krita plug-ins) locate the
-directory with :func:`default_runtime_dir` and check it with :func:`private_dir` before they
-trust anything in it. Standard library only; it does not use platformdirs, so the two sides
-agree whatever platformdirs version (if any) each one has.
+- :data:`APP`, :data:`ENDPOINT_FILE`: the daemon's endpoint file ``daemon.json`` lives in the
+  runtime directory and says where the daemon listens (:func:`read_endpoint_file`).
+- The runtime directory (:func:`default_runtime_dir`, checked by :func:`private_dir`).
+- :data:`DEFAULT_MAX_PIXELS`: the largest image either side accepts by default.
+- :func:`is_loopback`: whether an address stays on this machine.
+- :class:`DaemonError`: a failure a client reports, with an error code of
+  :class:`~.protocol.ErrorCode`.
+
+Standard library only, importable on its own (the multi-user tests run it with a bare system
+Python); it does not use platformdirs, so the two sides agree whatever platformdirs version (if
+any) each one has.
 
 Location (:func:`default_runtime_dir`):
 
@@ -24,24 +31,50 @@ Anything else is refused with :class:`RuntimeDirError`, whose message is one lin
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 APP = "harmonize"
 ENV = "HARMONIZE_RUNTIME_DIR"
+ENDPOINT_FILE = "daemon.json"
+"""The daemon's endpoint file in the runtime dir: ``{endpoint, pid, protocol_version,
+server_version, token}`` and, for a TCP endpoint, the CURVE keys ``curve``."""
+DEFAULT_MAX_PIXELS = 150_000_000
+"""Largest image (height x width) accepted by default, e.g. 15000 x 10000: the daemon's frame
+limit and the core's image limit (``$HARMONIZE_MAX_PIXELS`` overrides the latter)."""
+
+NO_DAEMON = "no_daemon"
+"""Error code: no endpoint file, or the daemon could not be started (``ErrorCode.NO_DAEMON``)."""
+UNSAFE_RUNTIME_DIR = "unsafe_runtime_dir"
+"""Error code: the runtime dir is not private to this user (``ErrorCode.UNSAFE_RUNTIME_DIR``)."""
+
+
+class DaemonError(Exception):
+    """A structured failure: an ``error`` reply from the daemon, or a client-side one
+    (``code`` ``unreachable``, ``no_daemon``, ``unsupported_version``, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
 
 
 class RuntimeDirError(Exception):
     """The runtime directory is not private to this user (or cannot be made so)."""
 
 
-def default_runtime_dir() -> Path:
-    """Where the runtime directory is for this process (nothing is created or checked)."""
-    env = os.environ.get(ENV)
-    if env:
-        return Path(env).expanduser().absolute()
+def default_runtime_dir(preferred: str | os.PathLike[str] | None = None) -> Path:
+    """Where the runtime directory is for this process (nothing is created or checked):
+    ``$HARMONIZE_RUNTIME_DIR``, else ``preferred`` (e.g. what a plug-in's installer recorded),
+    else the platform's rule (module docstring)."""
+    chosen = os.environ.get(ENV) or preferred
+    if chosen:
+        return Path(chosen).expanduser().absolute()
     if sys.platform == "win32":
         base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
         return Path(base) / "Temp" / APP
@@ -141,3 +174,56 @@ def _refuse(path: Path, why: str) -> RuntimeDirError:
         f"the runtime directory {path} {why}: refusing to use it (someone else may have made "
         f"it); remove it, or set {ENV} to a folder only you can write"
     )
+
+
+# ---- the endpoint file -------------------------------------------------------------------------
+
+
+def endpoint_path(preferred_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``daemon.json`` in :func:`default_runtime_dir` (``preferred_dir`` as there; nothing is
+    checked: :func:`read_endpoint_file` does that)."""
+    return default_runtime_dir(preferred_dir) / ENDPOINT_FILE
+
+
+def private_runtime_dir(path: Path, *, create: bool) -> Path:
+    """:func:`private_dir` with its refusal as a :class:`DaemonError` (``unsafe_runtime_dir``)."""
+    try:
+        return private_dir(path, create=create)
+    except RuntimeDirError as exc:
+        raise DaemonError(UNSAFE_RUNTIME_DIR, str(exc)) from None
+
+
+def read_endpoint_file(path: Path | None = None) -> dict[str, Any]:
+    """The daemon's ``{endpoint, pid, protocol_version, server_version, token}`` (and
+    ``curve`` keys for a TCP endpoint), read only from a private runtime dir.
+
+    Raises:
+        DaemonError: ``no_daemon`` (no file, unreadable, no endpoint) or ``unsafe_runtime_dir``.
+    """
+    path = Path(path) if path is not None else endpoint_path()
+    try:
+        private_runtime_dir(path.parent, create=False)
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DaemonError(NO_DAEMON, f"no daemon is running (no endpoint file at {path})") from None
+    except (OSError, ValueError) as exc:
+        raise DaemonError(NO_DAEMON, f"unreadable endpoint file {path}: {exc}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("endpoint"), str):
+        raise DaemonError(NO_DAEMON, f"endpoint file {path} has no endpoint")
+    if info["endpoint"].startswith("ipc://"):
+        # The socket lives beside the endpoint file. A host that sees the runtime dir at
+        # another path (a chroot, a sandbox's bind mount) finds it there, not at the
+        # daemon's path.
+        info["endpoint"] = f"ipc://{path.parent / Path(info['endpoint'][6:]).name}"
+    return info
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (``[::1]`` brackets allowed) stays on this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
