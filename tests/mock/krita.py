@@ -12,10 +12,14 @@ It models what the plugin relies on, with the real API's conventions:
 - ``Document.setColorSpace`` converts between RGBA depths (profiles are names only).
 
 Every change to a document is appended to ``Document.log`` so tests can check the order of
-operations (e.g. that a layer is complete before it is added). Like Krita, ``setBlendingMode``
-records an undo command ("Composition Mode Change") in the node's document even while the
-node is not in the image; ``setOpacity`` records none. ``addChildNode`` of a node made by
-another document moves it over (Krita re-parents the node's image).
+operations (e.g. that a layer is complete before it is added). Like Krita's, each
+``addChildNode`` and ``Node.remove`` is an undo step ("Add Layer", "Remove Layer") on the
+document's ``undo_stack``; ``Krita.action("edit_undo"/"edit_redo").trigger()`` undoes or redoes
+the active document's last one (pixel, name and visibility changes are not undo steps).
+Like Krita, ``setBlendingMode`` records an undo command ("Composition Mode Change") in the
+node's document even while the node is not in the image; ``setOpacity`` records none.
+``addChildNode`` of a node made by another document moves it over (Krita re-parents the node's
+image).
 """
 
 from __future__ import annotations
@@ -141,6 +145,18 @@ class Node:
             node.doc = self.doc
             stack.extend(node.children)
         self.doc.log.append(("addChildNode", child.name(), dict(child.pixels)))
+        self.doc.undo_stack.push(UndoStep("Add Layer", child, self, index))
+        return True
+
+    def remove(self) -> bool:
+        parent = self.parent
+        if parent is None:
+            return False
+        index = parent.children.index(self)
+        parent.children.remove(self)
+        self.parent = None
+        self.doc.log.append(("remove", self._name))
+        self.doc.undo_stack.push(UndoStep("Remove Layer", self, parent, index))
         return True
 
     # properties
@@ -207,6 +223,7 @@ class Document:
         self.active: Node | None = None
         self._selection: Selection | None = None
         self.closed = False
+        self.undo_stack = UndoStack()
 
     def width(self) -> int:
         return self.w
@@ -257,6 +274,7 @@ class Document:
     def clone(self) -> Document:
         twin = copy.deepcopy(self)
         twin.log = []
+        twin.undo_stack = UndoStack()  # a clone has no history of its own
         Krita.instance().created.append(twin)
         return twin
 
@@ -350,6 +368,78 @@ class Krita:
 
     def batchmode(self) -> bool:
         return True
+
+    def dockers(self) -> list[Any]:
+        return []
+
+    def action(self, name: str) -> Action:
+        return Action(name)
+
+
+class Action:
+    """``Krita.action(name)``: Edit > Undo and Redo act on the active document."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def trigger(self) -> None:
+        doc = Krita.instance().active_document
+        if doc is not None and self.name == "edit_undo":
+            doc.undo_stack.undo()
+        elif doc is not None and self.name == "edit_redo":
+            doc.undo_stack.redo()
+
+
+class UndoStep:
+    """One undo step: ``node`` was added to (or removed from) ``parent`` at ``index``."""
+
+    def __init__(self, label: str, node: Node, parent: Node, index: int) -> None:
+        self.label, self.node, self.parent, self.index = label, node, parent, index
+
+    def _put_back(self) -> None:
+        self.parent.children.insert(self.index, self.node)
+        self.node.parent = self.parent
+
+    def _take_out(self) -> None:
+        self.parent.children.remove(self.node)
+        self.node.parent = None
+
+    def undo(self) -> None:
+        self._take_out() if self.label == "Add Layer" else self._put_back()
+
+    def redo(self) -> None:
+        self._put_back() if self.label == "Add Layer" else self._take_out()
+
+
+class UndoStack:
+    """A document's undo history: ``steps[:index]`` are done, the rest can be redone."""
+
+    def __init__(self) -> None:
+        self.steps: list[UndoStep] = []
+        self.index = 0
+
+    def push(self, step: UndoStep) -> None:
+        del self.steps[self.index :]
+        self.steps.append(step)
+        self.index = len(self.steps)
+
+    def undo(self) -> None:
+        if self.index:
+            self.index -= 1
+            self.steps[self.index].undo()
+
+    def redo(self) -> None:
+        if self.index < len(self.steps):
+            self.steps[self.index].redo()
+            self.index += 1
+
+    def labels(self) -> list[str]:
+        """As Krita's History docker lists them: "<empty>", then every step (undone too)."""
+        return ["<empty>", *(step.label for step in self.steps)]
+
+    def done(self) -> list[str]:
+        """The steps in effect (what one Edit > Undo per entry would take back)."""
+        return [step.label for step in self.steps[: self.index]]
 
 
 class Extension:
