@@ -99,6 +99,26 @@ def test_result_name():
     assert S.result_name("Pasted Layer") == "Pasted Layer (harmonized)"
 
 
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), max_size=64))
+def test_has_unselected_part(pairs: list[tuple[int, int]]):
+    """A flat image's context: some layer pixel (alpha > 0) outside the selection (< 255)."""
+    alpha, selection = bytes(a for a, _ in pairs), bytes(s for _, s in pairs)
+    assert S.has_unselected_part(alpha, selection) == any(a and s < 255 for a, s in pairs)
+
+
+def test_has_unselected_part_checks_sizes():
+    with pytest.raises(ValueError, match="differ"):
+        S.has_unselected_part(b"\x01\x02", b"\x00")
+
+
+def test_flat_image_messages_say_what_to_do():
+    for text in (S.nothing_below("Background"), S.nothing_below()):
+        assert "select the object that looks wrong, then run Harmonize again" in text
+    assert S.nothing_below("Background").startswith("Nothing is visible below 'Background'")
+    assert S.nothing_below().startswith("Nothing is visible below the layer")
+    assert "select only the object" in S.selection_covers_layer("photo")
+
+
 def test_settings_round_trip_and_errors(tmp_path: Path):
     assert S.load_settings(tmp_path) == S.Settings()
     saved = S.Settings(serve_command=["/x/harmonize", "serve"], serve_args=["--device", "cpu"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import os
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -554,6 +556,7 @@ def test_daemon_status_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
                 return {"server_version": "9.9", "device": "cuda:0", "variant": "aict"}
 
     assert ps.daemon_status(client_module=Running) == "Connected: harmonize 9.9 on cuda:0 (aict)"
+    assert ps.daemon_state(client_module=Running).state == ps.CONNECTED
 
     class Absent(Running):
         class Client(Running.Client):
@@ -561,14 +564,32 @@ def test_daemon_status_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
             def from_endpoint_file(cls, path: Path, **kw: Any) -> Any:
                 raise DaemonError("no_daemon", "no endpoint file")
 
-    assert "not running" in ps.daemon_status(client_module=Absent)
+    state = ps.daemon_state(client_module=Absent)
+    assert state == ps.DaemonState(ps.NOT_RUNNING, "Not running: it starts on the first Harmonize.")
 
     class Silent(Running):
         class Client(Running.Client):
             def ping(self, **kw: Any) -> dict[str, str]:
                 raise DaemonError("unreachable", "no answer after 1 tries")
 
-    assert ps.daemon_status(client_module=Silent) == "Daemon not answering: no answer after 1 tries"
+    state = ps.daemon_state(client_module=Silent)
+    assert state.state == ps.ERROR
+    assert state.text == "Error: the daemon does not answer (no answer after 1 tries)."
+    # a daemon that was killed leaves its endpoint file: its pid is gone, so "not running"
+    (tmp_path / "daemon.json").write_text(json.dumps({"endpoint": "tcp://x", "pid": 2**22 + 17}))
+    assert ps.daemon_state(client_module=Silent).state == ps.NOT_RUNNING
+    (tmp_path / "daemon.json").write_text(json.dumps({"endpoint": "tcp://x", "pid": os.getpid()}))
+    assert ps.daemon_state(client_module=Silent).state == ps.ERROR  # alive but not answering
+
+    class Broken(Running):
+        class Client(Running.Client):
+            @classmethod
+            def from_endpoint_file(cls, path: Path, **kw: Any) -> Any:
+                raise ps.PluginError("The host's Python needs pyzmq.")
+
+    assert ps.daemon_state(client_module=Broken) == ps.DaemonState(
+        ps.ERROR, "Error: The host's Python needs pyzmq."
+    )
 
 
 def test_explain_never_raises_without_the_shared_modules(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,6 +71,28 @@ def explain(exc: BaseException) -> str:
     return f"Harmonize failed: {type(exc).__name__}: {exc}"
 
 
+def nothing_below(name: str | None = None) -> str:
+    """The refusal for a layer with nothing visible below it and no selection on it (``name``:
+    the layer's, or None for "the layer"). With a selection the plug-ins harmonize the
+    selected region against the rest of the layer instead (a flat image)."""
+    what = f"'{name}'" if name else "the layer"
+    return (
+        f"Nothing is visible below {what}: Harmonize Layer matches a layer to what is under "
+        "it. On a flat image, select the object that looks wrong, then run Harmonize again "
+        "(it is matched to the rest of the image); otherwise show or add the layers below."
+    )
+
+
+def selection_covers_layer(name: str | None = None) -> str:
+    """The refusal for a flat image whose selection leaves nothing of the layer outside it."""
+    what = f"'{name}'" if name else "the layer"
+    return (
+        f"The selection covers all of {what}, and nothing is visible below it, so there is "
+        "nothing to match the selection to: select only the object that looks wrong, then "
+        "run Harmonize again."
+    )
+
+
 def progress_text(stage: str) -> str:
     return {
         "received": "Harmonize: queued…",

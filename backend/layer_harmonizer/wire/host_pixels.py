@@ -149,3 +149,21 @@ def wire_format(precision: str) -> WireFormat:
 def result_name(name: str) -> str:
     """``"Bird"`` -> ``"Bird (harmonized)"``."""
     return f"{name}{RESULT_SUFFIX}"
+
+
+# ---- a flat image -----------------------------------------------------------------------------
+
+_NONZERO = bytes([0, *([1] * 255)])
+_NOT_FULL = bytes([*([1] * 255), 0])
+
+
+def has_unselected_part(alpha: bytes, selection: bytes) -> bool:
+    """Whether some pixel of the layer (``alpha`` > 0) lies outside the selection
+    (``selection`` < 255): on a flat image (nothing below the layer), what the selected region
+    is matched against. Both are ``(H, W)`` uint8 planes of one size; C speed, no per-pixel
+    Python loop."""
+    if len(alpha) != len(selection):
+        raise ValueError(f"alpha and selection differ: {len(alpha)} vs {len(selection)} bytes")
+    present = int.from_bytes(bytes(alpha).translate(_NONZERO), "little")
+    outside = int.from_bytes(bytes(selection).translate(_NOT_FULL), "little")
+    return present & outside != 0

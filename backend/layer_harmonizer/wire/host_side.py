@@ -31,13 +31,22 @@ from typing import Any
 
 from . import protocol as P
 from .discovery import ENV, endpoint_path
-from .host_messages import INSTALL_HINT, PROGRESS, PluginError, explain, progress_text
+from .host_messages import (
+    INSTALL_HINT,
+    PROGRESS,
+    PluginError,
+    explain,
+    nothing_below,
+    progress_text,
+    selection_covers_layer,
+)
 from .host_pixels import (
     RESULT_SUFFIX,
     Box,
     WireFormat,
     context_box,
     crop_rows,
+    has_unselected_part,
     result_name,
     wire_format,
 )
@@ -47,18 +56,23 @@ __all__ = [  # what the plug-ins use, re-exported names included
     "PROGRESS",
     "RESULT_SUFFIX",
     "Box",
+    "DaemonState",
     "PluginError",
     "Result",
     "Settings",
     "WireFormat",
     "context_box",
     "crop_rows",
+    "daemon_state",
     "daemon_status",
     "explain",
     "harmonize",
+    "has_unselected_part",
     "load_settings",
+    "nothing_below",
     "progress_text",
     "result_name",
+    "selection_covers_layer",
     "wire_format",
 ]
 
@@ -283,9 +297,23 @@ def _result(reply: Any, fmt: WireFormat, width: int, height: int) -> Result:
     return Result(bytes(memoryview(pix.data).cast("B")), box, dict(reply.timings))
 
 
-def daemon_status(settings: Settings | None = None, *, client_module: Any = None) -> str:
-    """One line for a host's status display: the running daemon (version, device, variant),
-    "not running", or why it cannot be reached. Never raises; pings with a short timeout.
+CONNECTED, NOT_RUNNING, STARTING, ERROR = "connected", "not_running", "starting", "error"
+"""The daemon's states a host shows. :func:`daemon_state` tells the first, second and last
+apart; a host shows :data:`STARTING` while its own request is starting the daemon."""
+
+
+@dataclass(frozen=True)
+class DaemonState:
+    """What a host's status display shows: ``state`` (:data:`CONNECTED`, :data:`NOT_RUNNING`,
+    :data:`ERROR`) and one line of ``text`` that starts with the state in words."""
+
+    state: str
+    text: str
+
+
+def daemon_state(settings: Settings | None = None, *, client_module: Any = None) -> DaemonState:
+    """Ping the daemon (1.5 s, no retry) and say whether it runs: its version, device and
+    variant when it answers. Never raises.
 
     Args:
         client_module: :mod:`layer_harmonizer.wire.client` replacement (tests).
@@ -297,12 +325,32 @@ def daemon_status(settings: Settings | None = None, *, client_module: Any = None
         with client.Client.from_endpoint_file(path, timeout=1.5, retries=0) as daemon:
             info = daemon.ping(timeout=1.5, retries=0)
     except PluginError as exc:
-        return str(exc)
+        return DaemonState(ERROR, f"Error: {exc}")
     except Exception as exc:
-        if getattr(exc, "code", None) == P.ErrorCode.NO_DAEMON:
-            return "Daemon not running (it starts on the first Harmonize)."
-        return f"Daemon not answering: {getattr(exc, 'message', None) or exc}"
-    return (
+        if getattr(exc, "code", None) == P.ErrorCode.NO_DAEMON or _stopped(settings):
+            return DaemonState(NOT_RUNNING, "Not running: it starts on the first Harmonize.")
+        detail = getattr(exc, "message", None) or exc
+        return DaemonState(ERROR, f"Error: the daemon does not answer ({detail}).")
+    return DaemonState(
+        CONNECTED,
         f"Connected: harmonize {info.get('server_version', '?')} on "
-        f"{info.get('device', '?')} ({info.get('variant', '?')})"
+        f"{info.get('device', '?')} ({info.get('variant', '?')})",
     )
+
+
+def _stopped(settings: Settings) -> bool:
+    """Whether the process the endpoint file names is gone (a daemon that was killed leaves
+    its file behind). False when unsure: no file, no pid, or another PID namespace's pid."""
+    try:
+        info = json.loads(endpoint_file(settings).read_text(encoding="utf-8"))
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return False
+
+
+def daemon_status(settings: Settings | None = None, *, client_module: Any = None) -> str:
+    """One line for a host's status display (:func:`daemon_state`'s text)."""
+    return daemon_state(settings, client_module=client_module).text
