@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
-from layer_harmonizer.engine import Engine  # noqa: E402
+from layer_harmonizer.daemon.engine import Engine  # noqa: E402
 from layer_harmonizer.wire import messages as M  # noqa: E402
 from layer_harmonizer.wire import protocol as P  # noqa: E402
 from layer_harmonizer.wire.client import Client  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 import zmq
 
 from layer_harmonizer import cli
-from layer_harmonizer.engine import Engine
+from layer_harmonizer.daemon.engine import Engine
 from layer_harmonizer.model import create_model
 from layer_harmonizer.model.weights import save_weights
 from layer_harmonizer.pipeline import load_model

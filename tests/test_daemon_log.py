@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from layer_harmonizer.daemon import PrivateRotatingFileHandler, _private_log_folder
+from layer_harmonizer.daemon.logs import PrivateRotatingFileHandler, _private_log_folder
 from tests.daemon_process import serve_once
 
 ROOT = Path(__file__).resolve().parents[1]

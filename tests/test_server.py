@@ -1,4 +1,4 @@
-"""layer_harmonizer.server in-process (a thread, ipc:// in a private temporary folder, or TCP
+"""layer_harmonizer.daemon.server in-process (a thread, ipc:// in a private temporary folder, or TCP
 with CURVE) with a random aict-light model: request handling, crop, cache, progress, cancel,
 structured errors, the hello proof."""
 
@@ -19,11 +19,11 @@ import torch
 import zmq
 
 from layer_harmonizer.compose import composite, crop_box
-from layer_harmonizer.engine import Engine
+from layer_harmonizer.daemon.engine import Engine
+from layer_harmonizer.daemon.server import Server, ServerConfig, check_host
 from layer_harmonizer.errors import HarmonizeError
 from layer_harmonizer.model import create_model
 from layer_harmonizer.pipeline import apply_prediction, harmonize, predict
-from layer_harmonizer.server import Server, ServerConfig, check_host
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
 from layer_harmonizer.wire.client import Client, DaemonError
@@ -207,7 +207,7 @@ def test_progress_events_in_order(running):
 
 
 def test_long_jobs_send_heartbeats(model, monkeypatch):
-    from layer_harmonizer import server
+    from layer_harmonizer.daemon import server
 
     monkeypatch.setattr(server, "HEARTBEAT_S", 0.1)
     run = Running(GatedEngine(model))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layer_harmonizer.engine import Engine
+from layer_harmonizer.daemon.engine import Engine
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
 from layer_harmonizer.wire import shm, shm_mapping

@@ -379,8 +379,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from layer_harmonizer.arrays import max_pixels_default
-    from layer_harmonizer.daemon import serve
-    from layer_harmonizer.server import ServerConfig
+    from layer_harmonizer.daemon.process import serve
+    from layer_harmonizer.daemon.server import ServerConfig
     from layer_harmonizer.wire.protocol import Limits
 
     config = ServerConfig(
@@ -448,17 +448,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    from layer_harmonizer import service
+    from layer_harmonizer.daemon import systemd
 
     if args.print:
-        print(service.unit_text(args.serve_args), end="")
+        print(systemd.unit_text(args.serve_args), end="")
         return 0
-    path = service.install(args.serve_args, enable=args.enable)
+    path = systemd.install(args.serve_args, enable=args.enable)
     print(f"wrote {path}")
     if not args.enable:
         print(
             f"start it with: systemctl --user daemon-reload && systemctl --user enable --now "
-            f"{service.UNIT_NAME}"
+            f"{systemd.UNIT_NAME}"
         )
     return 0
 

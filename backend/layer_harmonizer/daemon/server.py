@@ -8,33 +8,35 @@ Every malformed, oversized or unauthorised message gets a structured ``error`` r
 loop goes on serving everyone else. The ROUTER listens on an ``ipc://`` socket in the private
 runtime dir (the default) or on TCP with CURVE encryption, where ZAP drops every peer without
 the client key in the handshake, before any of its messages is read (docs/protocol.md, "Trust
-model"). The wire format is in :mod:`layer_harmonizer.wire.protocol`; the
-process around it (endpoint file, signals, logs) is :mod:`layer_harmonizer.daemon`.
+model"). The wire format is in :mod:`layer_harmonizer.wire.protocol`; where it listens is
+:mod:`.listen`, the worker :mod:`.jobs`, the process around it (endpoint file, signals, logs)
+:mod:`.process`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import secrets
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
-from layer_harmonizer.endpoint import write_endpoint_file  # noqa: F401  (re-exported)
-from layer_harmonizer.engine import EmptyMask, Engine
-from layer_harmonizer.errors import HarmonizeError
+from layer_harmonizer.daemon.engine import Engine
+from layer_harmonizer.daemon.jobs import Job, Worker
+from layer_harmonizer.daemon.listen import (
+    HANDSHAKE_MS,
+    IPC_PATH_MAX,
+    bind_ipc,
+    bind_tcp,
+    check_host,
+)
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
 from layer_harmonizer.wire import shm, shm_mapping
-from layer_harmonizer.wire.discovery import is_loopback
 from layer_harmonizer.wire.messages import check_harmonize_frames
 
 log = logging.getLogger("harmonize.daemon")
@@ -45,11 +47,6 @@ PRUNE_S = 1.0
 HEARTBEAT_S = 2.0
 """While a job is queued or running, its client gets an ``alive`` event this often, so a long
 stage never looks like a dead daemon to a client's timeout."""
-HANDSHAKE_MS = 10_000
-"""A TCP peer that has not completed the CURVE handshake by then is disconnected."""
-IPC_PATH_MAX = 100
-"""Longest ``ipc://`` socket path used (Linux allows 107 bytes, macOS 103); longer: TCP."""
-ZAP_DOMAIN = "harmonize"
 
 
 @dataclass
@@ -68,64 +65,6 @@ class ServerConfig:
     shm: bool = field(default_factory=shm.available)  # offer the shared-memory transport
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     ipc_path: Path | None = None  # listen on this ipc:// socket instead of TCP (when possible)
-
-
-def check_host(host: str, allow_remote: bool) -> None:
-    """Refuse a non-loopback address unless ``allow_remote``."""
-    if not is_loopback(host) and not allow_remote:
-        raise HarmonizeError(
-            f"--host {host} would expose the daemon beyond this machine; add --allow-remote "
-            "if that is intended (clients then need a copy of the endpoint file's keys)"
-        )
-
-
-class _OneClientKey:
-    """ZAP credentials check (``configure_curve_callback``): only this daemon's client key."""
-
-    def __init__(self, client_public: bytes) -> None:
-        self.key = client_public
-
-    def callback(self, _domain: str, key: bytes) -> bool:
-        return secrets.compare_digest(key, self.key)
-
-
-class Cancelled(Exception):
-    """Raised in the worker at a checkpoint when its job was cancelled."""
-
-
-@dataclass
-class Job:
-    """One ``harmonize_request`` on its way through the queue."""
-
-    route: list[Any]  # ROUTER identity frames (+ empty delimiter for REQ peers)
-    msg: P.Message
-    options: M.HarmonizeOptions
-    nbytes: int = 0  # pixel bytes held by the job's frames
-    state: str = "queued"  # queued -> running -> done | cancelled
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    shm: shm_mapping.Request | None = None  # the client's segment, when the pixels came that way
-    segment: Any = None  # its mapping (mmap) while the job runs
-    shm_map: float = 0.0  # seconds spent opening, checking and mapping it
-    result_spec: dict[str, Any] = field(default_factory=dict)  # the result written there
-
-    def release(self) -> None:
-        """Drop the frames (views of a client's segment, whose mapping the server keeps)."""
-        views = [pix.data for pix in self.msg.frames.values()]
-        self.msg.frames = {}
-        self.segment = None
-        if self.shm is not None:
-            for view in views:
-                with contextlib.suppress(BufferError):
-                    view.release()
-
-
-def _array(pix: P.Pixels) -> np.ndarray:
-    """A read-only numpy view of received pixels (no copy)."""
-    return np.frombuffer(pix.data, dtype=np.dtype(pix.dtype).newbyteorder("<")).reshape(pix.shape)
-
-
-# ---- the daemon -------------------------------------------------------------------------------
 
 
 class Server:
@@ -152,7 +91,6 @@ class Server:
         self.outbox.bind(inbox)
         self._worker_out: zmq.Socket = self.ctx.socket(zmq.PUSH)
         self._worker_out.connect(inbox)
-        self.queue: queue.Queue[Job | None] = queue.Queue()
         self.jobs: dict[str, Job] = {}
         self.endpoint = ""
         self.curve: dict[str, str] | None = None  # the keys a TCP client needs (Z85)
@@ -162,7 +100,7 @@ class Server:
         self._last_activity = self._last_heartbeat = time.monotonic()
         self._last_prune = -1e9
         self.segments = shm_mapping.Mappings()  # main thread only
-        self._worker = threading.Thread(target=self._work, name="harmonize-worker", daemon=True)
+        self.worker = Worker(engine, self.jobs, self._worker_out)
 
     # -- setup --
 
@@ -171,66 +109,13 @@ class Server:
         with CURVE (port 0 = any free one); returns the endpoint."""
         path = self.config.ipc_path
         if path is not None and zmq.has("ipc") and len(str(path)) <= IPC_PATH_MAX:
-            return self._bind_ipc(path)
+            self.endpoint = bind_ipc(self.router, path)
+            return self.endpoint
         if path is not None:
             log.info("cannot listen on ipc://%s here: TCP with CURVE instead", path)
-        return self._bind_tcp()
-
-    def _bind_ipc(self, path: Path) -> str:
-        """Listen on a Unix socket; its folder (the private runtime dir) keeps others out."""
-        with contextlib.suppress(FileNotFoundError):  # a dead daemon's socket (we hold the lock)
-            path.unlink()
-        try:
-            self.router.bind(f"ipc://{path}")
-        except zmq.ZMQError as exc:
-            raise HarmonizeError(f"cannot listen on ipc://{path} ({exc})") from None
-        self.endpoint = f"ipc://{path}"
+        tcp = bind_tcp(self.router, self.ctx, self.config.host, self.config.port)
+        self.endpoint, self.curve, self._auth = tcp.endpoint, tcp.curve, tcp.auth
         return self.endpoint
-
-    def _bind_tcp(self) -> str:
-        """Listen on TCP as a CURVE server whose ZAP handler admits only this daemon's client
-        key: other peers are dropped in the handshake, and all traffic is encrypted."""
-        if not zmq.has("curve"):
-            raise HarmonizeError(
-                f"TCP needs ZeroMQ's CURVE encryption, which libzmq {zmq.zmq_version()} here "
-                "lacks; use the default local socket (no --allow-remote/--port) or install a "
-                "pyzmq built with CURVE (the PyPI wheels are)"
-            )
-        self._start_zap()
-        server_public, server_secret = zmq.curve_keypair()
-        self.router.setsockopt(zmq.CURVE_SERVER, 1)
-        self.router.setsockopt(zmq.CURVE_SECRETKEY, server_secret)
-        self.router.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
-        self.curve["server_public"] = server_public.decode("ascii")
-        host = self.config.host
-        if ":" in host.strip("[]"):
-            self.router.setsockopt(zmq.IPV6, 1)
-            host = f"[{host.strip('[]')}]"
-        try:
-            if self.config.port:
-                self.router.bind(f"tcp://{host}:{self.config.port}")
-            else:
-                self.router.bind_to_random_port(f"tcp://{host}", 1024, 65536, 100)
-        except zmq.ZMQError as exc:
-            raise HarmonizeError(
-                f"cannot listen on {host}:{self.config.port or 'a free port'} ({exc}); "
-                "is another program using the port? `--port 0` picks a free one"
-            ) from None
-        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
-        return self.endpoint
-
-    def _start_zap(self) -> None:
-        """Start the ZAP handler (before the bind: without one, libzmq admits any key)."""
-        from zmq.auth.thread import ThreadAuthenticator
-
-        client_public, client_secret = zmq.curve_keypair()
-        self.curve = {
-            "client_public": client_public.decode("ascii"),
-            "client_secret": client_secret.decode("ascii"),
-        }
-        self._auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("harmonize.zap"))
-        self._auth.start()
-        self._auth.configure_curve_callback(ZAP_DOMAIN, _OneClientKey(client_public))
 
     # -- main loop --
 
@@ -238,7 +123,7 @@ class Server:
         """Run until :meth:`stop`, a ``shutdown_request`` or the idle timeout."""
         if not self.endpoint:
             self.bind()
-        self._worker.start()
+        self.worker.start()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.outbox, zmq.POLLIN)
@@ -379,7 +264,7 @@ class Server:
         return {
             **self.engine.info(),
             "transports": [P.FRAMES, P.SHM] if self.config.shm else [P.FRAMES],
-            "queued": self.queue.qsize(),
+            "queued": self.worker.queue.qsize(),
             "limits": {
                 "max_pixels": self.limits.max_pixels,
                 "max_frame_bytes": self.limits.max_frame_bytes,
@@ -450,7 +335,7 @@ class Server:
         self.jobs[msg.id] = job
         self.stats["jobs"] += 1
         self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)
-        self.queue.put(job)
+        self.worker.put(job)
 
     def _cancel(self, route: list[Any], msg: P.Message) -> None:
         target = msg.body.get("id")
@@ -469,104 +354,6 @@ class Server:
             self._error(job.route, P.ErrorCode.CANCELLED, "cancelled before it started", job.msg.id)
         self._reply(route, P.reply_type(P.CANCEL), {"id": target, "cancelled": not done}, msg.id)
 
-    # -- worker thread --
-
-    def _emit(self, route: list[Any], parts: list[Any]) -> None:
-        """Hand a message to the main thread (worker side; never touches the ROUTER)."""
-        self._worker_out.send_multipart([str(len(route)).encode(), *route, *parts], copy=False)
-
-    def _work(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            with job.lock:
-                skip = job.state == "cancelled"
-                job.state = "done" if skip else "running"
-            if skip:
-                job.release()
-                continue
-            try:
-                final = self._run(job)
-            finally:
-                job.release()
-            with job.lock:
-                job.state = "done"
-            self.jobs.pop(job.msg.id, None)  # before the reply: the client may send the next job
-            self._emit(job.route, final)
-            del job, final  # nothing of it stays referenced while the worker waits
-
-    def _run(self, job: Job) -> list[Any]:
-        """Run one job; returns its final message (reply or error)."""
-        parent = job.msg.id
-
-        def checkpoint(stage: str, **info: Any) -> None:
-            if job.cancel.is_set():
-                raise Cancelled
-            self._emit(job.route, P.pack(P.PROGRESS, {"stage": stage, **info}, parent=parent))
-
-        def error(code: str, text: str) -> list[Any]:
-            return P.pack(P.ERROR, P.error_body(code, text), parent=parent)
-
-        try:
-            arrays = {name: _array(pix) for name, pix in job.msg.frames.items()}
-            out, (x, y), info = self.engine.run(
-                arrays, job.options, checkpoint, self._destination(job)
-            )
-            if job.shm is not None:
-                info["timings"] = {**info.get("timings", {}), "shm_map": job.shm_map}
-        except Cancelled:
-            log.info("job %s cancelled", parent)
-            return error(P.ErrorCode.CANCELLED, "cancelled")
-        except P.ProtocolError as exc:
-            return error(exc.code, exc.message)
-        except EmptyMask:
-            return error(
-                P.ErrorCode.EMPTY_MASK, "the mask is empty (no pixel above 0): nothing to do"
-            )
-        except HarmonizeError as exc:
-            return error(P.ErrorCode.INVALID_INPUT, str(exc))
-        except MemoryError:
-            return error(
-                P.ErrorCode.OUT_OF_MEMORY, "out of memory: try a smaller layer or selection"
-            )
-        except Exception as exc:
-            if "out of memory" in str(exc).lower():
-                return error(
-                    P.ErrorCode.OUT_OF_MEMORY, f"out of memory on {self.engine.device}: {exc}"
-                )
-            log.error("job %s failed:\n%s", parent, traceback.format_exc())
-            return error(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        h, w = out.shape[:2]
-        log.info("job %s: %d x %d at (%d, %d), cached=%s", parent, w, h, x, y, info["cached"])
-        body = {"offset": [x, y], "size": [w, h], **info}
-        if job.shm is None:
-            result = {"result": P.Pixels.of(out)}
-            return P.pack(P.reply_type(P.HARMONIZE), body, result, parent=parent)
-        body["result"] = {**job.result_spec, "offset": job.shm.result_offset}
-        return P.pack(P.reply_type(P.HARMONIZE), body, parent=parent)
-
-    @staticmethod
-    def _destination(job: Job) -> Any:
-        """Where the engine writes a shared-memory job's result: the segment's result region
-        (its capacity checked first), in place. None for a frames job."""
-        if job.segment is None:
-            return None
-
-        def destination(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-            count = shape[0] * shape[1] * shape[2]
-            if count * dtype.itemsize > job.shm.result_capacity:
-                raise P.ProtocolError(
-                    P.ErrorCode.BAD_FRAMES,
-                    f"shm: the result needs {count * dtype.itemsize} bytes but the segment's "
-                    f"result region holds {job.shm.result_capacity}",
-                )
-            job.result_spec = {"name": "result", "shape": list(shape), "dtype": dtype.name}
-            offset = job.shm.result_offset
-            return np.frombuffer(job.segment, dtype, count, offset).reshape(shape)
-
-        return destination
-
     # -- shutdown --
 
     def _shutdown(self) -> None:
@@ -579,9 +366,7 @@ class Server:
                     self._error(
                         job.route, P.ErrorCode.SHUTTING_DOWN, "the daemon stopped", job.msg.id
                     )
-        self.queue.put(None)
-        if self._worker.is_alive():
-            self._worker.join(timeout=30)
+        self.worker.stop()
         self._forward_outgoing()  # the running job's last reply ("cancelled") goes out
         self.segments.close()
         for sock in (self._worker_out, self.outbox, self.router):

@@ -1,4 +1,4 @@
-"""``harmonize serve``: the daemon's life around :class:`layer_harmonizer.server.Server`.
+"""``harmonize serve``: the daemon process around :class:`.server.Server`.
 
 Single instance per runtime dir (a lock file), the endpoint file the clients discover it by,
 a private rotating log (0600 in a 0700 folder), SIGTERM/SIGINT handling, systemd readiness,
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import faulthandler
 import gc
 import json
 import logging
@@ -19,15 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
-from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import zmq
-
 from layer_harmonizer._version import __version__
-from layer_harmonizer.endpoint import (
+from layer_harmonizer.daemon.endpoint import (
     LOCK_FILE,
     SOCKET_FILE,
     InstanceLock,
@@ -35,66 +30,13 @@ from layer_harmonizer.endpoint import (
     remove_endpoint_file,
     write_endpoint_file,
 )
-from layer_harmonizer.engine import Engine
+from layer_harmonizer.daemon.engine import Engine
+from layer_harmonizer.daemon.logs import log_versions, setup_logging, silence_stdio
+from layer_harmonizer.daemon.server import Server, ServerConfig, check_host
 from layer_harmonizer.errors import HarmonizeError
-from layer_harmonizer.server import Server, ServerConfig, check_host
-from layer_harmonizer.wire import protocol as P
 from layer_harmonizer.wire.discovery import RuntimeDirError
 
 log = logging.getLogger("harmonize.daemon")
-
-
-class PrivateRotatingFileHandler(RotatingFileHandler):
-    """A :class:`RotatingFileHandler` whose files (the current one and each one rotation
-    starts) are created with mode 0600, never through a symbolic link."""
-
-    def _open(self) -> Any:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(self.baseFilename, flags, 0o600)
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o600)  # a file left by an older version may be 0644
-        return open(fd, "a", encoding=self.encoding, errors=self.errors)
-
-
-class FatalSignalLog(PrivateRotatingFileHandler):
-    """The daemon's log file, which also receives ``faulthandler``'s report (every thread's
-    Python stack) when a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGABRT, SIGILL) kills the
-    daemon; re-pointed at each new file when the log rotates."""
-
-    def _open(self) -> Any:
-        stream = super()._open()
-        faulthandler.enable(stream, all_threads=True)
-        return stream
-
-
-def _private_log_folder(folder: Path) -> None:
-    """Create the log folder with mode 0700 (and missing parents), or tighten our own."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    for part in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            part.mkdir(mode=0o700)
-    if hasattr(os, "getuid") and folder.stat().st_uid == os.getuid():
-        folder.chmod(0o700)
-
-
-def setup_logging(level: str = "INFO", log_file: Path | None = None) -> Path:
-    """Log to a rotating file (10 MB x 4, mode 0600) in the log dir (mode 0700) and to stderr;
-    returns the file. A ``log_file`` elsewhere gets mode 0600; its folder is made 0700 only
-    when this creates it or the folder is the log dir."""
-    from layer_harmonizer import paths
-
-    path = log_file or paths.log_dir() / "daemon.log"
-    try:
-        if log_file is None or not path.parent.exists():
-            _private_log_folder(path.parent)
-        handler = FatalSignalLog(path, maxBytes=10 << 20, backupCount=4, encoding="utf-8")
-    except OSError as exc:
-        raise HarmonizeError(f"cannot open the log file {path}: {exc.strerror or exc}") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    return path
 
 
 def running_daemon(path: Path) -> dict[str, Any] | None:
@@ -111,18 +53,6 @@ def running_daemon(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _silence_stdio() -> None:
-    """Detached daemons: keep logging to the file only and point fds 1 and 2 at devnull."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for fd in (1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-
-
 def sd_notify(state: str) -> None:
     """Tell systemd (``Type=notify`` units) our state; a no-op outside systemd."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -133,30 +63,6 @@ def sd_notify(state: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.connect(address)
         sock.sendall(state.encode())
-
-
-def _log_versions(engine: Engine, weights: str) -> None:
-    import torch
-
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    log.info(
-        "harmonize %s, protocol %s, python %s, torch %s, numpy %s, pyzmq %s (libzmq %s)",
-        __version__,
-        ".".join(map(str, P.PROTOCOL_VERSION)),
-        sys.version.split()[0],
-        torch.__version__,
-        np.__version__,
-        zmq.__version__,
-        zmq.zmq_version(),
-    )
-    log.info(
-        "device %s (CUDA: %s), variant %s, weights %s (id %s)",
-        engine.device,
-        cuda,
-        engine.variant,
-        weights,
-        engine.weights_id,
-    )
 
 
 def serve(
@@ -191,50 +97,66 @@ def serve(
         return 1
     try:
         logfile = setup_logging(log_level, log_file)
-        from layer_harmonizer.pipeline import load_model
-
-        model = load_model(weights, variant=variant, device=device)
-        engine = Engine(model, lut_backend=config.lut_backend, cache_size=config.cache_size)
-        _log_versions(engine, str(model.metadata.get("path")))
-        log.info("warm-up job took %.2f s", engine.warm_up())
-        # torch, numpy and the model are loaded for good: keep the cyclic garbage collector
-        # from walking their ~170,000 objects again (a full pass takes ~65 ms mid-request)
-        gc.collect()
-        gc.freeze()
+        engine = _warm_engine(config, weights=weights, variant=variant, device=device)
         _raise_fd_limit()
-        server = Server(engine, config)
-        endpoint = server.bind()
-        if path.exists():
-            log.info("replacing a stale endpoint file %s", path)
-        guardian = start_guardian(path, lock.path)  # before the file: it waits for our end
-        write_endpoint_file(path, endpoint, config.token, server.curve)
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("received %s", signal.Signals(signum).name)
-            server.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        print(
-            f"harmonize daemon {__version__} on {endpoint} (pid {os.getpid()}, log {logfile})",
-            flush=True,
-        )
-        sd_notify("READY=1")
-        if quiet:
-            _silence_stdio()
-        try:
-            server.serve_forever()
-        finally:
-            sd_notify("STOPPING=1")
-            remove_endpoint_file(path)
-            if guardian is not None:
-                os.close(guardian)
-            if config.ipc_path is not None and endpoint.startswith("ipc://"):
-                with contextlib.suppress(OSError):  # still ours: we hold the lock
-                    config.ipc_path.unlink()
+        _serve_until_stopped(Server(engine, config), path, lock, logfile, quiet=quiet)
         return 0
     finally:
         lock.release()
+
+
+def _warm_engine(
+    config: ServerConfig, *, weights: str | None, variant: str | None, device: str
+) -> Engine:
+    """Load the model, run the warm-up job, and freeze what is loaded for good."""
+    from layer_harmonizer.pipeline import load_model
+
+    model = load_model(weights, variant=variant, device=device)
+    engine = Engine(model, lut_backend=config.lut_backend, cache_size=config.cache_size)
+    log_versions(engine, str(model.metadata.get("path")))
+    log.info("warm-up job took %.2f s", engine.warm_up())
+    # torch, numpy and the model are loaded for good: keep the cyclic garbage collector
+    # from walking their ~170,000 objects again (a full pass takes ~65 ms mid-request)
+    gc.collect()
+    gc.freeze()
+    return engine
+
+
+def _serve_until_stopped(
+    server: Server, path: Path, lock: InstanceLock, logfile: Path, *, quiet: bool
+) -> None:
+    """Bind, publish the endpoint file (guarded against a crash), serve until SIGTERM/SIGINT
+    or a shutdown request, and remove what this daemon published."""
+    config = server.config
+    endpoint = server.bind()
+    if path.exists():
+        log.info("replacing a stale endpoint file %s", path)
+    guardian = start_guardian(path, lock.path)  # before the file: it waits for our end
+    write_endpoint_file(path, endpoint, config.token, server.curve)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(
+        f"harmonize daemon {__version__} on {endpoint} (pid {os.getpid()}, log {logfile})",
+        flush=True,
+    )
+    sd_notify("READY=1")
+    if quiet:
+        silence_stdio()
+    try:
+        server.serve_forever()
+    finally:
+        sd_notify("STOPPING=1")
+        remove_endpoint_file(path)
+        if guardian is not None:
+            os.close(guardian)
+        if config.ipc_path is not None and endpoint.startswith("ipc://"):
+            with contextlib.suppress(OSError):  # still ours: we hold the lock
+                config.ipc_path.unlink()
 
 
 _GUARDIAN = """

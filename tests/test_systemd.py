@@ -1,15 +1,17 @@
-"""layer_harmonizer.service (systemd user unit) and the daemon CLI commands without a daemon."""
+"""layer_harmonizer.daemon.systemd (the systemd user unit) and the daemon CLI commands without
+a daemon."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 
-from layer_harmonizer import cli, service
+from layer_harmonizer import cli
+from layer_harmonizer.daemon import systemd
 
 
 def test_unit_runs_this_interpreter_as_a_notify_service():
-    text = service.unit_text(["--device", "cuda", "--weights", "/w/my weights.pt"])
+    text = systemd.unit_text(["--device", "cuda", "--weights", "/w/my weights.pt"])
     lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     assert lines["Type"] == "notify" and lines["Restart"] == "on-failure"
     assert shlex.split(lines["ExecStart"]) == [
@@ -29,10 +31,10 @@ def test_install_service_writes_the_unit_under_xdg_config_home(tmp_path, monkeyp
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert cli.main(["install-service", "--", "--idle-timeout", "0"]) == 0
     unit = tmp_path / "systemd" / "user" / "harmonize.service"
-    assert unit.read_text() == service.unit_text(["--idle-timeout", "0"])
+    assert unit.read_text() == systemd.unit_text(["--idle-timeout", "0"])
     assert "systemctl --user enable --now" in capsys.readouterr().out
     assert cli.main(["install-service", "--print"]) == 0
-    assert capsys.readouterr().out == service.unit_text()
+    assert capsys.readouterr().out == systemd.unit_text()
 
 
 def test_ping_and_stop_without_a_daemon_say_so(tmp_path, monkeypatch, capsys):
