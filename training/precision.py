@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 
 import torch
 from torch import Tensor, nn
 
+from layer_harmonizer.precision import autocast
 
-def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision == "bf16"``, else nothing."""
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+__all__ = ["autocast", "choose_precision"]
 
 
 def choose_precision(model: nn.Module, device: str, batch_size: int, repeat: int = 3) -> dict:
