@@ -22,6 +22,8 @@ from layer_harmonizer.lut import LutMaps
 from layer_harmonizer.lut.backends import get_backend
 from layer_harmonizer.model import AICTNet
 from layer_harmonizer.model.weights import find_default_weights, load_weights
+from layer_harmonizer.precision import autocast
+from layer_harmonizer.precision import choose as choose_precision
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -40,17 +42,24 @@ def load_model(
     *,
     variant: str | None = None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> AICTNet:
     """Load a network for inference: ``weights`` or the default weights, in eval mode.
 
-    The weights file's metadata (variant, training data, metrics) is on ``model.metadata``.
-    Raises :class:`.errors.WeightsNotFoundError` when no weights are given and none are
-    installed: random weights are never used as if trained.
+    The weights file's metadata (variant, training data, metrics) is on ``model.metadata``,
+    with ``precision`` (``"fp32"`` or ``"bf16"``: what :func:`run_network` uses) and
+    ``precision_reason``; ``precision="auto"`` decides by a cached measurement
+    (:mod:`layer_harmonizer.precision`). Raises :class:`.errors.WeightsNotFoundError` when no
+    weights are given and none are installed: random weights are never used as if trained.
     """
     path = weights if weights is not None else find_default_weights()
     model, meta = load_weights(path, variant)
     model.metadata = {**meta, "path": str(path)}
-    return model.to(resolve_device(device)).eval()
+    target = resolve_device(device)
+    model = model.to(target).eval()
+    choice = choose_precision(model, target, precision)
+    model.metadata.update(precision=choice.precision, precision_reason=choice.reason)
+    return model
 
 
 def low_res_input(image: np.ndarray, mask: np.ndarray, size: int) -> torch.Tensor:
@@ -71,8 +80,14 @@ def _model_device(model: AICTNet) -> torch.device:
 
 @torch.inference_mode()
 def run_network(x: torch.Tensor, model: AICTNet) -> LutMaps:
-    """The network on an input from :func:`low_res_input` (``(1, 4, S, S)`` float32)."""
-    return model(x.to(_model_device(model)))
+    """The network on an input from :func:`low_res_input` (``(1, 4, S, S)`` float32), in the
+    precision :func:`load_model` chose (``model.metadata["precision"]``, default fp32); the
+    maps are float32 either way."""
+    device = _model_device(model)
+    precision = (getattr(model, "metadata", None) or {}).get("precision", "fp32")
+    with autocast(precision, str(device)):
+        maps = model(x.to(device))
+    return maps.to(device)
 
 
 def _predict(image: np.ndarray, mask: np.ndarray, model: AICTNet) -> LutMaps:
