@@ -23,11 +23,20 @@ REPORT_HINT = (
 )
 
 
-def about_text(host: str, plugin_version: str) -> str:
+def version() -> str:
+    """The version of the (vendored or source) ``layer_harmonizer`` this runs, or "unknown"."""
+    try:
+        from .._version import __version__
+    except ImportError:
+        return "unknown"
+    return str(__version__)
+
+
+def about_text(host: str) -> str:
     """The plug-in's about text (a few lines): what it is, its version, the licence, and how to
-    report a problem. ``host``: the application's name, e.g. ``"GIMP 3.0.4"``."""
+    report a problem. ``host``: the application, e.g. ``"GIMP"`` or ``"Krita 5.2.9"``."""
     return (
-        f"Harmonize Layer {plugin_version} for {host}: recolours a pasted layer so it fits the "
+        f"Harmonize Layer {version()} for {host}: recolours a pasted layer so it fits the "
         f"image below it (AICT harmonization by the local {PROJECT} daemon).\n"
         f"Licence: {LICENCE}\n"
         f"{REPORT_HINT}"

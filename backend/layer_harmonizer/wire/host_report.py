@@ -38,15 +38,6 @@ HEADER = (
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
-def plugin_version() -> str:
-    """The version of the vendored (or source) ``layer_harmonizer`` the plug-in runs."""
-    try:
-        from .._version import __version__
-    except ImportError:
-        return "unknown"
-    return str(__version__)
-
-
 def read_settings(plugin_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], str | None]:
     """``settings.json`` of the plug-in folder as a dict, and why it could not be read (None
     when it was, or when there is none: the defaults apply)."""
@@ -96,8 +87,10 @@ def _environment(settings: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], settings: dict[str, Any], run: Runner, timeout: float) -> str:
-    """``command``'s standard output; RuntimeError with one line when it fails."""
+def _run(command: list[str], settings: dict[str, Any], run: Runner | None, timeout: float) -> str:
+    """``command``'s standard output; RuntimeError with one line when it fails. ``run``:
+    :func:`subprocess.run` (None) or a replacement (tests)."""
+    run = run or subprocess.run
     try:
         proc = run(
             command, capture_output=True, text=True, timeout=timeout,
@@ -114,7 +107,7 @@ def _run(command: list[str], settings: dict[str, Any], run: Runner, timeout: flo
 
 
 def backend_diagnostics(
-    settings: dict[str, Any], *, run: Runner = subprocess.run, timeout: float = DIAGNOSE_TIMEOUT
+    settings: dict[str, Any], *, run: Runner | None = None, timeout: float = DIAGNOSE_TIMEOUT
 ) -> str:
     """``harmonize diagnose`` of the installed backend (already redacted by it).
 
@@ -138,7 +131,7 @@ def plugin_section(
     the error shown (not redacted yet)."""
     lines = [
         "[plug-in]",
-        f"plug-in:       Harmonize Layer {plugin_version()} in {Path(plugin_dir)}",
+        f"plug-in:       Harmonize Layer {about.version()} in {Path(plugin_dir)}",
         f"host:          {host}",
         f"host Python:   {sys.version.split()[0]} ({platform.platform()})",
         f"licence:       {about.LICENCE}",
@@ -154,7 +147,7 @@ def diagnostics_text(
     host: str,
     error: str | None = None,
     *,
-    run: Runner = subprocess.run,
+    run: Runner | None = None,
     timeout: float = DIAGNOSE_TIMEOUT,
 ) -> str:
     """The text "Copy diagnostics" puts on the clipboard; never raises.
@@ -178,7 +171,7 @@ def diagnostics_text(
 def log_file(
     plugin_dir: str | os.PathLike[str],
     *,
-    run: Runner = subprocess.run,
+    run: Runner | None = None,
     timeout: float = LOG_PATH_TIMEOUT,
 ) -> Path:
     """The daemon's log file, which exists (what "Open log" opens).

@@ -21,14 +21,17 @@ _HERE = Path(__file__).resolve().parent
 # GIMP's Python lacks them, pyzmq + msgpack. From a source checkout: the repository's backend/.
 _VENDOR = _HERE / "vendor"
 sys.path.insert(0, str(_VENDOR if _VENDOR.is_dir() else _HERE.parents[2] / "backend"))
+sys.path.insert(1, str(_HERE))  # error_dialog.py beside this file
 
 import gi  # noqa: E402
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
+import error_dialog  # noqa: E402
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 
+from layer_harmonizer.wire import about  # noqa: E402
 from layer_harmonizer.wire import host_side as S  # noqa: E402
 
 MENU_LABEL = "_Harmonize Layer…"
@@ -319,10 +322,11 @@ class HarmonizePlugIn(Gimp.PlugIn):
             "Recolour the layer so it fits the scene below it",
             "Sends the active layer, its mask (alpha x selection) and what is visible below it "
             "to the local harmonize daemon and inserts the result as a new layer "
-            "'<name> (harmonized)' directly above (or replaces the layer). One undo step.",
+            "'<name> (harmonized)' directly above (or replaces the layer). One undo step.\n\n"
+            + about.about_text("GIMP"),
             name,
         )
-        proc.set_attribution("harmonize contributors", "MIT", "2026")
+        proc.set_attribution("harmonize contributors", about.LICENCE, "2026")
         proc.add_double_argument(
             "strength", "S_trength", "0 = unchanged .. 1 = full harmonization",
             0.0, 1.0, S.DEFAULT_STRENGTH, GObject.ParamFlags.READWRITE,
@@ -339,7 +343,12 @@ class HarmonizePlugIn(Gimp.PlugIn):
 
     def run(self, procedure, run_mode, image, drawables, config, _data):
         def fail(text: str) -> Gimp.ValueArray:
-            # GIMP shows the error in a message dialog (interactive) or on stderr (batch)
+            if run_mode == Gimp.RunMode.INTERACTIVE and error_dialog.show(
+                text, _HERE, S.PROCEDURE_NAME
+            ):
+                # shown with Copy diagnostics / Open log; the user closed it: nothing changed
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+            # GIMP shows the error itself (no window possible here) or prints it (batch)
             error = GLib.Error.new_literal(GLib.quark_from_string("harmonize"), text, 0)
             return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, error)
 

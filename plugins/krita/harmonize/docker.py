@@ -6,6 +6,7 @@ from typing import Any
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
 
+from . import report
 from .extension import controller
 from .names import ACTION_ID, DOCKER_ID
 from .qt import QtCore, QtWidgets, enum
@@ -69,6 +70,8 @@ class HarmonizeDocker(DockWidget):
         self.message = QtWidgets.QLabel("", root)
         self.message.setWordWrap(True)
         layout.addWidget(self.message)
+        self.report = report.ErrorActions(root, self.message.setText)
+        layout.addWidget(self.report.widget)
         layout.addStretch(1)
         self.setWidget(root)
 
@@ -136,6 +139,7 @@ class HarmonizeDocker(DockWidget):
 
     def _finished(self, text: str) -> None:
         self.message.setText(text)
+        self.report.show_for(None)
         self.before.setChecked(False)
         self.refresh_status()
         self._sync()
@@ -143,6 +147,7 @@ class HarmonizeDocker(DockWidget):
     def _failed(self, text: str) -> None:
         self.bar.setValue(0)
         self.message.setText(text)
+        self.report.show_for(text)  # Copy diagnostics / Open log beside the error
         self.refresh_status()
 
     def _busy(self, busy: bool) -> None:

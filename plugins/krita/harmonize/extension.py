@@ -8,9 +8,10 @@ from typing import Any
 
 from krita import Extension, Krita
 
+from . import report
 from .controller import Controller
 from .names import ACTION_ID, ACTION_TEXT, AUTORUN_ENV, DEFAULT_SHORTCUT, MENU
-from .qt import QtCore, QtWidgets
+from .qt import QtCore
 
 _controller: Controller | None = None
 
@@ -33,7 +34,7 @@ def notify(message: str, *, error: bool = False) -> None:
         view.showFloatingMessage(message, icon, 6000 if error else 3000, 1)
     if error and not os.environ.get(AUTORUN_ENV) and not Krita.instance().batchmode():
         parent = window.qwindow() if window is not None else None
-        QtWidgets.QMessageBox.warning(parent, "Harmonize Layer", message)
+        report.error_box(parent, message)  # with Copy diagnostics and Open log
 
 
 class HarmonizeExtension(Extension):
