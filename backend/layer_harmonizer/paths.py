@@ -47,6 +47,11 @@ def log_dir() -> Path:
     return _dir("HARMONIZE_LOG_DIR", platformdirs.user_log_dir(APP, appauthor=False))
 
 
+def daemon_log() -> Path:
+    """The daemon's log file when ``harmonize serve`` is given no ``--log-file``."""
+    return log_dir() / "daemon.log"
+
+
 def config_dir() -> Path:
     return _dir("HARMONIZE_CONFIG_DIR", platformdirs.user_config_dir(APP, appauthor=False))
 

@@ -62,7 +62,7 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None) -> Path:
     when this creates it or the folder is the log dir."""
     from layer_harmonizer import paths
 
-    path = log_file or paths.log_dir() / "daemon.log"
+    path = log_file or paths.daemon_log()
     try:
         if log_file is None or not path.parent.exists():
             _private_log_folder(path.parent)
