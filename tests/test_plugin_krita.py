@@ -235,6 +235,53 @@ def test_nothing_visible_below_is_refused(krita: ModuleType, hide: bool) -> None
     assert bg.visible() is not hide  # the user's document is untouched
 
 
+def flat_doc(krita: ModuleType) -> tuple[Any, Any]:
+    """A flattened photo: one opaque layer, nothing below it."""
+    doc = krita.Krita.instance().createDocument(W, H, "flat", "RGBA", "U8", "sRGB", 72.0)
+    photo = doc.createNode("Background", "paintlayer")
+    for y in range(H):
+        for x in range(W):
+            photo.pixels[(x, y)] = (x / W, y / H, 0.3, 1.0)
+    doc.root.addChildNode(photo, None)
+    krita.Krita.instance().active_document = doc
+    return doc, photo
+
+
+def test_flat_image_selection_is_matched_to_the_rest_of_the_layer(krita: ModuleType) -> None:
+    """Nothing below the layer, but a selection: mask = the selection (x alpha), backdrop =
+    the layer itself, so the selected region is harmonized against the rest of the photo."""
+    host = plugin("host")
+    doc, photo = flat_doc(krita)
+    sel = krita.Selection()
+    sel.select(2, 2, 6, 4, 255)
+    sel.select(8, 2, 2, 4, 128)  # a feathered edge stays soft
+    doc.setSelection(sel)
+    inputs = host.read_inputs(doc, photo)
+    r = inputs.region
+    assert inputs.flat and (r.x, r.y) == (0, 0) and r.w < W  # the selection's box + margin
+    rgba = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4)
+    back = np.frombuffer(inputs.backdrop, np.uint8).reshape(r.h, r.w, 3)
+    np.testing.assert_array_equal(back, rgba[..., :3])
+    mask = np.frombuffer(inputs.mask, np.uint8).reshape(r.h, r.w)
+    wanted = np.frombuffer(sel.pixelData(r.x, r.y, r.w, r.h), np.uint8).reshape(r.h, r.w)
+    np.testing.assert_array_equal(mask, wanted)
+    assert mask[3, 4] == 255 and mask[3, 8] == 128 and mask[0, 0] == 0 and mask.sum() > 0
+
+
+def test_flat_image_without_a_usable_selection_says_what_to_do(krita: ModuleType) -> None:
+    host = plugin("host")
+    support = plugin("deps").host_side()
+    doc, photo = flat_doc(krita)
+    with pytest.raises(support.PluginError, match="select the object that looks wrong"):
+        host.read_inputs(doc, photo)
+    everything = krita.Selection()
+    everything.select(0, 0, W, H, 255)
+    doc.setSelection(everything)
+    with pytest.raises(support.PluginError, match="The selection covers all of 'Background'"):
+        host.read_inputs(doc, photo)
+    assert [n.name() for n in doc.root.childNodes()] == ["Background"]
+
+
 def fake_result(inputs: Any) -> tuple[bytes, Any]:
     """Invert the RGB of the layer over a crop (what a daemon could answer)."""
     support = plugin("deps").host_side()
@@ -416,7 +463,7 @@ def fake_wheel(folder: Path, dist: str, module: str) -> Path:
 
 
 def test_kritarc_enabling_keeps_the_rest(tmp_path: Path) -> None:
-    from layer_harmonizer.plugin_install import set_kritarc_enabled
+    from layer_harmonizer.install import set_kritarc_enabled
 
     rc = tmp_path / "kritarc"
     rc.write_text("[General]\nfoo=1\n\n[python]\nenable_other=true\nenable_harmonize=false\n"
@@ -437,7 +484,7 @@ def test_kritarc_enabling_keeps_the_rest(tmp_path: Path) -> None:
 
 
 def test_install_krita_layout_and_uninstall(tmp_path: Path) -> None:
-    from layer_harmonizer import plugin_install as I
+    from layer_harmonizer import install as I
 
     krita_dir, rc = tmp_path / "share" / "krita", tmp_path / "config" / "kritarc"
     report = I.install_plugin("krita", host_dir=krita_dir, kritarc=rc, deps="host")
@@ -462,7 +509,7 @@ def test_install_krita_layout_and_uninstall(tmp_path: Path) -> None:
 
 
 def test_install_krita_vendors_wheels(tmp_path: Path) -> None:
-    from layer_harmonizer import plugin_install as I
+    from layer_harmonizer import install as I
 
     wheels = tmp_path / "wheels"
     fake_wheel(wheels, "pyzmq", "zmq")
@@ -477,7 +524,7 @@ def test_install_krita_vendors_wheels(tmp_path: Path) -> None:
 
 
 def test_release_zip_layout(tmp_path: Path) -> None:
-    from layer_harmonizer import plugin_install as I
+    from layer_harmonizer import install as I
 
     folders = {}
     for version, platform in I.KRITA_ZIP_TARGETS:
@@ -505,7 +552,7 @@ def test_installer_and_plugin_agree_on_wheel_folders() -> None:
     """The tag the installer writes for this interpreter is one the plugin looks up."""
     import sysconfig
 
-    from layer_harmonizer.plugin_install import wheel_tag
+    from layer_harmonizer.install import wheel_tag
 
     deps = plugin("deps")
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -516,7 +563,7 @@ def test_installer_and_plugin_agree_on_wheel_folders() -> None:
 
 def test_cli_install_package_uninstall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from layer_harmonizer import cli
-    from layer_harmonizer import plugin_install as I
+    from layer_harmonizer import install as I
 
     args = ["--krita-dir", str(tmp_path / "k"), "--kritarc", str(tmp_path / "rc")]
     assert cli.main(["install-plugin", "krita", *args, "--deps", "host"]) == 0

@@ -11,13 +11,15 @@ daemon covers exactly that region:
 - ``mask``: ``(H, W)`` of the wire dtype: layer alpha x global selection (soft);
 - ``backdrop``: ``(H, W, 3)`` RGB: the image as it looks without the layer and everything
   above it, read from a private clone of the document (the user's document is not touched).
+  When nothing is visible there (a flat image) and the layer has a selection, the layer
+  itself: the selected region is matched to the rest of it (:func:`flat_backdrop`).
 
 Pixels travel as perceptual (sRGB-encoded) RGBA at 8 bits, 16 bits or float32. Layers in other
 colour models (greyscale, CMYK, Lab, ...), at half-float depth or with a linear profile are
-converted through a hidden scratch document and the result converted back to the document's
-colour space. The result is a **new** paint layer built completely, in a hidden scratch document,
-before it is inserted above the source, so the insertion is a single undo step and the source is
-never modified.
+converted (:mod:`.colour`) through a hidden scratch document and the result converted back to
+the document's colour space. The result is a **new** paint layer built completely, in a hidden
+scratch document, before it is inserted above the source, so the insertion is a single undo
+step and the source is never modified (where it goes from there: :mod:`.output`).
 """
 
 from __future__ import annotations
@@ -27,34 +29,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import pixels
+from .colour import (  # noqa: F401 (WORK_PROFILE: re-exported for callers)
+    WORK_PROFILE,
+    Space,
+    convert_pixels,
+    wire_format_of,
+    work_space,
+)
+from .colour import krita_app as _krita
+from .colour import plugin_error as _error
 from .deps import host_side
 from .qt import QtGui, enum, to_qbytes
-
-WORK_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
-"""Krita's perceptual sRGB profile: what converted pixels travel in."""
-DEPTH_OF_DTYPE = {"uint8": "U8", "uint16": "U16", "float32": "F32"}
-HOST_PRECISION = {"U8": "U8", "U16": "U16", "F16": "HALF", "F32": "FLOAT"}
-"""Krita depth -> the precision names :func:`host_side.wire_format` knows."""
-
-
-@dataclass(frozen=True)
-class Space:
-    """A Krita colour space: model (``RGBA``, ``GRAYA``, ``CMYKA``...), depth, profile name."""
-
-    model: str
-    depth: str
-    profile: str
-
-    @classmethod
-    def of(cls, thing: Any) -> Space:
-        """The colour space of a ``Node`` or ``Document``."""
-        return cls(thing.colorModel(), thing.colorDepth(), thing.colorProfile())
-
-    @property
-    def linear(self) -> bool:
-        """True for linear-light profiles (Krita's ``*-g10.icc`` and "linear" built-ins)."""
-        name = self.profile.lower()
-        return "g10" in name or "linear" in name
 
 
 @dataclass
@@ -71,6 +56,8 @@ class Inputs:
         base_box: the layer's bounds on the canvas joined with ``region``.
         base: the new layer's starting pixels over ``base_box`` in ``target`` (a copy of the
             source), so pixels outside the harmonized crop stay exactly the source's.
+        flat: nothing is visible below the layer: the selection is harmonized against the rest
+            of the layer, which is also the backdrop (a flat image).
         timings: seconds spent reading (``layer``, ``mask``, ``backdrop``).
     """
 
@@ -84,17 +71,8 @@ class Inputs:
     target: Space
     base_box: Any
     base: bytes
+    flat: bool = False
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def _krita() -> Any:
-    from krita import Krita
-
-    return Krita.instance()
-
-
-def _error(message: str) -> Exception:
-    return host_side().PluginError(message)
 
 
 # ---- finding things ---------------------------------------------------------------------------
@@ -141,60 +119,6 @@ def check_layer(node: Any) -> None:
             f"'{node.name()}' uses the {node.colorModel()} colour model, which "
             "Harmonize cannot convert; convert the image to RGB/Alpha first."
         )
-
-
-# ---- colour conversion through a scratch document ---------------------------------------------
-
-
-def convert_pixels(data: bytes, width: int, height: int, src: Space, dst: Space) -> bytes:
-    """Convert raw ``width x height`` pixels between colour spaces using Krita's own engine.
-
-    A hidden scratch document (no view) holds the pixels, ``Document.setColorSpace`` converts
-    them, and the document is closed again. The user's documents are not touched.
-    """
-    if src == dst:
-        return bytes(data)
-    doc = _krita().createDocument(
-        width, height, "harmonize-scratch", src.model, src.depth, src.profile, 72.0
-    )
-    if doc is None:
-        raise _error(
-            f"Krita could not create a {src.model}/{src.depth} scratch image "
-            f"(profile {src.profile!r}) to convert the layer."
-        )
-    try:
-        node = doc.createNode("pixels", "paintlayer")
-        node.setPixelData(to_qbytes(data), 0, 0, width, height)
-        doc.rootNode().addChildNode(node, None)
-        if not doc.setColorSpace(dst.model, dst.depth, dst.profile):
-            raise _error(
-                f"Krita could not convert {src.model}/{src.depth} ({src.profile}) to "
-                f"{dst.model}/{dst.depth} ({dst.profile})."
-            )
-        doc.waitForDone()
-        return bytes(node.pixelData(0, 0, width, height))
-    finally:
-        doc.close()
-
-
-def work_space(layer_space: Any, fmt: Any) -> Space:
-    """The RGBA perceptual space the wire format stands for (the layer's own if it is one)."""
-    depth = DEPTH_OF_DTYPE[fmt.dtype]
-    native = layer_space.model == "RGBA" and layer_space.depth == depth and not layer_space.linear
-    return layer_space if native else Space("RGBA", depth, WORK_PROFILE)
-
-
-def wire_format_of(space: Space) -> Any:
-    """The wire format for a layer: 8 bit, 16 bit (also for linear 8 bit) or float32."""
-    precision = HOST_PRECISION.get(space.depth)
-    if precision is None:
-        raise _error(
-            f"Unsupported colour depth {space.depth}; convert the image to 8-bit, "
-            "16-bit or float (Image ▸ Convert Image Color Space)."
-        )
-    if space.linear:
-        precision += "_LINEAR"
-    return host_side().wire_format(precision)
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -266,23 +190,29 @@ def _u8_to_dtype(plane: bytes, dtype: str) -> bytes:
     return array("f", map(table.__getitem__, plane)).tobytes()
 
 
-def read_mask(doc: Any, layer_bgra: bytes, region: Any, dtype: str) -> bytes:
-    """``(H, W)`` mask of ``dtype``: the layer's alpha x the global selection (if any).
-
-    Without a selection the mask is the alpha channel at full precision. With one, the product
-    is computed at 8 bits (Krita's selections are 8-bit), then widened to ``dtype``.
-    """
-    alpha = pixels.channel(layer_bgra, dtype, 3)
+def read_selection(doc: Any, region: Any) -> bytes | None:
+    """The global selection over ``region``: ``(H, W)`` uint8, 255 = selected; None without
+    one."""
     selection = doc.selection()
     if selection is None:
-        return alpha
+        return None
     sel = bytes(selection.pixelData(region.x, region.y, region.w, region.h))
     if len(sel) != region.w * region.h:
         raise _error(
             f"Krita returned {len(sel)} selection bytes for a {region.w} x {region.h} "
             "region; expected 8-bit selection data."
         )
-    if sel.count(255) == len(sel):
+    return sel
+
+
+def read_mask(layer_bgra: bytes, sel: bytes | None, region: Any, dtype: str) -> bytes:
+    """``(H, W)`` mask of ``dtype``: the layer's alpha x the selection ``sel`` (if any).
+
+    Without a selection the mask is the alpha channel at full precision. With one, the product
+    is computed at 8 bits (Krita's selections are 8-bit), then widened to ``dtype``.
+    """
+    alpha = pixels.channel(layer_bgra, dtype, 3)
+    if sel is None or sel.count(255) == len(sel):
         return alpha
     product = _multiply_alpha8(pixels.alpha_to_u8(alpha, dtype), sel, region.w, region.h)
     return _u8_to_dtype(product, dtype)
@@ -303,22 +233,14 @@ def _hide_source_and_above(root: Any, uid: str) -> bool:
     return False
 
 
-def nothing_below(name: str) -> str:
-    """The refusal for a layer with nothing visible under it (the GIMP plug-in's wording)."""
-    return (
-        f"Nothing is visible below '{name}': Harmonize Layer matches the layer to what is "
-        "under it. Show or add the background layers and try again."
-    )
-
-
-def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes:
-    """``(H, W, 3)`` RGB of ``work``'s dtype: what the image shows below ``node``.
+def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes | None:
+    """``(H, W, 3)`` RGB of ``work``'s dtype: what the image shows below ``node``; None when
+    nothing is visible there (the bottom layer, or everything below hidden or empty over the
+    region): there is nothing to match, and the network would only wash the layer out.
 
     A clone of the document (``Document.clone``: no view, never shown) has the source and all
     layers above it hidden, is re-rendered, and its projection is read. The user's document
-    keeps its visibility flags and undo history. A backdrop that is fully transparent over the
-    region (the bottom layer, or everything below hidden or empty there) is refused: there is
-    nothing to match, and the network would only wash the layer out.
+    keeps its visibility flags and undo history.
     """
     clone = doc.clone()
     if clone is None:
@@ -335,8 +257,22 @@ def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes:
         clone.close()
     alpha = pixels.channel(converted, _dtype_of(work), 3)
     if alpha.count(0) == len(alpha):
-        raise _error(nothing_below(node.name()))
+        return None
     return pixels.bgra_to_rgb(converted, _dtype_of(work))
+
+
+def flat_backdrop(node: Any, layer_bgra: bytes, sel: bytes | None, dtype: str) -> bytes:
+    """The backdrop of a flat image: nothing is visible below ``node``, so a selection on it
+    marks the region that looks wrong and the rest of the same layer is what it must match:
+    ``(H, W, 3)`` RGB of the layer itself (the mask stays alpha x selection). Refused, saying
+    what to do, without a selection or when it leaves nothing of the layer outside."""
+    ps = host_side()
+    if sel is None:
+        raise _error(ps.nothing_below(node.name()))
+    alpha = pixels.alpha_to_u8(pixels.channel(layer_bgra, dtype, 3), dtype)
+    if not ps.has_unselected_part(alpha, sel):
+        raise _error(ps.selection_covers_layer(node.name()))
+    return pixels.bgra_to_rgb(layer_bgra, dtype)
 
 
 def _dtype_of(space: Space) -> str:
@@ -363,7 +299,8 @@ def read_inputs(doc: Any, node: Any) -> Inputs:
     layer_bgra, work = read_layer(node, region, fmt)
     times["layer"] = time.perf_counter() - start
     start = time.perf_counter()
-    mask = read_mask(doc, layer_bgra, region, fmt.dtype)
+    sel = read_selection(doc, region)
+    mask = read_mask(layer_bgra, sel, region, fmt.dtype)
     times["mask"] = time.perf_counter() - start
     if fmt.dtype == "uint8" and mask.count(0) == len(mask):
         raise _error(
@@ -372,6 +309,9 @@ def read_inputs(doc: Any, node: Any) -> Inputs:
         )
     start = time.perf_counter()
     backdrop = read_backdrop(doc, node, region, work)
+    flat = backdrop is None
+    if flat:
+        backdrop = flat_backdrop(node, layer_bgra, sel, fmt.dtype)
     times["backdrop"] = time.perf_counter() - start
     target = Space.of(doc)
     base_box = _hull(
@@ -391,6 +331,7 @@ def read_inputs(doc: Any, node: Any) -> Inputs:
         target=target,
         base_box=base_box,
         base=base,
+        flat=flat,
         timings=times,
     )
 
