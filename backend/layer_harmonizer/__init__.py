@@ -12,9 +12,17 @@ from typing import TYPE_CHECKING, Any
 from layer_harmonizer._version import __version__
 
 if TYPE_CHECKING:
+    from layer_harmonizer.layer import harmonize_layer
     from layer_harmonizer.pipeline import apply_prediction, harmonize, load_model, predict
 
-__all__ = ["__version__", "apply_prediction", "harmonize", "load_model", "predict"]
+__all__ = [
+    "__version__",
+    "apply_prediction",
+    "harmonize",
+    "harmonize_layer",
+    "load_model",
+    "predict",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from layer_harmonizer import pipeline
 
         return getattr(pipeline, name)
+    if name == "harmonize_layer":
+        from layer_harmonizer.layer import harmonize_layer
+
+        return harmonize_layer
     raise AttributeError(f"module 'layer_harmonizer' has no attribute {name!r}")
