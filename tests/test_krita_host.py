@@ -459,17 +459,17 @@ def test_release_zip_imports_and_loads_its_wheels(tmp_path: Path, runner_home: P
     importer = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
     if not importer.is_file():
         host_unavailable(f"{importer} is missing (Debian's krita package ships it)")
-    from layer_harmonizer import plugin_install
+    from layer_harmonizer import install
 
     version = subprocess.run(
         ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     try:
-        out = plugin_install.package_krita(
+        out = install.package_krita(
             tmp_path / "harmonize-krita.zip", targets=[(version, "linux-x86_64")]
         )
-    except plugin_install.InstallError as exc:  # PyPI unreachable: not a Krita problem
+    except install.InstallError as exc:  # PyPI unreachable: not a Krita problem
         pytest.skip(f"could not download the wheels: {str(exc)[:300]}")
     resources = tmp_path / "resources"
     resources.mkdir()

@@ -1,4 +1,4 @@
-"""layer_harmonizer.plugin_install and ``harmonize install-plugin|uninstall-plugin``: folders, the
+"""layer_harmonizer.install and ``harmonize install-plugin|uninstall-plugin``: folders, the
 vendored client, pyzmq/msgpack from the host or from wheels, safe replace/uninstall."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from layer_harmonizer import cli
-from layer_harmonizer import plugin_install as I
+from layer_harmonizer import install as I
+from layer_harmonizer.errors import InputError
 from layer_harmonizer.wire.host_side import SETTINGS_FILE, Settings
 
 
@@ -54,7 +55,7 @@ def assert_vendors_the_wire_package(vendor: Path) -> None:
     package's ``wire/`` folder, file for file."""
     package = vendor / "layer_harmonizer"
     assert sorted(p.name for p in package.iterdir()) == ["__init__.py", "_version.py", "wire"]
-    source = Path(I.__file__).resolve().parent / "wire"
+    source = Path(I.__file__).resolve().parents[1] / "wire"
     wanted = sorted(p.relative_to(source) for p in source.rglob("*.py"))
     copied = sorted(p.relative_to(package / "wire") for p in (package / "wire").rglob("*"))
     assert wanted and copied == wanted
@@ -143,7 +144,7 @@ def test_vendor_downloads_for_the_hosts_version_and_platform(tmp_path, monkeypat
         fake_wheel(dest, "msgpack", "msgpack")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(I.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     report = I.install_plugin("gimp", host_dir=profile(tmp_path), deps="vendor",
                               python_version="3.12", platform="win-amd64")  # fmt: skip
     (cmd,) = calls
@@ -155,7 +156,7 @@ def test_vendor_downloads_for_the_hosts_version_and_platform(tmp_path, monkeypat
 
 
 def test_download_failure_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(I.subprocess, "run", lambda cmd, **_kw: subprocess.CompletedProcess(
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **_kw: subprocess.CompletedProcess(
         cmd, 1, "", "ERROR: No matching distribution found for pyzmq"))  # fmt: skip
     with pytest.raises(I.InstallError, match=r"(?s)No matching distribution.*--deps host"):
         I.install_plugin("gimp", host_dir=profile(tmp_path), deps="vendor",
@@ -198,18 +199,18 @@ def test_default_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     flatpak = tmp_path / "home" / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / "3.0"
     flatpak.mkdir(parents=True)
     assert I.gimp_plugin_dir() == flatpak / "plug-ins" / "harmonize"
-    monkeypatch.setattr(I.sys, "platform", "win32")
+    monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setenv("APPDATA", str(tmp_path / "Roaming"))
     assert I.gimp_plugin_dir() == tmp_path / "Roaming" / "GIMP" / "3.0" / "plug-ins" / "harmonize"
-    monkeypatch.setattr(I.sys, "platform", "darwin")
+    monkeypatch.setattr(sys, "platform", "darwin")
     mac = tmp_path / "home" / "Library" / "Application Support" / "GIMP" / "3.0"
     assert I.gimp_plugin_dir() == mac / "plug-ins" / "harmonize"
 
 
 def test_unknown_host_and_bad_deps(tmp_path: Path):
-    with pytest.raises(I.InputError, match="unknown plugin host"):
+    with pytest.raises(InputError, match="unknown plugin host"):
         I.install_plugin("photoshop", host_dir=tmp_path)
-    with pytest.raises(I.InputError, match="--deps"):
+    with pytest.raises(InputError, match="--deps"):
         I.install_plugin("gimp", host_dir=tmp_path, deps="maybe")
 
 

@@ -205,7 +205,7 @@ def test_pixel_limit_matches_the_pipeline():
 def test_the_wire_package_imports_without_numpy_or_torch(tmp_path):
     """The plugins' copy: every module of layer_harmonizer.wire imports with numpy, torch, cv2
     and platformdirs blocked, in the package and vendored by install-plugin."""
-    from layer_harmonizer.plugin_install import write_vendored_wire
+    from layer_harmonizer.install import write_vendored_wire
 
     vendored = tmp_path / "vendored"
     write_vendored_wire(vendored)

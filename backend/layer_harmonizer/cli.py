@@ -466,9 +466,9 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 def cmd_install_plugin(args: argparse.Namespace) -> int:
     import shlex
 
-    from layer_harmonizer import plugin_install
+    from layer_harmonizer import install
 
-    report = plugin_install.install_plugin(
+    report = install.install_plugin(
         args.host,
         plugin_dir=args.plugin_dir,
         host_dir=args.krita_dir if args.host == "krita" else args.gimp_dir,
@@ -498,9 +498,9 @@ def cmd_install_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall_plugin(args: argparse.Namespace) -> int:
-    from layer_harmonizer import plugin_install
+    from layer_harmonizer import install
 
-    path = plugin_install.uninstall_plugin(
+    path = install.uninstall_plugin(
         args.host,
         plugin_dir=args.plugin_dir,
         host_dir=args.krita_dir if args.host == "krita" else args.gimp_dir,
@@ -511,7 +511,7 @@ def cmd_uninstall_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_package_plugin(args: argparse.Namespace) -> int:
-    from layer_harmonizer import plugin_install
+    from layer_harmonizer import install
     from layer_harmonizer.errors import InputError
 
     if args.host != "krita":
@@ -519,7 +519,7 @@ def cmd_package_plugin(args: argparse.Namespace) -> int:
     folders = None
     if args.wheels_from is not None:
         folders = {p.name: p for p in Path(args.wheels_from).iterdir() if p.is_dir()}
-    out = plugin_install.package_krita(args.output, wheel_dirs=folders)
+    out = install.package_krita(args.output, wheel_dirs=folders)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
