@@ -168,7 +168,7 @@ def weights(opts: Options, report: Report) -> dict[str, Any]:
 
 
 def plugins(_opts: Options, _report: Report) -> dict[str, Any]:
-    from layer_harmonizer import plugin_install as install
+    from layer_harmonizer import install
 
     found: dict[str, Any] = {}
     candidates = [("gimp", p / "plug-ins" / "harmonize") for p in install.gimp_profile_candidates()]
