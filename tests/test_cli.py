@@ -377,7 +377,7 @@ def test_oversized_images_are_refused_before_decoding(
     (src / "huge.png").write_bytes(huge)
     shutil.copy(mask, src / "huge_mask.png")
     with monkeypatch.context() as patched:
-        patched.setattr("layer_harmonizer.cli._load", lambda args: pytest.fail("model loaded"))
+        patched.setattr("layer_harmonizer.cli.run._load", lambda args: pytest.fail("model loaded"))
         assert main(["run", str(src / "huge.png"), str(mask), "-o", str(tmp_path / "o.png")]) == 2
         err = _one_line(capsys.readouterr().err)
         assert "huge.png (PNG) is 32768 x 32768 = 1,073,741,824 pixels, over the limit" in err

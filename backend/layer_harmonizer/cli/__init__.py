@@ -1,0 +1,67 @@
+"""``harmonize`` command line: a thin adapter over the library, one module per command group
+(:mod:`.run`: run, info; :mod:`.daemon`: serve, ping, stop, install-service; :mod:`.plugins`:
+install-plugin, uninstall-plugin, package-plugin).
+
+Only the standard library is imported at module level, so ``harmonize --version`` and
+``--help`` answer at once; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from layer_harmonizer._version import __version__
+
+log = logging.getLogger("harmonize")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--weights``, ``--variant``, ``--device`` and ``--lut-backend`` of the commands that
+    load a model."""
+    p.add_argument("--weights", type=Path, help="weights file (default: the installed default)")
+    p.add_argument("--variant", help="network variant the weights are for (checked)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (network and LUTs)")
+    p.add_argument(
+        "--lut-backend",
+        default="auto",
+        help="auto | cuda | cpu-kernel | torch (`harmonize info` says what auto picks)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from layer_harmonizer.cli import daemon, plugins, run
+
+    parser = argparse.ArgumentParser(
+        prog="harmonize",
+        description="Recolour a pasted object so it fits the photo (AICT harmonization).",
+    )
+    parser.add_argument("--version", action="version", version=f"harmonize {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run.add_commands(sub)
+    daemon.add_commands(sub)
+    plugins.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from layer_harmonizer.errors import HarmonizeError
+
+    try:
+        return int(args.func(args))
+    except HarmonizeError as exc:
+        print(f"harmonize: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harmonize: interrupted", file=sys.stderr)
+        return 130
