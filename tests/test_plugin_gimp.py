@@ -448,6 +448,48 @@ def test_nothing_visible_below(gi: Any, daemon: FakeDaemon):
     assert s["image"].log == [] and not s["image"].is_dirty()
 
 
+def flat_photo(gi: Any) -> tuple[Any, Any]:
+    """A flattened photo: one opaque layer (no alpha channel), nothing below it."""
+    image = gi.Gimp.Image(80, 60, gi.Gimp.Precision.U8_NON_LINEAR)
+    yy, xx = np.mgrid[0:60, 0:80] / 80
+    photo = gi.Gimp.Layer(image, "Background", np.stack([xx, yy, 1 - xx, 1 + 0 * xx], -1),
+                          alpha=False)  # fmt: skip
+    photo.parent = None
+    image.layers = [photo]
+    return image, photo
+
+
+def test_flat_image_selection_is_matched_to_the_rest_of_the_layer(gi: Any, daemon: FakeDaemon):
+    """Nothing below the layer, but a selection: mask = the selection, backdrop = the layer
+    itself; the result is a new layer in one undo group."""
+    image, photo = flat_photo(gi)
+    image.selection[20:40, 30:50] = 1.0
+    image.selection[20:40, 50:54] = 0.5  # a feathered edge stays soft
+    status, error = run(gi, image, photo)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    (req,) = daemon.requests
+    rgb = np.round(photo.pixels[..., :3] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(req["backdrop"], rgb)  # the whole layer: region = canvas
+    np.testing.assert_array_equal(req["layer"][..., :3], rgb)
+    np.testing.assert_array_equal(req["mask"], np.round(image.selection * 255).astype(np.uint8))
+    assert [lay.name for lay in image.layers] == ["Background (harmonized)", "Background"]
+    kinds = [k for k, _ in image.log]  # every change inside exactly one undo group
+    assert kinds[0] == "undo-group-start" and kinds[-1] == "undo-group-end"
+    assert kinds.count("undo-group-start") == 1 and image.undo_depth == 0
+
+
+def test_flat_image_without_a_usable_selection_says_what_to_do(gi: Any, daemon: FakeDaemon):
+    image, photo = flat_photo(gi)
+    status, error = run(gi, image, photo)
+    assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
+    assert error.message.startswith("Nothing is visible below the layer")
+    assert "select the object that looks wrong, then run Harmonize again" in error.message
+    image.selection[:] = 1.0  # Select > All: nothing left to match against
+    status, error = run(gi, image, photo)
+    assert "The selection covers all of the layer" in error.message
+    assert daemon.requests == [] and image.log == [] and not image.is_dirty()
+
+
 def test_layer_off_canvas(gi: Any, daemon: FakeDaemon):
     s = scene(gi)
     s["obj"].x = 500

@@ -23,7 +23,7 @@ import numpy as np
 # ---- Gegl -------------------------------------------------------------------------------------
 
 _TYPES = {"u8": ("<u1", 255.0), "u16": ("<u2", 65535.0), "float": ("<f4", None)}
-_MODELS = {"R'G'B'A": (0, 1, 2, 3), "R'G'B'": (0, 1, 2), "A": (3,)}
+_MODELS = {"R'G'B'A": (0, 1, 2, 3), "R'G'B'": (0, 1, 2), "A": (3,), "Y": (0,)}
 
 
 def _parse(babl_format: str) -> tuple[tuple[int, ...], str, float | None]:
@@ -377,6 +377,12 @@ class Image:
         self.undo_enabled = self.frozen == 0
         return True
 
+    def get_selection(self) -> Drawable:
+        """The selection channel (a copy: grey in the colour channels, read as "Y ...")."""
+        grey = np.repeat(self.selection[..., None], 4, axis=2)
+        grey[..., 3] = 1.0
+        return Drawable(self, "Selection Mask", grey)
+
     def duplicate(self) -> Image:
         dup = Image(self.width, self.height, self.precision)
         dup.selection = self.selection.copy()
@@ -546,6 +552,9 @@ def _make_gimp() -> _Gimp:
         MergeType=MergeType,
         ProcedureSensitivityMask=ProcedureSensitivityMask,
         ValueArray=tuple,
+        MAJOR_VERSION=3,  # the GIMP the mock stands for (tests may change it)
+        MINOR_VERSION=0,
+        MICRO_VERSION=4,
         main=lambda *_a: 0,
         floating_sel_to_layer=floating_sel_to_layer,
         progress_init=recorder("progress_init"),

@@ -71,13 +71,14 @@ def _mask_and_backdrop(
     image: Gimp.Image, layer: Gimp.Layer, region: S.Box, fmt: S.WireFormat
 ) -> tuple[bytes, bytes]:
     """Mask (alpha x layer mask x selection) and backdrop (visible layers below, flattened),
-    both computed by GIMP in a throw-away duplicate so the user's image is never touched."""
+    both computed by GIMP in a throw-away duplicate so the user's image is never touched. With
+    nothing visible below, see :func:`_flat_backdrop`."""
     dup = image.duplicate()
     try:
         dup.undo_disable()
         # only the region matters: crop first so the merge composites region-sized layers
         dup.crop(region.w, region.h, region.x, region.y)
-        region = S.Box(0, 0, region.w, region.h)
+        full, region = region, S.Box(0, 0, region.w, region.h)
         twin = _item_at(dup, _path_of(layer))
         if twin.get_mask() is not None:
             twin.remove_mask(Gimp.MaskApplyMode.APPLY)
@@ -96,15 +97,25 @@ def _mask_and_backdrop(
                 above.set_visible(False)
             item = parent
         if not any(lay.get_visible() for lay in dup.get_layers()):
-            raise S.PluginError(
-                "Nothing is visible below the layer: Harmonize Layer matches the layer to what "
-                "is under it. Show or add the background layers and try again."
-            )
+            return mask, _flat_backdrop(dup, layer, full, fmt)
         below = dup.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
         backdrop = _read(below, region, fmt.rgb)
         return mask, backdrop
     finally:
         dup.delete()
+
+
+def _flat_backdrop(dup: Gimp.Image, layer: Gimp.Layer, full: S.Box, fmt: S.WireFormat) -> bytes:
+    """A flat image: nothing is visible below ``layer``, so a selection on it marks the region
+    that looks wrong and the rest of the same layer is what it must match; the backdrop is the
+    layer itself over ``full`` (read from the user's layer, unchanged). Refused, saying what
+    to do, without a selection (``dup``'s, cropped to ``full``) or when it covers the layer."""
+    if Gimp.Selection.is_empty(dup):
+        raise S.PluginError(S.nothing_below())
+    selection = _read(dup.get_selection(), S.Box(0, 0, full.w, full.h), "Y u8")
+    if not S.has_unselected_part(_read(layer, full, "A u8"), selection):
+        raise S.PluginError(S.selection_covers_layer())
+    return _read(layer, full, fmt.rgb)
 
 
 def _write(drawable: Gimp.Drawable, data: bytes, box: S.Box, babl_format: str) -> None:
