@@ -8,12 +8,14 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from layer_harmonizer import diagnostics as D
+from layer_harmonizer.fileutil import tail_lines
 from layer_harmonizer.model import AICTNet
 from layer_harmonizer.model.weights import PACKAGED_DEFAULT, save_weights
 from layer_harmonizer.wire import about, discovery, messages
@@ -62,7 +64,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         f"2026-12-01 10:00:06 ERROR x: cannot read /home/{OTHER_USER}/a.png for {USER}",
         "2026-12-01 10:00:07 INFO harmonize.server: job 1f0c2a3b4d5e6f708192a3b4c5d6e7f8: 40 x 40",
     ]
-    (logs / D.DAEMON_LOG).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (logs / "daemon.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"home": home, "runtime": runtime, "logs": logs, "planted": planted}
 
 
@@ -155,10 +157,10 @@ def test_weights_licence_follows_the_file(tmp_path: Path, light_model: AICTNet) 
 def test_log_tail_reads_only_the_end(tmp_path: Path) -> None:
     path = tmp_path / "big.log"
     path.write_text("".join(f"line {i} " + "x" * 60 + "\n" for i in range(5000)))
-    lines = D.tail(path, 40, max_bytes=4096)
+    lines = tail_lines(path, 40, max_bytes=4096)
     assert len(lines) == 40
     assert lines[-1].startswith("line 4999 ") and lines[0].startswith("line 4960 ")
-    assert D.tail(path, 0) == []
+    assert tail_lines(path, 0) == []
 
 
 @pytest.mark.parametrize(
@@ -186,3 +188,43 @@ def test_redact_keeps_what_is_asked_and_ordinary_text(monkeypatch: pytest.Monkey
         "~/x.log by <user>; /srv/people/carolyn"
     )
     assert os.environ["USER"] == "carol"
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+
+def test_cli_diagnose_prints_text_or_json(
+    world: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from layer_harmonizer.cli import main
+
+    assert main(["diagnose", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["sections"]) == list(D.SECTIONS)
+    assert main(["diagnose", "--lut-backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("harmonize diagnose") and "torch (asked for) works" in out
+    assert world["planted"]["token"] not in out and USER not in out
+
+
+def test_cli_log_path_answers_without_torch(tmp_path: Path) -> None:
+    """What the plug-ins' Open log asks: quick, no torch or numpy import."""
+    code = (
+        "import sys; from layer_harmonizer.cli import main\n"
+        "assert main(['diagnose', '--log-path']) == 0\n"
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'"
+    )
+    env = {**os.environ, "HARMONIZE_LOG_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "daemon.log")
+
+
+def test_info_states_the_licence(capsys: pytest.CaptureFixture[str]) -> None:
+    from layer_harmonizer.cli import main
+
+    assert main(["info", "--weights", str(PACKAGED_DEFAULT)]) == 0
+    out = capsys.readouterr().out
+    assert f"licence: {about.LICENCE}" in out
+    assert f"  licence: {about.DEFAULT_WEIGHTS_LICENCE}" in out  # the weights line's

@@ -26,24 +26,25 @@ from pathlib import Path
 from typing import Any
 
 from layer_harmonizer._version import __version__
+from layer_harmonizer.fileutil import tail_lines
 from layer_harmonizer.wire import about, discovery
-from layer_harmonizer.wire.redact import redact
+from layer_harmonizer.wire.redact import one_line, redact
 
 LOG_LINES = 40
 """How many of the daemon log's last lines the report shows."""
-DAEMON_LOG = "daemon.log"
 HELLO_TIMEOUT = 2.0
 """Seconds a running daemon has to answer the report's ``hello``."""
 
 
 @dataclass
 class Options:
-    """What the report looks at: ``weights``/``variant``/``device`` as ``harmonize run`` takes
-    them, and the daemon log (default: ``daemon.log`` in the log dir)."""
+    """What the report looks at: ``weights``/``variant``/``device``/``lut_backend`` as
+    ``harmonize run`` takes them, and the daemon log (default: :func:`.paths.daemon_log`)."""
 
     weights: Path | None = None
     variant: str | None = None
     device: str = "auto"
+    lut_backend: str = "auto"
     log_file: Path | None = None
     log_lines: int = LOG_LINES
 
@@ -56,12 +57,6 @@ class Report:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
     keep: set[str] = field(default_factory=set)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message's first line (or its type)."""
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ---- sections ---------------------------------------------------------------------------------
@@ -117,11 +112,20 @@ def device(opts: Options, _report: Report) -> dict[str, Any]:
     else:
         chosen, why = "cpu", f"torch is built for CUDA {torch.version.cuda} but sees no GPU"
     backend, reason = auto_backend(chosen)
-    return {
+    fields = {
         "device": f"{chosen} ({why})",
         "threads": torch.get_num_threads(),
-        "lut backend": f"{backend.name} ({reason})",
+        "lut backend": f"auto picks {backend.name} ({reason})",
     }
+    if opts.lut_backend != "auto":
+        from layer_harmonizer.lut.backends import get_backend
+
+        try:
+            get_backend(opts.lut_backend, chosen)
+            fields["lut backend"] += f"; {opts.lut_backend} (asked for) works"
+        except Exception as exc:
+            fields["lut backend"] += f"; {opts.lut_backend} (asked for) fails: {one_line(exc)}"
+    return fields
 
 
 def weights_licence(path: Path, meta: dict[str, Any]) -> str:
@@ -288,30 +292,17 @@ def _hello(path: Path) -> str:
 
 
 def log_path(log_file: Path | None = None) -> Path:
-    """The daemon log the report reads: ``log_file``, else ``daemon.log`` in the log dir."""
+    """The daemon log the report reads: ``log_file``, else the default one."""
     from layer_harmonizer import paths
 
-    return Path(log_file) if log_file is not None else paths.log_dir() / DAEMON_LOG
-
-
-def tail(path: Path, lines: int, max_bytes: int = 1 << 16) -> list[str]:
-    """The last ``lines`` lines of a text file, reading at most its last ``max_bytes``."""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - max_bytes))
-        data = fh.read()
-    text = data.decode("utf-8", errors="replace").splitlines()
-    if size > max_bytes and text:
-        text = text[1:]  # the first line read may be cut
-    return text[-lines:] if lines > 0 else []
+    return Path(log_file) if log_file is not None else paths.daemon_log()
 
 
 def log(opts: Options, _report: Report) -> dict[str, Any]:
     path = log_path(opts.log_file)
     if not path.exists():
         return {"file": f"{path} (none yet: the daemon has not run)"}
-    return {"file": str(path), "lines": tail(path, opts.log_lines)}
+    return {"file": str(path), "lines": tail_lines(path, opts.log_lines)}
 
 
 def licence(_opts: Options, _report: Report) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""File helpers: atomic writes (a reader sees the old file or the new one, never half of one)
+and a text file's last lines."""
 
 from __future__ import annotations
 
@@ -27,3 +28,16 @@ def atomic_open(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Bin
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def tail_lines(path: Path, lines: int, max_bytes: int = 1 << 16) -> list[str]:
+    """The last ``lines`` lines of a text file, reading at most its last ``max_bytes``."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - max_bytes))
+        data = fh.read()
+    text = data.decode("utf-8", errors="replace").splitlines()
+    if size > max_bytes and text:
+        text = text[1:]  # the first line read may be cut
+    return text[-lines:] if lines > 0 else []

@@ -1,6 +1,6 @@
 """``harmonize`` command line: a thin adapter over the library, one module per command group
 (:mod:`.run`: run, info; :mod:`.daemon`: serve, ping, stop, install-service; :mod:`.plugins`:
-install-plugin, uninstall-plugin, package-plugin).
+install-plugin, uninstall-plugin, package-plugin; :mod:`.diagnose`: diagnose).
 
 Only the standard library is imported at module level, so ``harmonize --version`` and
 ``--help`` answer at once; each command imports what it needs.
@@ -32,7 +32,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from layer_harmonizer.cli import daemon, plugins, run
+    from layer_harmonizer.cli import daemon, diagnose, plugins, run
 
     parser = argparse.ArgumentParser(
         prog="harmonize",
@@ -44,6 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_commands(sub)
     daemon.add_commands(sub)
     plugins.add_commands(sub)
+    diagnose.add_commands(sub)
     return parser
 
 

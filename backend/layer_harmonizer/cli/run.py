@@ -202,10 +202,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from layer_harmonizer import paths
+    from layer_harmonizer.diagnostics import weights_licence
     from layer_harmonizer.errors import WeightsError
     from layer_harmonizer.lut.backends import auto_backend, backend_choices
     from layer_harmonizer.model import VARIANTS, AICTNet
     from layer_harmonizer.model.weights import find_default_weights, load_weights
+    from layer_harmonizer.wire import about
 
     print(f"harmonize {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -229,8 +231,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"weights: {path} (variant {meta.get('variant')}, sha256 {digest})")
         if meta.get("trained_on"):
             print(f"  trained on: {meta['trained_on']}")
+        print(f"  licence: {weights_licence(Path(path), meta)}")
     except WeightsError as exc:
         print(f"weights: none usable ({exc})")
+    print(f"licence: {about.LICENCE}")
     for label, fn in (
         ("weights dir", paths.weights_dir),
         ("cache dir", paths.cache_dir),

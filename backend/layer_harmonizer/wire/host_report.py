@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import about, discovery
-from .redact import redact
+from .redact import one_line, redact
 
 DIAGNOSE_TIMEOUT = 120.0
 """Seconds ``harmonize diagnose`` may take (it imports torch and picks a LUT backend)."""
@@ -162,8 +162,7 @@ def diagnostics_text(
     try:
         backend = backend_diagnostics(settings, run=run, timeout=timeout).rstrip()
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        backend = redact(f"[backend]\nnot available: {first}")
+        backend = redact(f"[backend]\nnot available: {one_line(exc, with_type=False)}")
     mine = redact(plugin_section(plugin_dir, host, error, settings, settings_error))
     return f"{HEADER}\n\n{mine}\n\n{backend}\n"
 

@@ -1,5 +1,6 @@
-"""Take secrets and personal details out of text meant for a bug report (``harmonize
-diagnose``, the plug-ins' "Copy diagnostics").
+"""Text meant for a bug report (``harmonize diagnose``, the plug-ins' "Copy diagnostics"):
+secrets and personal details taken out (:func:`redact`), an exception as one line
+(:func:`one_line`).
 
 What goes (:func:`redact`):
 
@@ -114,3 +115,12 @@ def redact(text: str, secrets: Iterable[str] = (), keep: Iterable[str] = ()) -> 
     for name in host_names():
         text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", HOST, text)
     return text
+
+
+def one_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """An exception as one line for a report: its message's first line, after its type name
+    unless ``with_type`` is False (a message written for users); the type alone when empty."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text
