@@ -21,11 +21,14 @@ _HERE = Path(__file__).resolve().parent
 # GIMP's Python lacks them, pyzmq + msgpack. From a source checkout: the repository's backend/.
 _VENDOR = _HERE / "vendor"
 sys.path.insert(0, str(_VENDOR if _VENDOR.is_dir() else _HERE.parents[2] / "backend"))
-sys.path.insert(1, str(_HERE))  # error_dialog.py beside this file
+sys.path.insert(1, str(_HERE))  # error_dialog.py, gimp_version.py beside this file
 
 import gi  # noqa: E402
+import gimp_version  # noqa: E402
 
-gi.require_version("Gimp", "3.0")
+_GIMP, _UNSUPPORTED = gimp_version.load_gimp(gi)
+if _UNSUPPORTED is not None and __name__ == "__main__":
+    gimp_version.run_notice(_GIMP, _UNSUPPORTED)  # the usual menu entry says why; exits
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 import error_dialog  # noqa: E402
@@ -34,7 +37,7 @@ from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 from layer_harmonizer.wire import about  # noqa: E402
 from layer_harmonizer.wire import host_side as S  # noqa: E402
 
-MENU_LABEL = "_Harmonize Layer…"
+MENU_LABEL = gimp_version.MENU_LABEL
 
 
 def _layer_box(layer: Gimp.Layer) -> S.Box:

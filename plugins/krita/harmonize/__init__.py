@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import sys
 
-MIN_KRITA = (5, 1)
 
+def _version_problem(version: str) -> str | None:
+    """What to tell the user in a Krita of ``version`` the plug-in was not made for."""
+    from .deps import add_wheels_to_path
 
-def _krita_version() -> tuple[int, ...]:
-    from krita import Krita
+    add_wheels_to_path()  # the vendored layer_harmonizer.wire (stdlib only for this)
+    from layer_harmonizer.wire.host_version import unsupported_message
 
-    parts = []
-    for piece in Krita.instance().version().split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
+    return unsupported_message("Krita", version)
 
 
 def register() -> bool:
@@ -35,11 +33,11 @@ def register() -> bool:
     app = Krita.instance()
     if app is None:
         return False
-    version = _krita_version()
-    if version < MIN_KRITA:
-        print(
-            f"harmonize: Krita {app.version()} is too old; 5.1 or newer is needed", file=sys.stderr
-        )
+    problem = _version_problem(app.version())
+    if problem is not None:  # say so in Krita's UI too: the real menu entry will not be there
+        from .unsupported import register_notice
+
+        register_notice(app, problem)
         return False
     from .qt import QT_API
 
