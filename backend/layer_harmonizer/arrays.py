@@ -83,6 +83,14 @@ def check_image(image: object, *, max_pixels: int | None = None, what: str = "im
 
 def check_mask(mask: object, shape: tuple[int, int], *, what: str = "mask") -> np.ndarray:
     """Validate a mask for an image of ``shape = (H, W)``; return it as float32 in [0, 1]."""
+    return to_unit_float(validate_mask(mask, shape, what=what))
+
+
+def validate_mask(mask: object, shape: tuple[int, int], *, what: str = "mask") -> np.ndarray:
+    """Validate a mask for an image of ``shape = (H, W)`` and return it C-contiguous in its own
+    scale: uint8, uint16 or bool as given, float as float32 in [0, 1]. Unlike
+    :func:`check_mask` it makes no full-size float copy of an integer mask (4 bytes per pixel);
+    the LUT backends and :func:`.pipeline.low_res_input` scale it band by band."""
     if not isinstance(mask, np.ndarray):
         raise InputError(f"{what} must be a numpy array, got {type(mask).__name__}")
     if mask.ndim == 3 and mask.shape[2] == 1:
@@ -99,13 +107,11 @@ def check_mask(mask: object, shape: tuple[int, int], *, what: str = "mask") -> n
     if mask.dtype.kind == "f":
         _check_float_range(mask, what)
         return np.ascontiguousarray(mask, dtype=np.float32)
-    if mask.dtype == np.bool_:
-        return mask.astype(np.float32)
-    return to_unit_float(mask)
+    return np.ascontiguousarray(mask)
 
 
 def to_unit_float(arr: np.ndarray) -> np.ndarray:
-    """uint8 / uint16 / float array -> float32 in [0, 1] (a view for float32 input)."""
+    """uint8 / uint16 / bool / float array -> float32 in [0, 1] (a view for float32 input)."""
     scale = _SCALE.get(arr.dtype)
     if scale is None:
         return np.asarray(arr, dtype=np.float32)

@@ -87,11 +87,13 @@ def read_image(
     """
     arr = _imread(Path(path), max_pixels)
     if arr.ndim == 2:
-        return np.repeat(arr[..., None], 3, axis=2), None
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB), None
     if arr.shape[2] == 4:
-        return np.ascontiguousarray(arr[..., 2::-1]), np.ascontiguousarray(arr[..., 3])
-    if arr.shape[2] == 3:
-        return np.ascontiguousarray(arr[..., ::-1]), None
+        rgb, alpha = np.empty((*arr.shape[:2], 3), arr.dtype), np.empty(arr.shape[:2], arr.dtype)
+        cv2.mixChannels([arr], [rgb, alpha], [2, 0, 1, 1, 0, 2, 3, 3])
+        return rgb, alpha
+    if arr.shape[2] == 3:  # the decoder's array is ours: reorder it in place, no second copy
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=arr), None
     raise InputError(f"{path}: {arr.shape[2]}-channel images are not supported")
 
 
@@ -113,32 +115,48 @@ def read_mask(path: str | os.PathLike[str], *, max_pixels: int | None = None) ->
 
 
 def write_image(
-    path: str | os.PathLike[str], rgb: np.ndarray, alpha: np.ndarray | None = None
+    path: str | os.PathLike[str],
+    rgb: np.ndarray,
+    alpha: np.ndarray | None = None,
+    *,
+    in_place: bool = False,
 ) -> Path:
-    """Write ``rgb`` (and ``alpha``) atomically, in the format the extension names.
+    """Write ``rgb`` ``(H, W, 3)`` (and ``alpha`` ``(H, W)``) atomically, in the format the
+    extension names.
 
     JPEG, WebP and BMP hold 8 bits only: deeper images are converted with a warning. PNG holds
     up to 16 bits: float images are written as 16-bit PNG. TIFF keeps float32.
+    ``in_place=True`` lets the writer reorder the channels of a C-contiguous ``rgb`` in place
+    instead of copying it (``rgb`` holds BGR afterwards): for a caller that is done with it.
     """
     target = Path(path)
     ext = target.suffix.lower()
     if ext not in READ_EXTENSIONS:
         raise InputError(f"{target}: unknown output format {ext!r}; use one of {READ_EXTENSIONS}")
-    channels = [rgb[..., 2], rgb[..., 1], rgb[..., 0]]
-    if alpha is not None and ext not in (".jpg", ".jpeg", ".bmp"):
-        channels.append(convert(alpha, rgb.dtype))
-    out = np.stack(channels, axis=2)
+    out = _file_order(rgb, None if ext in (".jpg", ".jpeg", ".bmp") else alpha, in_place)
     if ext in EIGHT_BIT_ONLY and out.dtype != np.uint8:
         log.warning("%s holds 8 bits per channel only: converting from %s", target.name, out.dtype)
         out = convert(out, np.uint8)
     elif ext == ".png" and out.dtype == np.float32:
         out = convert(out, np.uint16)
     ok, buf = cv2.imencode(ext, out)
+    del out
     if not ok:
-        raise InputError(f"{target}: OpenCV could not encode a {out.dtype} image as {ext}")
+        raise InputError(f"{target}: OpenCV could not encode a {rgb.dtype} image as {ext}")
     try:
         with atomic_open(target) as fh:
-            fh.write(buf.tobytes())
+            fh.write(memoryview(buf))
     except OSError as exc:  # permissions, a full disk: the old file (if any) is left as it was
         raise FileError.from_os_error(exc, target, "write") from None
     return target
+
+
+def _file_order(rgb: np.ndarray, alpha: np.ndarray | None, in_place: bool) -> np.ndarray:
+    """BGR or BGRA (alpha converted to rgb's dtype), as OpenCV's encoders take it."""
+    if alpha is not None:
+        out = np.empty((*rgb.shape[:2], 4), rgb.dtype)
+        cv2.mixChannels([rgb, convert(alpha, rgb.dtype)], [out], [0, 2, 1, 1, 2, 0, 3, 3])
+        return out
+    if in_place and rgb.flags.c_contiguous and rgb.flags.writeable:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=rgb)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

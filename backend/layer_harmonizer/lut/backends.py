@@ -17,7 +17,7 @@ import torch
 
 from layer_harmonizer.arrays import from_unit_float, to_unit_float
 from layer_harmonizer.errors import HarmonizeError
-from layer_harmonizer.lut.maps import LutMaps
+from layer_harmonizer.lut.maps import LutMaps, mask_rows
 from layer_harmonizer.lut.reference import apply_luts
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ class LutBackend(Protocol):
         self, image: np.ndarray, mask: np.ndarray | None, maps: LutMaps, strength: float
     ) -> np.ndarray:
         """Args: image ``(H, W, 3)`` uint8/uint16/float32 (float in [0, 1]); mask ``(H, W)``
-        float32 in [0, 1] or None (everywhere); maps with batch 1; strength in [0, 1].
+        float32 in [0, 1], uint8/uint16/bool (full scale = 1; scaled band by band, see
+        :data:`.maps.MASK_DTYPES`) or None (everywhere); maps with batch 1; strength in [0, 1].
         Returns a new ``(H, W, 3)`` array of the image's dtype."""
         ...
 
@@ -62,8 +63,7 @@ class TorchBackend:
             x = torch.from_numpy(to_unit_float(src)).to(self.device).permute(2, 0, 1)[None]
             m = None
             if mask is not None:
-                m = torch.from_numpy(np.ascontiguousarray(mask[top:bottom])).to(self.device)
-                m = m[None, None]
+                m = torch.from_numpy(mask_rows(mask, top, bottom)).to(self.device)[None, None]
             y = apply_luts(x, maps, m, strength, rows=(top, bottom, h))
             res = from_unit_float(y[0].permute(1, 2, 0).cpu().numpy(), image.dtype)
             if mask is not None:  # bit-exact outside the mask, whatever the rounding did

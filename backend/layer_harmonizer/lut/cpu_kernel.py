@@ -31,7 +31,7 @@ import numpy as np
 
 from layer_harmonizer import paths
 from layer_harmonizer.errors import HarmonizeError, InputError
-from layer_harmonizer.lut.maps import LutMaps, check_kernel_call
+from layer_harmonizer.lut.maps import LutMaps, check_kernel_call, mask_band_rows, mask_rows
 
 log = logging.getLogger(__name__)
 
@@ -252,27 +252,31 @@ def run(
     first, height = rows if rows is not None else (0, h)
     out = np.empty_like(image)
     fn = getattr(kernel.library, f"lut_cpu_{_TYPES[image.dtype]}")
-    status = fn(
-        _ptr(image),
-        _ptr(mask),
-        int(mask is not None),
-        _ptr(intervals),
-        _ptr(colors),
-        _ptr(out),
-        h,
-        w,
-        first,
-        height,
-        intervals.shape[1],
-        intervals.shape[2],
-        colors.shape[3],
-        float(strength),
-        block[0],
-        block[1],
-        lut_threads(threads),
-    )
-    if status != 0:
-        raise InputError(f"the CPU LUT kernel rejected block {block} / threads {threads}")
+    step = mask_band_rows(mask, w)  # an integer mask is scaled to float32 band by band
+    for top in range(0, h, step):
+        bottom = min(h, top + step)
+        band_mask = mask_rows(mask, top, bottom)
+        status = fn(
+            _ptr(image[top:bottom]),
+            _ptr(band_mask),
+            int(mask is not None),
+            _ptr(intervals),
+            _ptr(colors),
+            _ptr(out[top:bottom]),
+            bottom - top,
+            w,
+            first + top,
+            height,
+            intervals.shape[1],
+            intervals.shape[2],
+            colors.shape[3],
+            float(strength),
+            block[0],
+            block[1],
+            lut_threads(threads),
+        )
+        if status != 0:
+            raise InputError(f"the CPU LUT kernel rejected block {block} / threads {threads}")
     return out
 
 

@@ -22,7 +22,7 @@ import torch
 
 from layer_harmonizer.errors import HarmonizeError, InputError
 from layer_harmonizer.lut.maps import GPU_BLOCK as BLOCK
-from layer_harmonizer.lut.maps import LutMaps, check_kernel_call
+from layer_harmonizer.lut.maps import LutMaps, check_kernel_call, mask_rows
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class CudaBackend:
         for top in range(0, h, band):
             bottom = min(h, top + band)
             src = cp.asarray(np.ascontiguousarray(image[top:bottom]))
-            alpha = self._no_mask if mask is None else cp.asarray(mask[top:bottom])
+            alpha = self._no_mask if mask is None else cp.asarray(mask_rows(mask, top, bottom))
             dst = cp.empty_like(src)
             grid = ((w + BLOCK[0] - 1) // BLOCK[0], (bottom - top + BLOCK[1] - 1) // BLOCK[1])
             kernel(

@@ -9,10 +9,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from layer_harmonizer.arrays import to_unit_float
 from layer_harmonizer.errors import InputError
 
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.uint16))
 """Image dtypes the compiled kernels take (``kernel.cu`` has one entry point each)."""
+MASK_DTYPES = (*KERNEL_DTYPES, np.dtype(np.bool_))
+"""Mask dtypes every backend takes: float32 in [0, 1] is read as is, the others (full scale
+= 1) are scaled to float32 one band of rows at a time, so no full-size float copy is made."""
+MASK_BAND_PIXELS = 1 << 20
+"""Pixels per band when a backend scales an integer mask (4 MB of float32 at a time)."""
 GPU_BLOCK = (32, 8)
 """Threads per block of the CUDA launch (x = columns, y = rows): 256, the kernel's
 ``__launch_bounds__``; the tests run the CPU build with it too."""
@@ -85,8 +91,8 @@ def check_kernel_limits(height: int, width: int, intervals_shape: tuple[int, ...
 
 def check_kernel_call(image: np.ndarray, mask: np.ndarray | None, maps: LutMaps) -> None:
     """The arguments of a compiled kernel's ``apply``: image ``(H, W, 3)`` of
-    :data:`KERNEL_DTYPES`, mask ``(H, W)`` float32 or None, the maps of one image, and sizes
-    the 32-bit index arithmetic holds; :class:`InputError` otherwise."""
+    :data:`KERNEL_DTYPES`, mask ``(H, W)`` of :data:`MASK_DTYPES` or None, the maps of one
+    image, and sizes the 32-bit index arithmetic holds; :class:`InputError` otherwise."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in KERNEL_DTYPES:
         raise InputError(
             f"image must be (H, W, 3) uint8, uint16 or float32; got {image.shape} {image.dtype}"
@@ -94,8 +100,24 @@ def check_kernel_call(image: np.ndarray, mask: np.ndarray | None, maps: LutMaps)
     h, w, _ = image.shape
     if h == 0 or w == 0 or h > INT32_MAX or w > INT32_MAX:
         raise InputError(f"image size {w} x {h} is not supported")
-    if mask is not None and (mask.shape != (h, w) or mask.dtype != np.float32):
-        raise InputError(f"mask must be ({h}, {w}) float32; got {mask.shape} {mask.dtype}")
+    if mask is not None and (mask.shape != (h, w) or mask.dtype not in MASK_DTYPES):
+        raise InputError(
+            f"mask must be ({h}, {w}) float32, uint8, uint16 or bool; got {mask.shape} {mask.dtype}"
+        )
     if maps.batch != 1:
         raise InputError(f"the LUT kernel takes the maps of one image; got {maps.batch}")
     check_kernel_limits(h, w, tuple(maps.intervals.shape))
+
+
+def mask_band_rows(mask: np.ndarray | None, width: int) -> int:
+    """Rows per call when a backend walks an image in bands for its mask: the whole image for
+    no mask or a float32 one, else :data:`MASK_BAND_PIXELS` worth of rows."""
+    if mask is None or mask.dtype == np.float32:
+        return INT32_MAX
+    return max(1, MASK_BAND_PIXELS // max(1, width))
+
+
+def mask_rows(mask: np.ndarray | None, top: int, bottom: int) -> np.ndarray | None:
+    """Rows ``top:bottom`` of a :data:`MASK_DTYPES` mask as C-contiguous float32 in [0, 1] (a
+    view of a float32 mask; None for None)."""
+    return None if mask is None else np.ascontiguousarray(to_unit_float(mask[top:bottom]))
