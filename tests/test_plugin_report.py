@@ -215,3 +215,52 @@ def test_krita_description_states_the_licence() -> None:
     comment = next(line for line in desktop.splitlines() if line.startswith("Comment="))
     assert f"Code: {about.CODE_LICENCE}" in comment and "research use only" in comment
     assert "research use only" in about.DEFAULT_WEIGHTS_LICENCE
+
+
+# ---- real Krita -------------------------------------------------------------------------------
+
+
+@pytest.mark.krita
+@pytest.mark.host
+@pytest.mark.slow
+def test_krita_buttons_in_real_krita(krita: Any, tmp_path: Path) -> None:
+    """Krita 5.1's own PyQt: the docker row's Copy diagnostics puts the text on Krita's
+    clipboard (a stand-in backend answers ``diagnose``), the message box's Open log says why
+    nothing opened (no desktop here) and Close ends it; About names Krita and the licence."""
+    import json
+    import os
+
+    from tests.test_krita_host import HOSTS, PLUGIN, KritaInstall, krita_env, need_host
+
+    need_host("kritarunner")
+    backend = tmp_path / "harmonize"
+    log = tmp_path / "daemon.log"
+    log.write_text("started\n")
+    backend.write_text(
+        f'#!/bin/sh\nif [ "$2" = --log-path ]; then echo {log}; '
+        "else printf '[versions]\\nharmonize: stand-in\\n'; fi\n"
+    )
+    backend.chmod(0o755)
+    folder = tmp_path / "plugin"
+    folder.mkdir()
+    (folder / "settings.json").write_text(json.dumps({"serve_command": [str(backend), "serve"]}))
+    env = {
+        **krita_env(dict(os.environ), tmp_path / "home"),
+        "QT_QPA_PLATFORM": "offscreen",
+        "HARMONIZE_KRITA_NO_REGISTER": "1",
+        "PYTHONPATH": os.pathsep.join([str(HOSTS), str(PLUGIN), str(REPO / "backend"), str(REPO)]),
+    }
+    out = tmp_path / "report.json"
+    proc = KritaInstall("5.1").run(
+        ["kritarunner", "-s", "krita_report", "-f", "main", str(out), str(folder)], env
+    )
+    assert proc.returncode == 0 and out.exists(), (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads(out.read_text())
+    report = plugin("report")  # its status texts
+    assert result["host"].startswith("Krita 5.") and about.LICENCE in result["about"]
+    assert result["buttons_shown"] and result["statuses"] == [report.COLLECTING, report.COPIED]
+    for words in (host_report.HEADER, "harmonize: stand-in", f"host:          {result['host']}",
+                  "error shown:   The daemon broke."):  # fmt: skip
+        assert words in result["clipboard"], words
+    (open_log, _), (close, after_open_log) = result["box"]  # the text under it when pressed
+    assert (open_log, close) == ("Open log", "Close") and str(log) in after_open_log
