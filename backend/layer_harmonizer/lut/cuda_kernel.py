@@ -5,7 +5,7 @@ the binary in ``~/.cupy/kernel_cache``). The network's LUT maps are handed from 
 through DLPack without a copy; the image travels to the device in its own dtype (uint8 is 4x
 smaller than float32) and the result comes back the same way.
 
-Tested CuPy range: 13.x and 14.x (``harmonize[cuda12]`` / ``harmonize[cuda13]``); the kernel
+Tested CuPy range: 13.x and 14.x (``layer-harmonizer[cuda12]`` / ``[cuda13]``); the kernel
 compiles with NVRTC 12 and 13 for sm_75 ... sm_90. **Not yet run on a GPU** (docs/kernel.md).
 """
 
