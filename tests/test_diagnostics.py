@@ -109,6 +109,26 @@ def test_report_hides_every_planted_secret_and_personal_detail(
     assert len(sections["daemon log"]["lines"]) == 8
 
 
+def test_installed_plugins_with_their_versions_and_backends(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from layer_harmonizer import install
+
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    home = world["home"]
+    gimp = home / ".config" / "GIMP" / "3.0" / "plug-ins" / "harmonize"
+    krita = home / ".var" / "app" / "org.kde.krita" / "data" / "krita" / "pykrita" / "harmonize"
+    for folder, version in ((gimp, "0.0.7"), (krita, "0.0.8")):
+        folder.mkdir(parents=True)
+        (folder / install.MARKER).write_text(json.dumps({"version": version}))
+    (gimp / "settings.json").write_text(json.dumps({"serve_command": ["/gone/harmonize", "serve"]}))
+    section = D.collect().sections["plug-ins"]
+    (gimp_line,), (krita_line,) = section["gimp"], section["krita"]
+    assert gimp_line.startswith("version 0.0.7, backend /gone/harmonize (missing), in ~/.config")
+    assert krita_line.startswith("version 0.0.8, no readable settings.json, in ~/.var/app")
+
+
 def test_no_daemon_no_runtime_dir_is_reported_not_created(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

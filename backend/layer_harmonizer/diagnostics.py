@@ -176,8 +176,9 @@ def plugins(_opts: Options, _report: Report) -> dict[str, Any]:
 
     found: dict[str, Any] = {}
     candidates = [("gimp", p / "plug-ins" / "harmonize") for p in install.gimp_profile_candidates()]
-    krita_dir, _ = install.krita_locations()
-    candidates.append(("krita", krita_dir / "pykrita" / install.KRITA_NAME))
+    flatpak = Path.home() / ".var" / "app" / "org.kde.krita" / "data" / "krita"
+    for resources in (install.krita_locations()[0], flatpak):
+        candidates.append(("krita", resources / "pykrita" / install.KRITA_NAME))
     for host, folder in candidates:
         if folder.is_dir():
             found.setdefault(host, []).append(_plugin_summary(folder, install.MARKER))
