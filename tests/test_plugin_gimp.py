@@ -381,7 +381,7 @@ def test_not_installed_daemon(gi: Any, daemon: FakeDaemon, monkeypatch: pytest.M
     assert status == gi.Gimp.PDBStatusType.EXECUTION_ERROR
     assert "not installed" in error.message
     # the install that works (PyPI's "harmonize" is another project), and where it is explained
-    for words in ("pip install torch==2.13.0", "pip install <path to the clone>",
+    for words in ("pipx install", "download.pytorch.org/whl/cpu", "<path to a clone or a built",
                   "harmonize install-plugin", 'README, "Install"'):  # fmt: skip
         assert words in error.message, error.message
     assert daemon.started == []

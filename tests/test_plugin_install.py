@@ -31,6 +31,21 @@ def fake_wheel(folder: Path, dist: str, module: str, member: str | None = None) 
     return path
 
 
+def test_backend_command_without_a_harmonize_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment without the ``harmonize`` script (e.g. run from a checkout with
+    PYTHONPATH): its interpreter with ``-m layer_harmonizer``, still absolute."""
+    from layer_harmonizer.install.common import backend_command
+
+    python = tmp_path / "env" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(python))
+    assert backend_command() == [str(python), "-m", "layer_harmonizer"]
+    (python.parent).mkdir(parents=True)
+    (python.parent / "harmonize").write_text("#!/bin/sh\n")
+    assert backend_command() == [str(python.parent / "harmonize")]
+
+
 def test_install_layout_settings_and_marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path / "runtime"))
     report = I.install_plugin("gimp", host_dir=profile(tmp_path), deps="host",
@@ -43,7 +58,8 @@ def test_install_layout_settings_and_marker(tmp_path: Path, monkeypatch: pytest.
     assert script.stat().st_mode & 0o111, "GIMP runs the plug-in by its shebang"
     assert_vendors_the_wire_package(target / "vendor")
     settings = Settings.from_dict(json.loads((target / SETTINGS_FILE).read_text()))
-    assert settings.serve_command == [sys.executable, "-m", "layer_harmonizer", "serve"]
+    # the absolute path of this environment's harmonize (a launcher's PATH may lack it)
+    assert settings.serve_command == [str(Path(sys.executable).parent / "harmonize"), "serve"]
     assert settings.serve_args == ["--device", "cpu"]
     assert settings.runtime_dir == str(tmp_path / "runtime")
     assert json.loads((target / I.MARKER).read_text())["host"] == "gimp"

@@ -92,13 +92,27 @@ def write_vendored_wire(vendor: Path) -> Path:
     return package
 
 
+def backend_command() -> list[str]:
+    """The absolute command of this installation's backend: the ``harmonize`` executable of
+    the environment running the install (a pipx / ``uv tool`` venv's, a project venv's), else
+    its interpreter with ``-m layer_harmonizer``. Absolute, so a host started from a desktop
+    launcher, whose PATH lacks that environment, still finds it (symlinks are kept: a venv's
+    ``python`` must stay the venv's)."""
+    python = Path(sys.executable).absolute()
+    script = python.parent / ("harmonize.exe" if sys.platform == "win32" else "harmonize")
+    if script.is_file():
+        return [str(script)]
+    return [str(python), "-m", "layer_harmonizer"]
+
+
 def settings_for_plugin(serve_args: Sequence[str] = ()) -> dict[str, object]:
-    """``settings.json``: start the daemon with this interpreter; the runtime dir it uses."""
+    """``settings.json``: start the daemon with :func:`backend_command`; the runtime dir it
+    uses."""
     from layer_harmonizer import paths
     from layer_harmonizer.wire.host_side import Settings
 
     settings = Settings(
-        serve_command=[sys.executable, "-m", "layer_harmonizer", "serve"],
+        serve_command=[*backend_command(), "serve"],
         serve_args=list(serve_args),
         runtime_dir=str(paths.runtime_dir()),
     )

@@ -17,10 +17,10 @@ class PluginError(Exception):
 
 
 INSTALL_HINT = (
-    "Install harmonize (the Python package layer-harmonizer) from a clone of its repository "
-    "(`pip install torch==2.13.0`, then "
-    "`pip install <path to the clone>`) and run `harmonize install-plugin` again; see the "
-    'README, "Install".'
+    "Install harmonize (the Python package layer-harmonizer) as a tool, with the CPU build "
+    'of PyTorch: `pipx install --pip-args="--extra-index-url '
+    'https://download.pytorch.org/whl/cpu" <path to a clone or a built wheel>`, then run '
+    '`harmonize install-plugin` again; see the README, "Install".'
 )
 """How to install the daemon. Not from PyPI: the "harmonize" there is another project."""
 

@@ -179,7 +179,10 @@ def serve_command(settings: Settings) -> list[str]:
         exe = settings.serve_command[0]
         if Path(exe).is_absolute() and not Path(exe).exists():
             raise PluginError(
-                f"The harmonize daemon is not installed at {exe} any more. {INSTALL_HINT}"
+                f"The harmonize daemon is not installed at {exe} any more (the path "
+                "`harmonize install-plugin` recorded in the plug-in's settings.json). Re-run "
+                "`harmonize install-plugin` with the harmonize you use now, so the plug-in "
+                f"records its path. {INSTALL_HINT}"
             )
         return [*settings.serve_command]
     exe = shutil.which("harmonize")
