@@ -210,6 +210,25 @@ def wheel_tag(python_version: str, platform: str) -> str:
     return "cp" + python_version.replace(".", "") + "-" + plat
 
 
+def wheels_per_target(
+    dest: Path,
+    targets: Sequence[tuple[str, str]],
+    wheel_dirs: dict[str, Path] | None,
+    downloads: Path,
+) -> None:
+    """pyzmq + msgpack unpacked into ``dest/<tag>/`` for every (Python, platform) of
+    ``targets`` (:func:`wheel_tag`), from ``wheel_dirs[tag]`` when given, else downloaded into
+    ``downloads``; what a release archive carries (the plug-ins pick their folder with
+    :mod:`layer_harmonizer.wire.host_wheels`)."""
+    for version, platform in targets:
+        tag = wheel_tag(version, platform)
+        if wheel_dirs is not None and tag in wheel_dirs:
+            wheels = sorted(Path(wheel_dirs[tag]).glob("*.whl"))
+        else:
+            wheels = download_wheels(downloads / tag, version, wheel_platforms(platform))
+        unpack_wheels(wheels, dest / tag)
+
+
 def package_krita(
     output: Path,
     *,
@@ -230,15 +249,7 @@ def package_krita(
     output = Path(output)
     with tempfile.TemporaryDirectory() as tmp:
         package = _stage_krita(Path(tmp) / "stage")
-        for version, platform in targets:
-            tag = wheel_tag(version, platform)
-            if wheel_dirs is not None and tag in wheel_dirs:
-                wheels = sorted(Path(wheel_dirs[tag]).glob("*.whl"))
-            else:
-                wheels = download_wheels(
-                    Path(tmp) / "downloads" / tag, version, wheel_platforms(platform)
-                )
-            unpack_wheels(wheels, package / "wheels" / tag)
+        wheels_per_target(package / "wheels", targets, wheel_dirs, Path(tmp) / "downloads")
         output.parent.mkdir(parents=True, exist_ok=True)
         partial = output.with_name(output.name + ".partial")
         pykrita = package.parent

@@ -23,6 +23,10 @@ _VENDOR = _HERE / "vendor"
 sys.path.insert(0, str(_VENDOR if _VENDOR.is_dir() else _HERE.parents[2] / "backend"))
 sys.path.insert(1, str(_HERE))  # error_dialog.py, gimp_version.py beside this file
 
+from layer_harmonizer.wire.host_wheels import add_wheel_folders  # noqa: E402
+
+add_wheel_folders(_HERE / "wheels")  # a release archive's pyzmq + msgpack per Python
+
 import gi  # noqa: E402
 import gimp_version  # noqa: E402
 

@@ -21,42 +21,30 @@ WHEELS_DIR = PLUGIN_DIR / "wheels"
 
 
 def wheel_tags() -> list[str]:
-    """Folder names under ``wheels/`` that fit this Python, most specific first.
+    """Folder names under ``wheels/`` that fit this Python (:mod:`.wire.host_wheels`)."""
+    _add_vendor()
+    from layer_harmonizer.wire.host_wheels import wheel_tags as tags
 
-    ``cp311-linux_x86_64``, ``cp311-win_amd64``, ... then ``abi3-<platform>`` (pyzmq's stable-ABI
-    wheels for 3.12+), then ``any`` (pure-Python packages).
-    """
-    import platform
+    return tags()
 
-    machine = platform.machine().lower()
-    if sys.platform == "win32":
-        plat = "win_amd64" if machine in ("amd64", "x86_64") else f"win_{machine}"
-    elif sys.platform == "darwin":
-        plat = "macosx"
-    else:
-        plat = f"linux_{machine}"
-    py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    tags = [f"{py}-{plat}"]
-    if sys.version_info >= (3, 12):
-        tags.append(f"abi3-{plat}")
-    return [*tags, "any"]
+
+def _add_vendor() -> list[str]:
+    """The vendored ``layer_harmonizer`` first on ``sys.path`` (when installed)."""
+    vendored = (VENDOR_DIR / "layer_harmonizer" / "__init__.py").is_file()
+    if vendored and str(VENDOR_DIR) not in sys.path:
+        sys.path.insert(0, str(VENDOR_DIR))
+        return [str(VENDOR_DIR)]
+    return []
 
 
 def add_wheels_to_path() -> list[str]:
     """Put the vendored ``layer_harmonizer`` first on ``sys.path`` and append the wheel folders
     that match this Python (after the host's own packages, which win when present); returns
     the folders added."""
-    added = []
-    vendored = (VENDOR_DIR / "layer_harmonizer" / "__init__.py").is_file()
-    if vendored and str(VENDOR_DIR) not in sys.path:
-        sys.path.insert(0, str(VENDOR_DIR))
-        added.append(str(VENDOR_DIR))
-    for tag in wheel_tags():
-        folder = WHEELS_DIR / tag
-        if folder.is_dir() and str(folder) not in sys.path:
-            sys.path.append(str(folder))
-            added.append(str(folder))
-    return added
+    vendor = _add_vendor()
+    from layer_harmonizer.wire.host_wheels import add_wheel_folders
+
+    return [*vendor, *add_wheel_folders(WHEELS_DIR)]
 
 
 def host_side() -> ModuleType:
