@@ -182,3 +182,32 @@ def test_bad_input_gets_one_clear_error(light_model):
         harmonize_layer(layer, sel, back, model=light_model, output="bgra")
     with pytest.raises(InputError, match="premultiplied"):
         harmonize_layer(layer, None, back, model=light_model, premultiplied=True)
+
+
+@pytest.mark.parametrize(("dtype", "order"), [(np.uint8, None), (np.float32, "BGRA")])
+def test_the_daemon_answers_exactly_what_harmonize_layer_computes(light_model, dtype, order):
+    """The daemon's engine calls this verb: the same request over the socket (shared memory
+    where it can) gives the same pixels, offset and cache state."""
+    from layer_harmonizer.daemon.engine import Engine
+    from layer_harmonizer.wire import protocol as P
+    from tests.test_server import Running
+
+    layer, sel, back = scene(dtype, alpha="soft", seed=29)
+    if order is not None:
+        layer, back = np.ascontiguousarray(layer[..., [2, 1, 0, 3]]), back[..., ::-1].copy()
+    local = harmonize_layer(
+        layer, sel, back, model=light_model, strength=0.7, bgr=order is not None
+    )
+    run = Running(Engine(light_model))
+    try:
+        remote = run.client.harmonize_layer(
+            P.Pixels.of(layer, order),
+            P.Pixels.of(sel),
+            P.Pixels.of(back, order and order[:3]),
+            strength=0.7,
+        )
+    finally:
+        run.close()
+    pixels = np.frombuffer(remote.pixels.data, remote.pixels.dtype).reshape(remote.pixels.shape)
+    assert np.array_equal(pixels, local.pixels)
+    assert (remote.offset, remote.cached, remote.pixels.order) == (local.offset, False, order)

@@ -323,3 +323,66 @@ def test_echo_and_error_messages_are_bounded():
     assert len(body["message"]) == P.MAX_ERROR_CHARS
     reply = P.pack(P.ERROR, body, parent="x")
     assert len(reply[1]) < P.Limits().max_body_bytes // 8  # far below what a client accepts
+
+
+# ---- protocol 2.1: channel order, the selection frame, reapply ---------------------------------
+
+
+def test_a_frame_declares_its_channel_order_and_the_declaration_is_checked():
+    bgra = np.zeros((2, 3, 4), np.uint8)
+    parts = P.pack(P.HARMONIZE, {}, {"layer": P.Pixels.of(bgra, "BGRA")})
+    assert msgpack.unpackb(parts[1])["frames"][0]["order"] == "BGRA"
+    layer = P.unpack(parts).frames["layer"]
+    assert (layer.order, layer.bgr) == ("BGRA", True)
+    plain = P.unpack(P.pack(P.HARMONIZE, {}, {"layer": P.Pixels.of(bgra)})).frames["layer"]
+    assert (plain.order, plain.bgr) == (None, False)  # undeclared: RGBA, as in 2.0
+    for order in ("BGR", "ARGB", "bgra", ["B", "G", "R", "A"], 4):
+        spec = {"name": "layer", "shape": [2, 3, 4], "dtype": "uint8", "order": order}
+        with pytest.raises(P.ProtocolError, match="order") as info:
+            P.check_frame(spec, 24, P.Limits(), "o1")
+        assert (info.value.code, info.value.msg_id) == ("bad_frames", "o1")
+
+
+def _frames_message(**frames) -> P.Message:
+    return P.Message(P.HARMONIZE, "f1", {}, frames=frames)
+
+
+def test_harmonize_frames_take_a_selection_a_mask_or_neither():
+    layer = P.Pixels(None, (4, 5, 4), "uint8")
+    plane = P.Pixels(None, (4, 5), "uint8")
+    rgb, rgba = P.Pixels(None, (4, 5, 3), "uint8"), P.Pixels(None, (4, 5, 4), "uint16")
+    for frames in (
+        {"layer": layer, "selection": plane, "backdrop": rgb},  # 2.1
+        {"layer": layer, "mask": plane, "backdrop": rgb},  # 2.0
+        {"layer": layer, "backdrop": rgba},  # 2.1: all of the layer, a 4-channel backdrop
+    ):
+        assert M.check_harmonize_frames(_frames_message(**frames)) == frames
+    assert M.layer_frames(layer, None, rgb) == {"layer": layer, "backdrop": rgb}
+    cases = {
+        "one of mask": {"layer": layer, "mask": plane, "selection": plane, "backdrop": rgb},
+        "selection must be": {"layer": layer, "selection": rgb, "backdrop": rgb},
+        "selection is 5 x 3": {
+            "layer": layer, "selection": P.Pixels(None, (3, 5), "uint8"), "backdrop": rgb
+        },
+        "same order": {
+            "layer": P.Pixels(None, (4, 5, 4), "uint8", "BGRA"), "backdrop": rgb,
+        },
+    }  # fmt: skip
+    for words, frames in cases.items():
+        with pytest.raises(P.ProtocolError, match=words) as info:
+            M.check_harmonize_frames(_frames_message(**frames))
+        assert (info.value.code, info.value.msg_id) == ("bad_frames", "f1")
+
+
+def test_reapply_options_cannot_change_the_crop_and_its_job_is_an_id():
+    options = M.HarmonizeOptions.from_wire({"strength": 0.3}, "r1", M.REAPPLY_KEYS)
+    assert options.strength == 0.3
+    with pytest.raises(P.ProtocolError, match="crop_margin") as info:
+        M.HarmonizeOptions.from_wire({"crop_margin": 0.5}, "r1", M.REAPPLY_KEYS)
+    assert info.value.code == "invalid_input"
+    assert M.check_job_id("a" * 32) == "a" * 32
+    for bad in ("", "x" * 65, 7, None):
+        with pytest.raises(P.ProtocolError, match="job") as info:
+            M.check_job_id(bad, "r2")
+        assert (info.value.code, info.value.msg_id) == ("bad_message", "r2")
+    assert P.reply_type(P.REAPPLY) == "reapply_reply" and P.REAPPLY in P.REQUEST_TYPES

@@ -323,13 +323,13 @@ class GatedEngine(Engine):
         super().__init__(model)
         self.gate = threading.Event()
 
-    def run(self, frames, options, checkpoint, destination=None):
+    def run(self, frames, options, checkpoint, destination=None, **kw):
         def gated(stage, **info):
             checkpoint(stage, **info)
             assert self.gate.wait(20)
             checkpoint(stage, **info)  # cancellation is seen here
 
-        return super().run(frames, options, gated, destination)
+        return super().run(frames, options, gated, destination, **kw)
 
 
 def test_cancel_queued_and_running_jobs_while_ping_is_answered(model):
@@ -746,3 +746,159 @@ def test_the_client_gives_up_on_a_busy_daemon_after_about_two_seconds(model):
     finally:
         run.server.engine.gate.set()
         run.close()
+
+
+# ---- protocol 2.1: the selection, channel order, reapply ---------------------------------------
+
+
+def _selection_scene(seed: int):
+    """A soft-alpha uint8 layer (some pixels transparent), its selection and a backdrop."""
+    layer, selection, back = scene(seed=seed)
+    layer[..., 3] = np.random.default_rng(seed).integers(0, 256, layer.shape[:2])
+    layer[40:44, 40:50, 3] = 0
+    return layer, selection, back
+
+
+def test_the_selection_is_sent_alone_and_never_divided_back(running, monkeypatch):
+    from layer_harmonizer import compose
+
+    def no_division(*_args):
+        raise AssertionError("a 2.1 request must not divide the mask by alpha")
+
+    monkeypatch.setattr(compose, "selection_weight", no_division)
+    from layer_harmonizer import layer as core
+
+    monkeypatch.setattr(core, "selection_weight", no_division)
+    layer, selection, back = _selection_scene(seed=51)
+    result = running.client.harmonize_layer(
+        P.Pixels.of(layer), P.Pixels.of(selection), P.Pixels.of(back), crop_margin=None
+    )
+    out = as_array(result.pixels)
+    inside = selection > 0
+    assert np.array_equal(out[..., 3], layer[..., 3])  # the layer's own alpha
+    assert np.array_equal(out[~inside], layer[~inside])  # outside the selection: untouched
+    assert np.array_equal(out[40:44, 40:50], layer[40:44, 40:50])  # alpha 0: untouched
+    assert not np.array_equal(out[..., :3][inside], layer[..., :3][inside])
+    assert result.job is not None
+
+
+def test_a_bgra_layer_comes_back_in_bgra_declared_in_the_result(running):
+    layer, selection, back = scene(seed=53)
+    rgba = running.client.harmonize_layer(
+        P.Pixels.of(layer), P.Pixels.of(selection), P.Pixels.of(back)
+    )
+    krita_layer = np.ascontiguousarray(layer[..., [2, 1, 0, 3]])
+    krita_back = np.ascontiguousarray(np.dstack([back[..., ::-1], np.full_like(selection, 255)]))
+    for transport in ("frames", "shm"):
+        running.client.transport = transport
+        try:
+            bgra = running.client.harmonize_layer(
+                P.Pixels.of(krita_layer, "BGRA"),
+                P.Pixels.of(selection),
+                P.Pixels.of(krita_back, "BGRA"),
+            )
+        finally:
+            running.client.transport = "auto"
+        assert (bgra.transport, bgra.pixels.order, bgra.offset) == (transport, "BGRA", rgba.offset)
+        assert np.array_equal(as_array(bgra.pixels)[..., [2, 1, 0, 3]], as_array(rgba.pixels))
+    sock = running.raw()
+    mixed = M.layer_frames(P.Pixels.of(krita_layer, "BGRA"), None, P.Pixels.of(back))
+    sock.send_multipart(P.pack(P.HARMONIZE, {}, mixed, token=running.token, msg_id="mix"))
+    reply = recv_final(sock, "mix")
+    assert reply.body["code"] == "bad_frames" and "same order" in reply.body["message"]
+
+
+@pytest.mark.parametrize("transport", ["frames", "shm"])
+def test_a_strength_change_reapplies_the_kept_job_without_pixels(running, transport):
+    client = running.client
+    client.transport = transport
+    try:
+        layer, selection, back = _selection_scene(seed=57)
+        frames = (P.Pixels.of(layer), P.Pixels.of(selection), P.Pixels.of(back))
+        first = client.harmonize_layer(*frames, strength=1.0)
+        sent: list = []
+        real = client.request
+
+        def spy(msg_type, body=None, frames=None, **kw):
+            sent.append((msg_type, dict(frames or {}), (body or {}).get("shm", {})))
+            return real(msg_type, body, frames, **kw)
+
+        client.request = spy
+        events: list[dict] = []
+        again = client.reapply(first.job, strength=0.3, on_progress=events.append)
+        del client.request
+        full = client.harmonize_layer(*frames, strength=0.3)
+    finally:
+        client.transport = "auto"
+    ((msg_type, pixels, segment),) = sent
+    assert msg_type == P.REAPPLY and pixels == {} and segment.get("frames", []) == []
+    assert (again.transport, again.cached, again.job, again.offset) == (
+        transport, True, first.job, first.offset
+    )  # fmt: skip
+    assert np.array_equal(as_array(again.pixels), as_array(full.pixels))
+    assert [e["stage"] for e in events if e["stage"] != "alive"] == ["received", "applied"]
+
+
+def test_reapply_of_a_job_no_longer_kept_is_a_clear_error(model):
+    run = Running(Engine(model, job_cache=1))
+    try:
+        layer, selection, back = scene(seed=59)
+        frames = (P.Pixels.of(layer), P.Pixels.of(selection), P.Pixels.of(back))
+        first = run.client.harmonize_layer(*frames)
+        run.client.harmonize_layer(*frames, strength=0.5)  # the engine keeps only this one
+        with pytest.raises(DaemonError, match="no longer keeps job") as info:
+            run.client.reapply(first.job, strength=0.2)
+        assert info.value.code == "unknown_job"
+        sock, token = run.raw(), run.token
+        checks = {
+            "r1": ({"job": first.job, "options": {"crop_margin": 0.1}}, {}, "invalid_input"),
+            "r2": ({"job": 42}, {}, "bad_message"),
+            "r3": ({"job": first.job}, {"layer": frames[0]}, "bad_frames"),
+        }
+        for msg_id, (body, pixels, code) in checks.items():
+            sock.send_multipart(P.pack(P.REAPPLY, body, pixels, token=token, msg_id=msg_id))
+            assert recv_final(sock, msg_id).body["code"] == code
+    finally:
+        run.close()
+
+
+def test_a_2_1_client_tells_to_stop_a_2_0_daemon_instead_of_sending_what_it_cannot_read(
+    tmp_path,
+):
+    """A daemon of protocol 2.0 (left running across an update) would misread a selection or
+    a BGRA frame: the client refuses before sending pixels, and says what to do."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path / 'old.sock'}"
+    router.bind(endpoint)
+    received: list[str] = []
+    done = threading.Event()
+
+    def answer() -> None:
+        while not done.is_set():
+            if not router.poll(50):
+                continue
+            identity, *parts = router.recv_multipart()
+            msg = P.unpack(parts)
+            received.append(msg.type)
+            body = {
+                "protocol_version": [2, 0],
+                "proof": M.hello_proof("token", msg.body["challenge"]),
+            }
+            router.send_multipart([identity, *P.pack("hello_reply", body, parent=msg.id)])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        layer, _selection, back = scene(seed=61)
+        with Client(endpoint, "token", timeout=10, retries=0) as client:
+            with pytest.raises(DaemonError, match="harmonize stop") as info:
+                client.harmonize_layer(P.Pixels.of(layer), None, P.Pixels.of(back))
+            assert info.value.code == "unsupported_version"
+            with pytest.raises(DaemonError, match="harmonize stop"):
+                client.reapply("abc", strength=0.5)
+    finally:
+        done.set()
+        thread.join(30)
+        router.close(linger=0)
+    assert received == [P.HELLO]

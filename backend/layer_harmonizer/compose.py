@@ -1,10 +1,10 @@
-"""Layer maths of a daemon request: compositing, the crop box and the selection weight.
+"""Layer maths of :func:`layer_harmonizer.layer.harmonize_layer`: compositing, the crop box
+and the selection weight of a protocol 2.0 mask.
 
-A plugin sends a layer (RGBA), a soft mask (layer alpha x selection) and the backdrop (what is
-visible below the layer). The network sees ``composite = rgb * m + backdrop * (1 - m)``; the
-predicted LUTs are then applied to the layer's own RGB, so the result is a layer again.
-numpy + OpenCV (no torch); the heavy per-pixel passes use OpenCV's SIMD, multi-threaded loops
-because they run on every daemon request at full resolution.
+The network sees ``composite = rgb * m + backdrop * (1 - m)`` with ``m`` = layer alpha x
+selection; the predicted LUTs are then applied to the layer's own RGB, so the result is a layer
+again. numpy + OpenCV (no torch); the heavy per-pixel passes use OpenCV's SIMD, multi-threaded
+loops because they run on every daemon request at full resolution.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import cv2
 import numpy as np
 
-from layer_harmonizer.arrays import OPAQUE, convert, from_unit_float, to_unit_float
+from layer_harmonizer.arrays import convert, from_unit_float, to_unit_float
 
 
 def composite(rgb: np.ndarray, mask: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
@@ -37,26 +37,6 @@ def composite(rgb: np.ndarray, mask: np.ndarray, backdrop: np.ndarray) -> np.nda
     out *= mask[..., None]
     out += base
     return from_unit_float(out, rgb.dtype)
-
-
-def layer_rgb(layer: np.ndarray) -> np.ndarray:
-    """The ``(H, W, 3)`` colour channels of an RGBA or RGB layer (a new contiguous array)."""
-    if layer.shape[2] == 4:
-        return cv2.cvtColor(layer, cv2.COLOR_RGBA2RGB)
-    return np.ascontiguousarray(layer)
-
-
-def with_alpha(rgb: np.ndarray, layer: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``(H, W, 4)``: ``rgb`` plus the alpha of ``layer`` (RGBA, or RGB = opaque) in rgb's dtype,
-    written into ``out`` (C-contiguous ``(H, W, 4)`` of rgb's dtype) when given."""
-    if out is None:
-        out = np.empty((*rgb.shape[:2], 4), rgb.dtype)
-    if layer.shape[2] == 3:
-        out[..., :3] = rgb
-        out[..., 3] = OPAQUE[rgb.dtype]
-        return out
-    cv2.mixChannels([rgb, convert(layer, rgb.dtype)], [out], [0, 0, 1, 1, 2, 2, 6, 3])
-    return out
 
 
 def crop_box(
@@ -83,7 +63,8 @@ def crop_box(
 def selection_weight(mask: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     """How strongly each layer pixel is recoloured: ``mask / alpha`` clipped to [0, 1].
 
-    The mask is alpha x selection, so this recovers the selection: an anti-aliased edge of a
+    For protocol 2.0 hosts, which send alpha x selection as the mask: this recovers the
+    selection: an anti-aliased edge of a
     fully selected layer is recoloured fully (its alpha already blends it in the host), and a
     feathered selection blends proportionally. Pixels with alpha 0 get weight 0.
 

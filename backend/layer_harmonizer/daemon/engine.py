@@ -1,9 +1,9 @@
-"""The daemon's model side: one warm network, the prediction cache and the layer maths of a
-``harmonize_request`` (crop, composite, predict, apply). Used by the daemon's worker thread."""
+"""The daemon's model side: one warm network, the prediction cache and the jobs kept for
+``reapply_request``. The layer maths is :func:`layer_harmonizer.layer.harmonize_layer`'s; this
+only maps a request's frames and options onto it. Used by the daemon's worker thread."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import OrderedDict
@@ -13,29 +13,45 @@ from typing import Any
 import numpy as np
 
 from layer_harmonizer._version import __version__
-from layer_harmonizer.arrays import OPAQUE, check_image, check_mask, convert
-from layer_harmonizer.compose import composite, crop_box, layer_rgb, selection_weight, with_alpha
+from layer_harmonizer.layer import EmptyMask, LayerJob, PredictionCache, harmonize_layer, reapply
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
 
+__all__ = ["EmptyMask", "Engine", "UnknownJob", "free_memory"]
+
+Destination = Callable[[tuple[int, ...], np.dtype], "np.ndarray | None"]
+
+
+class UnknownJob(Exception):
+    """A ``reapply_request`` names a job this daemon does not keep (any more)."""
+
 
 class Engine:
-    """The warm model plus the prediction cache; used by the worker thread only.
+    """The warm model, the prediction cache and the last jobs; used by the worker thread only.
 
-    ``run`` takes a validated request and returns the result crop. The cache maps a hash of
-    the network's low-resolution input (and the weights) to the predicted LUT maps, so a
-    request that differs only in strength re-applies LUTs without running the network.
+    ``run`` harmonizes a validated request's frames; ``reapply`` gives a kept job at another
+    strength. The prediction cache maps a hash of the network's low-resolution input (and the
+    weights) to the predicted LUT maps, so a request that differs only in strength re-applies
+    LUTs without running the network. The last ``job_cache`` jobs (at most ``job_bytes`` of
+    pixels) are kept by request id, so a strength change needs no pixels at all.
     """
 
-    def __init__(self, model: Any, *, lut_backend: str = "auto", cache_size: int = 4) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        lut_backend: str = "auto",
+        cache_size: int = 4,
+        job_cache: int = 2,
+        job_bytes: int = 1 << 30,
+    ) -> None:
         self.model = model
         self.lut_backend = lut_backend
-        self.cache_size = cache_size
-        self.cache: OrderedDict[str, Any] = OrderedDict()
-        meta = getattr(model, "metadata", {}) or {}
-        self.variant = str(meta.get("variant", "unknown"))
-        self.weights_id = str(meta.get("sha256", meta.get("path", "unsaved")))[:16]
+        self.cache = PredictionCache(model, cache_size)
+        self.variant, self.weights_id = self.cache.variant, self.cache.weights_id
         self.device = str(next(model.parameters()).device)
+        self.job_cache, self.job_bytes = job_cache, job_bytes
+        self.jobs: OrderedDict[str, LayerJob] = OrderedDict()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -54,96 +70,99 @@ class Engine:
         start = time.perf_counter()
         rng = np.random.default_rng(0)
         layer = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
-        mask = np.zeros((64, 64), np.uint8)
-        mask[16:48, 16:48] = 255
-        frames = {"layer": layer, "mask": mask, "backdrop": layer[..., :3].copy()}
+        selection = np.zeros((64, 64), np.uint8)
+        selection[16:48, 16:48] = 255
+        frames = {"layer": layer, M.SELECTION: selection, "backdrop": layer[..., :3].copy()}
         self.run(frames, M.HarmonizeOptions(), lambda *a, **k: None)
         self.cache.clear()
         return time.perf_counter() - start
-
-    def _maps(self, comp: np.ndarray, mask: np.ndarray) -> tuple[Any, bool]:
-        from layer_harmonizer.pipeline import low_res_input, run_network
-
-        x = low_res_input(comp, mask, self.model.config.input_size)
-        key = hashlib.sha256(f"{self.weights_id}:{self.variant}:".encode() + x.numpy().tobytes())
-        digest = key.hexdigest()
-        if digest in self.cache:
-            self.cache.move_to_end(digest)
-            return self.cache[digest], True
-        maps = run_network(x, self.model)  # the key's input: validated, resized once
-        self.cache[digest] = maps
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return maps, False
 
     def run(
         self,
         frames: dict[str, np.ndarray],
         options: M.HarmonizeOptions,
         checkpoint: Callable,
-        destination: Callable[[tuple[int, ...], np.dtype], np.ndarray | None] | None = None,
+        destination: Destination | None = None,
+        *,
+        bgr: bool = False,
+        job_id: str | None = None,
     ) -> tuple[np.ndarray, tuple[int, int], dict[str, Any]]:
-        """Harmonize one layer.
+        """Harmonize one layer (:func:`~layer_harmonizer.layer.harmonize_layer`).
 
         Args:
-            frames: ``layer (H, W, 4|3)``, ``mask (H, W)``, ``backdrop (H, W, 3)``; each
-                uint8/uint16/float32 (float in [0, 1]).
+            frames: ``layer (H, W, 4|3)``, ``backdrop (H, W, 3|4)`` and ``selection (H, W)``
+                (2.1), or ``mask (H, W)`` = alpha x selection (2.0), or neither (all of the
+                layer); each uint8/uint16/float32 (float in [0, 1]).
             options: validated request options.
-            checkpoint: called as ``checkpoint(stage, **info)`` between stages; raises
-                :class:`Cancelled` to stop.
+            checkpoint: called as ``checkpoint(stage, **info)`` between stages; raises to
+                stop (e.g. the worker's ``Cancelled``).
             destination: ``destination(shape, dtype)`` returns an array to write the result
                 into (e.g. a view of a client's shared memory), or None for a new one.
+            bgr: layer and backdrop are BGR(A); so is the result.
+            job_id: keep the job under this id for :meth:`reapply`.
 
         Returns:
-            ``(result crop (h, w, 4|3) in the requested dtype, (x, y) offset, reply info)``.
+            ``(result crop (h, w, 4|3) in the requested dtype, (x, y) offset, reply info)``;
+            ``info["order"]`` is ``"BGR"`` for a BGR(A) result, else None.
         """
-        from layer_harmonizer.pipeline import apply_prediction
-
-        times: dict[str, float] = {}
-        start = time.perf_counter()
-        layer, backdrop, raw_mask = frames["layer"], frames["backdrop"], frames["mask"]
-        box = crop_box(raw_mask, options.crop_margin, M.MIN_CROP_MARGIN_PX)
-        if box is None:
-            raise EmptyMask
-        x0, y0, x1, y1 = box
-        crop = layer[y0:y1, x0:x1]
-        mask = check_mask(raw_mask[y0:y1, x0:x1], crop.shape[:2])  # values outside are 0
-        rgb = check_image(layer_rgb(crop), what="layer RGB")
-        back = check_image(backdrop[y0:y1, x0:x1], what="backdrop")
-        alpha = None
-        if crop.shape[2] == 4:  # an opaque layer (the common case) skips the division
-            a = crop[..., 3]
-            if a.dtype.kind == "f" or a.min() < OPAQUE[a.dtype]:
-                alpha = check_mask(np.ascontiguousarray(a), mask.shape, what="alpha")
-        comp = composite(rgb, mask, back)
-        times["compose"] = time.perf_counter() - start
-        checkpoint("composed")
-        tick = time.perf_counter()
-        maps, cached = self._maps(comp, mask)
-        times["predict"] = time.perf_counter() - tick
-        checkpoint("predicted", cached=cached)
-        tick = time.perf_counter()
-        weight = selection_weight(mask, alpha)
-        out = apply_prediction(
-            rgb, weight, maps, strength=options.strength, lut_backend=self.lut_backend
+        old = M.MASK in frames
+        result = harmonize_layer(
+            frames["layer"],
+            frames[M.MASK] if old else frames.get(M.SELECTION),
+            frames["backdrop"],
+            model=self.model,
+            strength=options.strength,
+            crop_margin=options.crop_margin,
+            bgr=bgr,
+            dtype=options.dtype,
+            output=options.output,
+            premultiplied=old,
+            lut_backend=self.lut_backend,
+            cache=self.cache,
+            out=destination,
+            checkpoint=checkpoint,
         )
-        times["apply"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        out = convert(out, options.dtype or str(layer.dtype))
-        shape = (*out.shape[:2], 4 if options.output == "rgba" else 3)
-        dest = destination(shape, out.dtype) if destination is not None else None
-        if options.output == "rgba":
-            out = with_alpha(out, crop, out=dest)
-        elif dest is not None:
-            np.copyto(dest, out)
-            out = dest
-        times["encode"] = time.perf_counter() - tick
+        if job_id is not None:
+            self._keep(job_id, result.job.detached())  # the frames may be overwritten next
+        info = {"cached": result.cached, "timings": result.timings, "order": _order(result.job)}
+        return result.pixels, result.offset, info
+
+    def reapply(
+        self,
+        job_id: str,
+        options: M.HarmonizeOptions,
+        checkpoint: Callable,
+        destination: Destination | None = None,
+    ) -> tuple[np.ndarray, tuple[int, int], dict[str, Any]]:
+        """A kept job at ``options.strength`` (``dtype``, ``output``), as :meth:`run` returns
+        it; :class:`UnknownJob` when it is not kept (any more)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        self.jobs.move_to_end(job_id)
+        times: dict[str, float] = {}
+        out = reapply(
+            job, strength=options.strength, dtype=options.dtype, output=options.output,
+            lut_backend=self.lut_backend, out=destination, timings=times,
+        )  # fmt: skip
         checkpoint("applied")
-        return out, (x0, y0), {"cached": cached, "timings": times}
+        return out, job.offset, {"cached": True, "timings": times, "order": _order(job)}
+
+    def _keep(self, job_id: str, job: LayerJob) -> None:
+        """Keep ``job`` for :meth:`reapply`, dropping the oldest beyond the count or bytes (a
+        job larger than ``job_bytes`` alone is not kept: its reapply falls back to a request)."""
+        self.jobs[job_id] = job
+        while self.jobs and (
+            len(self.jobs) > self.job_cache
+            or sum(j.nbytes for j in self.jobs.values()) > self.job_bytes
+        ):
+            self.jobs.popitem(last=False)
 
 
-class EmptyMask(Exception):
-    """The mask has no pixel above 0."""
+def _order(job: LayerJob) -> str | None:
+    """The result's declared channel order: ``"BGR"`` for a BGR(A) job (the channel count is
+    the frame's), None for RGB(A), which needs no declaration."""
+    return "BGR" if job.bgr else None
 
 
 def free_memory(device: str) -> int | None:

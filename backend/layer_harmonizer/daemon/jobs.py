@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from layer_harmonizer.daemon.engine import EmptyMask, Engine
+from layer_harmonizer.daemon.engine import EmptyMask, Engine, UnknownJob
 from layer_harmonizer.errors import HarmonizeError
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
@@ -30,7 +30,7 @@ class Cancelled(Exception):
 
 @dataclass
 class Job:
-    """One ``harmonize_request`` on its way through the queue."""
+    """One ``harmonize_request`` (or ``reapply_request``) on its way through the queue."""
 
     route: list[Any]  # ROUTER identity frames (+ empty delimiter for REQ peers)
     msg: P.Message
@@ -125,10 +125,7 @@ class Worker:
             return P.pack(P.ERROR, P.error_body(code, text), parent=parent)
 
         try:
-            arrays = {name: _array(pix) for name, pix in job.msg.frames.items()}
-            out, (x, y), info = self.engine.run(
-                arrays, job.options, checkpoint, self._destination(job)
-            )
+            out, (x, y), info = self._compute(job, checkpoint)
             if job.shm is not None:
                 info["timings"] = {**info.get("timings", {}), "shm_map": job.shm_map}
         except Cancelled:
@@ -139,6 +136,12 @@ class Worker:
         except EmptyMask:
             return error(
                 P.ErrorCode.EMPTY_MASK, "the mask is empty (no pixel above 0): nothing to do"
+            )
+        except UnknownJob:
+            return error(
+                P.ErrorCode.UNKNOWN_JOB,
+                f"reapply: the daemon no longer keeps job {P.echo(job.msg.body.get('job'))} "
+                f"(it keeps the last {self.engine.job_cache}); send the whole request again",
             )
         except HarmonizeError as exc:
             return error(P.ErrorCode.INVALID_INPUT, str(exc))
@@ -155,12 +158,29 @@ class Worker:
             return error(P.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         h, w = out.shape[:2]
         log.info("job %s: %d x %d at (%d, %d), cached=%s", parent, w, h, x, y, info["cached"])
-        body = {"offset": [x, y], "size": [w, h], **info}
+        order = info.pop("order", None)
+        order = order and order + "A"[: out.shape[2] - 3]  # "BGR" -> "BGRA" for 4 channels
+        job_id = job.msg.body["job"] if job.msg.type == P.REAPPLY else parent
+        body = {"offset": [x, y], "size": [w, h], "job": job_id, **info}
+        reply = P.reply_type(job.msg.type)
         if job.shm is None:
-            result = {"result": P.Pixels.of(out)}
-            return P.pack(P.reply_type(P.HARMONIZE), body, result, parent=parent)
-        body["result"] = {**job.result_spec, "offset": job.shm.result_offset}
-        return P.pack(P.reply_type(P.HARMONIZE), body, parent=parent)
+            return P.pack(reply, body, {"result": P.Pixels.of(out, order)}, parent=parent)
+        spec = {**job.result_spec, **({"order": order} if order else {})}
+        body["result"] = {**spec, "offset": job.shm.result_offset}
+        return P.pack(reply, body, parent=parent)
+
+    def _compute(self, job: Job, checkpoint: Any) -> tuple[np.ndarray, tuple[int, int], dict]:
+        """The engine's work for a harmonize job (kept for reapply under its id) or a reapply
+        job (no frames)."""
+        if job.msg.type == P.REAPPLY:
+            return self.engine.reapply(
+                job.msg.body["job"], job.options, checkpoint, self._destination(job)
+            )
+        arrays = {name: _array(pix) for name, pix in job.msg.frames.items()}
+        return self.engine.run(
+            arrays, job.options, checkpoint, self._destination(job),
+            bgr=job.msg.frames["layer"].bgr, job_id=job.msg.id,
+        )  # fmt: skip
 
     @staticmethod
     def _destination(job: Job) -> Any:

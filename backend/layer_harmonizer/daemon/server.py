@@ -245,7 +245,7 @@ class Server:
                 challenge = M.check_challenge(msg.body["challenge"], msg.id)
                 body["proof"] = M.hello_proof(self.config.token, challenge)
             self._reply(route, P.reply_type(kind), body, msg.id)
-        elif kind == P.HARMONIZE:
+        elif kind in (P.HARMONIZE, P.REAPPLY):
             self._enqueue(route, msg)
         elif kind == P.CANCEL:
             self._cancel(route, msg)
@@ -292,7 +292,7 @@ class Server:
         segment = self.segments.open(request, msg.id)
         with memoryview(segment) as whole, whole.toreadonly() as view:
             msg.frames = {
-                name: P.Pixels(view[offset : offset + pix.nbytes], pix.shape, pix.dtype)
+                name: P.Pixels(view[offset : offset + pix.nbytes], pix.shape, pix.dtype, pix.order)
                 for name, (offset, pix) in request.frames.items()
             }
         return segment
@@ -306,8 +306,7 @@ class Server:
 
     def _enqueue(self, route: list[Any], msg: P.Message) -> None:
         request = self._shm_request(msg) if "shm" in msg.body else None
-        check_harmonize_frames(msg)
-        options = M.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id)
+        options = self._job_options(msg)
         if self._stopping:
             raise P.ProtocolError(P.ErrorCode.SHUTTING_DOWN, "the daemon is stopping", msg.id)
         if msg.id in self.jobs:
@@ -336,6 +335,18 @@ class Server:
         self.stats["jobs"] += 1
         self._reply(route, P.PROGRESS, {"stage": "received", "queued": len(self.jobs)}, msg.id)
         self.worker.put(job)
+
+    @staticmethod
+    def _job_options(msg: P.Message) -> M.HarmonizeOptions:
+        """The frames and options of a harmonize request, or the job and options of a reapply
+        request (2.1: no pixels; its options cannot change the crop)."""
+        if msg.type == P.HARMONIZE:
+            check_harmonize_frames(msg)
+            return M.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id)
+        if msg.frames:
+            raise P.ProtocolError(P.ErrorCode.BAD_FRAMES, "reapply takes no pixels", msg.id)
+        M.check_job_id(msg.body.get("job"), msg.id)
+        return M.HarmonizeOptions.from_wire(msg.body.get("options"), msg.id, M.REAPPLY_KEYS)
 
     def _cancel(self, route: list[Any], msg: P.Message) -> None:
         target = msg.body.get("id")

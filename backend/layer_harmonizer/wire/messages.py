@@ -1,6 +1,6 @@
 """The bodies of the request types (spec: docs/protocol.md): the ``hello`` challenge and proof,
-and a ``harmonize_request``'s options and frames. The message format itself (envelope, body,
-frames, limits, error codes) is :mod:`.protocol`.
+a ``harmonize_request``'s options and frames, a ``reapply_request``'s job (2.1). The message
+format itself (envelope, body, frames, limits, error codes) is :mod:`.protocol`.
 
 Standard library only, like the rest of the wire package (vendored into the plug-ins).
 """
@@ -49,6 +49,9 @@ DEFAULT_CROP_MARGIN = 0.25
 MIN_CROP_MARGIN_PX = 16
 """The context margin is never smaller than this many pixels (then clamped to the layer)."""
 OUTPUTS = ("rgba", "rgb")
+OPTION_KEYS = ("strength", "crop_margin", "dtype", "output")
+REAPPLY_KEYS = ("strength", "dtype", "output")
+"""The options a ``reapply_request`` may change (2.1): the crop is the job's."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,11 @@ class HarmonizeOptions:
         }
 
     @classmethod
-    def from_wire(cls, raw: Any, msg_id: str | None = None) -> HarmonizeOptions:
-        """Validate options from a request body; unknown keys are refused (typos show up)."""
+    def from_wire(
+        cls, raw: Any, msg_id: str | None = None, keys: tuple[str, ...] = OPTION_KEYS
+    ) -> HarmonizeOptions:
+        """Validate options from a request body; unknown keys (not in ``keys``) are refused, so
+        typos show up."""
 
         def fail(text: str) -> ProtocolError:
             return ProtocolError(ErrorCode.INVALID_INPUT, f"options: {text}", msg_id)
@@ -87,7 +93,7 @@ class HarmonizeOptions:
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise fail("must be a map")
-        unknown = sorted(map(str, set(raw) - {"strength", "crop_margin", "dtype", "output"}))
+        unknown = sorted(map(str, set(raw) - set(keys)))
         if unknown:
             raise fail(f"unknown keys {echo(unknown)}")
         default = cls()
@@ -107,42 +113,76 @@ class HarmonizeOptions:
 
 
 def harmonize_frames(layer: Pixels, mask: Pixels, backdrop: Pixels) -> dict[str, Pixels]:
-    """The frames of a ``harmonize_request``: layer ``(H, W, 4|3)``, mask ``(H, W)``, backdrop
-    ``(H, W, 3)`` (all of the same H x W; dtypes independent)."""
+    """The frames of a protocol 2.0 ``harmonize_request``: layer ``(H, W, 4|3)``, mask
+    ``(H, W)`` = alpha x selection, backdrop ``(H, W, 3)`` (one H x W; dtypes independent)."""
     return {"layer": layer, "mask": mask, "backdrop": backdrop}
 
 
+def layer_frames(layer: Pixels, selection: Pixels | None, backdrop: Pixels) -> dict[str, Pixels]:
+    """The frames of a 2.1 ``harmonize_request``: layer ``(H, W, 4|3)``, the selection alone
+    ``(H, W)`` (None: all of the layer) and backdrop ``(H, W, 3|4)``; layer and backdrop may
+    declare their channel order (e.g. ``BGRA``)."""
+    frames = {"layer": layer, "backdrop": backdrop}
+    if selection is not None:
+        frames[SELECTION] = selection
+    return frames
+
+
 FRAME_NAMES = ("layer", "mask", "backdrop")
-"""The frames of a ``harmonize_request``."""
+"""The frames of a protocol 2.0 ``harmonize_request``."""
+MASK, SELECTION = "mask", "selection"
+COVERAGE_FRAMES = (MASK, SELECTION)
+"""At most one of these: ``mask`` (2.0: alpha x selection) or ``selection`` (2.1: the
+selection alone); neither = all of the layer selected (2.1)."""
 
 
 def check_harmonize_frames(msg: Message) -> dict[str, Pixels]:
-    """Names and shapes of a ``harmonize_request``'s frames (before anything is allocated):
-    :data:`FRAME_NAMES`, layer ``(H, W, 4|3)``, mask ``(H, W)``, backdrop ``(H, W, 3)``, all of
-    one ``H x W``; :class:`ProtocolError` (``bad_frames``) naming what is wrong."""
+    """Names, shapes and channel orders of a ``harmonize_request``'s frames (before anything is
+    allocated): layer ``(H, W, 4|3)``, backdrop ``(H, W, 3|4)``, at most one of
+    :data:`COVERAGE_FRAMES` ``(H, W)``, all of one ``H x W``, layer and backdrop both RGB(A)
+    or both BGR(A); :class:`ProtocolError` (``bad_frames``) naming what is wrong."""
     frames = msg.frames
-    missing = [n for n in FRAME_NAMES if n not in frames]
-    extra = sorted(set(frames) - set(FRAME_NAMES))
-    if missing or extra:
+    missing = [n for n in ("layer", "backdrop") if n not in frames]
+    extra = sorted(set(frames) - {"layer", "backdrop", *COVERAGE_FRAMES})
+    if missing or extra or all(n in frames for n in COVERAGE_FRAMES):
         raise ProtocolError(
             ErrorCode.BAD_FRAMES,
-            f"harmonize needs frames layer, mask, backdrop; missing {missing}, unexpected {extra}",
+            "harmonize needs frames layer, backdrop and one of mask (2.0) or selection; "
+            f"missing {missing}, unexpected {extra or sorted(set(frames) & {MASK, SELECTION})}",
             msg.id,
         )
-    layer, mask, back = frames["layer"], frames["mask"], frames["backdrop"]
+    layer, back = frames["layer"], frames["backdrop"]
     problems = []
     if len(layer.shape) != 3 or layer.shape[2] not in (3, 4):
         problems.append(f"layer must be (H, W, 4) or (H, W, 3); got {list(layer.shape)}")
-    if len(mask.shape) != 2:
-        problems.append(f"mask must be (H, W); got {list(mask.shape)}")
-    if len(back.shape) != 3 or back.shape[2] != 3:
-        problems.append(f"backdrop must be (H, W, 3); got {list(back.shape)}")
-    for name, pix in (("mask", mask), ("backdrop", back)):
+    if len(back.shape) != 3 or back.shape[2] not in (3, 4):
+        problems.append(f"backdrop must be (H, W, 3) or (H, W, 4); got {list(back.shape)}")
+    coverage = [(n, frames[n]) for n in COVERAGE_FRAMES if n in frames]
+    for name, pix in coverage:
+        if len(pix.shape) != 2:
+            problems.append(f"{name} must be (H, W); got {list(pix.shape)}")
+    planes = ", ".join(["layer", *(n for n, _ in coverage)])
+    for name, pix in [*coverage, ("backdrop", back)]:
         if not problems and pix.shape[:2] != layer.shape[:2]:
             problems.append(
                 f"{name} is {pix.shape[1]} x {pix.shape[0]} but layer is {layer.shape[1]} x "
-                f"{layer.shape[0]}: layer, mask and backdrop must have the same size"
+                f"{layer.shape[0]}: {planes} and backdrop must have the same size"
             )
+    if layer.bgr != back.bgr:
+        problems.append(
+            f"layer ({layer.order or 'RGB'}) and backdrop ({back.order or 'RGB'}) must put "
+            "their channels in the same order"
+        )
     if problems:
         raise ProtocolError(ErrorCode.BAD_FRAMES, "; ".join(problems), msg.id)
     return frames
+
+
+def check_job_id(raw: Any, msg_id: str | None = None) -> str:
+    """A ``reapply_request``'s ``job``: the id of an earlier ``harmonize_request`` (a string
+    of 1-64 characters, as envelope ids are)."""
+    if not isinstance(raw, str) or not 0 < len(raw) <= 64:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, "reapply 'job' must be a request id (1-64 characters)", msg_id
+        )
+    return raw

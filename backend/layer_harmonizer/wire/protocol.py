@@ -15,7 +15,10 @@ Since 1.1 a client on the daemon's machine may instead put the pixels in a share
 segment and describe it in ``body["shm"]`` (:mod:`.shm`), when the daemon lists ``"shm"`` in
 its hello reply's ``transports``. Since 2.0 a client's first message on a connection is a
 ``hello_request`` without token whose ``challenge`` the daemon answers with a proof that it
-holds the token (:mod:`.messages`, the bodies of each request type). The daemon listens on an
+holds the token (:mod:`.messages`, the bodies of each request type). Since 2.1 a frame may
+declare its channel order (``"order": "BGRA"``), a ``harmonize_request`` sends the selection
+instead of alpha x selection, and a ``reapply_request`` re-applies a kept job at another
+strength without its pixels (docs/protocol.md, "Versioning"). The daemon listens on an
 ``ipc://`` socket in the private runtime dir, or on TCP with CURVE (docs/protocol.md, "Trust
 model").
 
@@ -38,7 +41,7 @@ import msgpack
 
 from . import discovery
 
-PROTOCOL_VERSION: tuple[int, int] = (2, 0)
+PROTOCOL_VERSION: tuple[int, int] = (2, 1)
 """(major, minor). Minor: backwards-compatible additions. Major: peers must be updated."""
 OPEN_TYPES = ("hello_request",)
 """Requests the daemon answers without a token (2.0: the hello challenge comes first)."""
@@ -49,7 +52,8 @@ PING = "ping_request"
 HARMONIZE = "harmonize_request"
 CANCEL = "cancel_request"
 SHUTDOWN = "shutdown_request"
-REQUEST_TYPES = (HELLO, PING, HARMONIZE, CANCEL, SHUTDOWN)
+REAPPLY = "reapply_request"  # 2.1
+REQUEST_TYPES = (HELLO, PING, HARMONIZE, REAPPLY, CANCEL, SHUTDOWN)
 PROGRESS = "progress"
 ERROR = "error"
 
@@ -77,6 +81,7 @@ class ErrorCode:
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"  # a bug: the daemon logged a traceback
     SHM_UNAVAILABLE = "shm_unavailable"  # 1.1: the shared-memory segment is not reachable here
+    UNKNOWN_JOB = "unknown_job"  # 2.1: reapply of a job the daemon no longer keeps
     # Client-side only (never sent by the daemon):
     UNREACHABLE = "unreachable"  # no reply after all retries
     NO_DAEMON = discovery.NO_DAEMON  # no endpoint file / daemon could not be started
@@ -90,6 +95,8 @@ TRANSPORTS = (FRAMES, SHM)
 
 DTYPES: dict[str, int] = {"uint8": 1, "uint16": 2, "float32": 4}
 """Pixel dtypes on the wire (little-endian) and their item sizes in bytes."""
+ORDERS = ("RGB", "RGBA", "BGR", "BGRA")
+"""Channel orders a 3- or 4-channel frame may declare (2.1; undeclared = RGB or RGBA)."""
 
 DEFAULT_MAX_PIXELS = discovery.DEFAULT_MAX_PIXELS
 """Largest frame (height x width) accepted by default (:data:`.discovery.DEFAULT_MAX_PIXELS`)."""
@@ -145,15 +152,22 @@ class Pixels:
     """Raw pixels: a C-ordered, little-endian buffer with its shape and dtype name.
 
     ``shape`` is ``(H, W)`` or ``(H, W, C)``; ``data`` is any buffer (bytes, memoryview, a
-    numpy array, a zmq frame buffer) of exactly ``H * W * C * itemsize`` bytes.
+    numpy array, a zmq frame buffer) of exactly ``H * W * C * itemsize`` bytes. ``order``
+    (2.1, one of :data:`ORDERS`) declares the channel order; None = RGB(A).
     """
 
     data: Any
     shape: tuple[int, ...]
     dtype: str
+    order: str | None = None
+
+    @property
+    def bgr(self) -> bool:
+        """Blue comes first (``BGR``/``BGRA``, as Krita stores pixels)."""
+        return self.order is not None and self.order.startswith("B")
 
     @classmethod
-    def of(cls, array: Any) -> Pixels:
+    def of(cls, array: Any, order: str | None = None) -> Pixels:
         """Wrap a numpy-like array (``.shape``, ``.dtype``, buffer protocol) without numpy."""
         dtype = str(array.dtype)
         if dtype not in DTYPES:
@@ -165,7 +179,7 @@ class Pixels:
         view = memoryview(array)
         if not view.c_contiguous:
             raise ProtocolError(ErrorCode.INVALID_INPUT, "pixel arrays must be C-contiguous")
-        return cls(view.cast("B"), tuple(int(s) for s in array.shape), dtype)
+        return cls(view.cast("B"), tuple(int(s) for s in array.shape), dtype, order)
 
     @property
     def nbytes(self) -> int:
@@ -173,7 +187,10 @@ class Pixels:
 
     def spec(self, name: str) -> dict[str, Any]:
         """The frame declaration for a message body."""
-        return {"name": name, "shape": list(self.shape), "dtype": self.dtype}
+        spec = {"name": name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.order is not None:
+            spec["order"] = self.order
+        return spec
 
 
 @dataclass
@@ -363,7 +380,15 @@ def check_frame(spec: Any, size: int | None, limits: Limits, msg_id: str | None 
             f"frame {name}: shape {shape} of {dtype} is {expected} bytes but {size} were sent",
             msg_id,
         )
-    return Pixels(None, tuple(shape), dtype)
+    order = spec.get("order")
+    if order is not None and (order not in ORDERS or len(order) != channels):
+        raise ProtocolError(
+            ErrorCode.BAD_FRAMES,
+            f"frame {name}: order must be null or one of {list(ORDERS)} with one letter per "
+            f"channel ({channels}); got {echo(order)}",
+            msg_id,
+        )
+    return Pixels(None, tuple(shape), dtype, order)
 
 
 def unpack(
@@ -416,7 +441,7 @@ def unpack(
             raise ProtocolError(
                 ErrorCode.BAD_FRAMES, f"frame {echo(spec['name'])} sent twice", msg_id
             )
-        frames[spec["name"]] = Pixels(view, template.shape, template.dtype)
+        frames[spec["name"]] = Pixels(view, template.shape, template.dtype, template.order)
     return Message(
         type=env["type"],
         id=msg_id,

@@ -134,13 +134,13 @@ class Segment:
     def input_capacity(self) -> int:
         return self.result_offset
 
-    def fits(self, input_bytes: int, result_bytes: int) -> bool:
-        """Big enough for a request, and not more than 4 times too big."""
+    def fits(self, input_bytes: int, result_bytes: int, *, shrink: bool = True) -> bool:
+        """Big enough for a request, and (``shrink``) not more than 4 times too big."""
         need = align(input_bytes, PAGE) + align(result_bytes, PAGE)
         return (
             input_bytes <= self.input_capacity
             and result_bytes <= self.result_capacity
-            and self.size < 4 * need
+            and (not shrink or self.size < 4 * need)
         )
 
     def reusable(self) -> bool:
