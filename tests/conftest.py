@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +45,9 @@ def host_unavailable(reason: str) -> None:
 
 
 BUILD_HOSTS_ENV = "HARMONIZE_BUILD_HOSTS"
-"""Set to 1 to let the tests build host environments (the GIMP 3 chroot: debootstrap, ~1 GB,
-minutes, root). Without it they use what is already built and skip naming this switch;
-.ci/run sets it."""
+"""Set to 1 to let the tests build host environments (the Debian 13 chroot with GIMP 3 and
+Krita 5.2: debootstrap, ~1.6 GB, minutes, root). Without it they use what is already built and
+skip naming this switch; .ci/run sets it."""
 
 
 def build_hosts_allowed() -> bool:
@@ -91,6 +92,48 @@ def need_tools(*tools: str) -> None:
     if missing:
         packages = " ".join(sorted({table[tool] for tool in missing}))
         host_unavailable(f"{', '.join(missing)} missing (apt-get install {packages})")
+
+
+TRIXIE_SCRIPT = REPO / "tests" / "hosts" / "gimp3-trixie.sh"
+"""Builds and enters the Debian 13 chroot that holds GIMP 3 and Krita 5.2."""
+
+
+def ensure_trixie_chroot(what: str) -> Path:
+    """The root of the Debian 13 chroot that ``what`` (e.g. "Krita 5.2") runs in. Built only
+    when ``HARMONIZE_BUILD_HOSTS=1``; else skip (or fail under ``HARMONIZE_REQUIRE_HOSTS=1``)
+    with a reason that names the switch."""
+    if sys.platform != "linux":
+        host_unavailable(f"the Debian 13 chroot of {what} needs Linux")
+    status = subprocess.run(
+        ["bash", str(TRIXIE_SCRIPT), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if status.returncode != 0:
+        if not build_hosts_allowed():
+            host_unavailable(
+                f"{what}: {status.stderr.strip()}; set {BUILD_HOSTS_ENV}=1 to build it (as "
+                "root: debootstrap and apt, about 1.6 GB, a few minutes)"
+            )
+        if os.geteuid() != 0:
+            host_unavailable(f"building the chroot of {what} needs root (debootstrap, chroot)")
+        need_tools("debootstrap")
+        status = subprocess.run(
+            ["bash", str(TRIXIE_SCRIPT), "provision"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        if status.returncode != 0:
+            reason = status.stderr.strip()[-800:]
+            host_unavailable(f"could not provision the chroot of {what}: {reason}")
+    if os.geteuid() != 0:
+        host_unavailable(f"running {what} in its chroot needs root (chroot, mount)")
+    need_tools("chroot", "mount", "mountpoint", "flock")
+    return Path(status.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from layer_harmonizer.wire import host_side as S
 from layer_harmonizer.compose import composite, crop_box
+from layer_harmonizer.wire import host_side as S
 from layer_harmonizer.wire.messages import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
-from tests.conftest import BUILD_HOSTS_ENV, build_hosts_allowed, host_unavailable, need_tools
+from tests.conftest import ensure_trixie_chroot, host_unavailable, need_tools
 from tests.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.gimp, pytest.mark.host, pytest.mark.slow]
@@ -66,33 +66,7 @@ OBJ_W, OBJ_H = 60, 44
 def ensure_gimp_chroot() -> None:
     """Use the GIMP 3 chroot; build it only when ``HARMONIZE_BUILD_HOSTS=1``, else skip (or
     fail under ``HARMONIZE_REQUIRE_HOSTS=1``) with a reason that names the switch."""
-    if sys.platform != "linux":
-        host_unavailable("the GIMP 3 chroot needs Linux")
-    status = subprocess.run(
-        ["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=60, check=False
-    )
-    if status.returncode != 0:
-        if not build_hosts_allowed():
-            host_unavailable(
-                f"{status.stderr.strip()}; set {BUILD_HOSTS_ENV}=1 to build it (as root: "
-                "debootstrap and apt, about 1 GB, a few minutes)"
-            )
-        if os.geteuid() != 0:
-            host_unavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
-        need_tools("debootstrap")
-        proc = subprocess.run(
-            ["bash", str(SCRIPT), "provision"],
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            check=False,
-        )
-        if proc.returncode != 0:
-            reason = proc.stderr.strip()[-800:]
-            host_unavailable(f"could not provision the GIMP 3 chroot: {reason}")
-    if os.geteuid() != 0:
-        host_unavailable("running GIMP in its chroot needs root (chroot, mount)")
-    need_tools("chroot", "mount", "mountpoint", "flock")
+    ensure_trixie_chroot("GIMP 3")
 
 
 @pytest.fixture(scope="module")

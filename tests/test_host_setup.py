@@ -110,7 +110,8 @@ def test_without_the_switch_nothing_is_built_and_the_skip_names_it(
     with pytest.raises(pytest.skip.Exception) as skipped:
         ensure_gimp_chroot()
     reason = str(skipped.value)
-    assert "no GIMP 3 chroot at" in reason and "HARMONIZE_BUILD_HOSTS=1" in reason, reason
+    assert "no Debian 13 chroot (GIMP 3, Krita 5.2) at" in reason, reason
+    assert "HARMONIZE_BUILD_HOSTS=1" in reason, reason
     assert list(no_chroot.iterdir()) == []  # nothing built, not even a lock file
 
 

@@ -1,5 +1,10 @@
 #!/bin/bash
-# GIMP 3.0 (Debian 13 "trixie" packages) in a debootstrap chroot, for the real-GIMP plugin test.
+# The Debian 13 ("trixie") host chroot: GIMP 3.0 and Krita 5.2 from Debian's packages, in one
+# debootstrap chroot, for the real-host plug-in tests (the machine's own Krita 5.1 runs natively).
+# One chroot rather than a second one for Krita: the two share the minbase system, Python 3.13,
+# pyzmq/msgpack and many image libraries, so Krita adds ~0.9 GB and one apt run (~1-2 min) to the
+# cache instead of another debootstrap (+0.2 GB, ~1 min) and a second copy of all of that. The
+# stamp holds the package list, so adding a package rebuilds the chroot once.
 #
 #   gimp3-trixie.sh status
 #       Exit 0 and print the chroot path when it is built and current; else exit 1 and say
@@ -19,6 +24,13 @@
 #       tcp`. OPEN_PY (in JOB_DIR) runs through python-fu-eval once GIMP is up: the undo and
 #       dialog tests of tests/test_gimp_host.py, screenshots, manual checks. Drive it with
 #       xdotool; it ends when GIMP quits.
+#   gimp3-trixie.sh exec [--bind DIR]... [ENV=VALUE ...] PROGRAM [ARG ...]
+#       Run PROGRAM (e.g. kritarunner, krita) in the chroot with a clean environment
+#       (env -i, PATH=/usr/bin:/bin, LANG=C.UTF-8) plus ENV=VALUE, each host folder DIR
+#       bind-mounted at the *same* path inside (so host paths in arguments, HOME and spec files
+#       work unchanged). With $DISPLAY set (e.g. under the host's xvfb-run) the X socket folder
+#       and the folder of $XAUTHORITY are bound too, and both variables are passed on.
+#       The exit code is PROGRAM's.
 #
 # Needs root and debootstrap (`apt-get install debootstrap`; never installed here). Only /proc and
 # the job folder are
@@ -27,7 +39,8 @@ set -euo pipefail
 
 CACHE=${HARMONIZE_CI_CACHE:-/var/cache/harmonize-ci}
 ROOT=${GIMP3_ROOT:-$CACHE/gimp3-trixie}
-PACKAGES="gimp python3-zmq python3-msgpack"
+# Krita's embedded Python imports PyQt5 (a Recommends of krita, so named here).
+PACKAGES="gimp krita python3-pyqt5 python3-zmq python3-msgpack"
 STAMP="trixie minbase: $PACKAGES"
 
 die() { echo "gimp3-trixie.sh: $*" >&2; exit 2; }
@@ -62,15 +75,15 @@ remove_tree() {
 # Is the chroot at $ROOT built from the current package list?
 ready() {
   [ "$(cat "$ROOT/.harmonize-stamp" 2>/dev/null)" = "$STAMP" ] \
-    && [ -x "$ROOT/usr/bin/gimp-console-3.0" ]
+    && [ -x "$ROOT/usr/bin/gimp-console-3.0" ] && [ -x "$ROOT/usr/bin/kritarunner" ]
 }
 
 status() {
   if ready; then echo "$ROOT"; return 0; fi
   if [ -e "$ROOT" ]; then
-    echo "the GIMP 3 chroot at $ROOT is incomplete or out of date" >&2
+    echo "the Debian 13 chroot (GIMP 3, Krita 5.2) at $ROOT is incomplete or out of date" >&2
   else
-    echo "no GIMP 3 chroot at $ROOT" >&2
+    echo "no Debian 13 chroot (GIMP 3, Krita 5.2) at $ROOT" >&2
   fi
   return 1
 }
@@ -102,15 +115,26 @@ provision() {
   echo "$ROOT"
 }
 
-# Mount /proc and the job folder JOB (at /job) into the chroot, holding the lock shared.
-enter() {
+# Mount /proc into the chroot, holding the lock shared.
+enter_root() {
   need_root
-  [ -x "$ROOT/usr/bin/gimp-console-3.0" ] || die "no chroot at $ROOT: run '$0 provision' first"
+  ready || die "no current chroot at $ROOT: run '$0 provision' first"
   exec 9>"$ROOT.lock"
   flock -s 9                              # shared: a rebuild waits until this run is done
-  mkdir -p "$ROOT/job" "$1/home"
   do_mount -t proc proc "$ROOT/proc"
+}
+
+# ... and the job folder JOB at /job.
+enter() {
+  enter_root
+  mkdir -p "$ROOT/job" "$1/home"
   do_mount --bind "$1" "$ROOT/job"
+}
+
+# Bind the host's X socket folder into the chroot (the display of gui/exec).
+bind_x11() {
+  mkdir -p "$ROOT/tmp/.X11-unix"
+  do_mount --bind /tmp/.X11-unix "$ROOT/tmp/.X11-unix"
 }
 
 run() {
@@ -134,10 +158,37 @@ gui() {
     open=(--batch-interpreter=python-fu-eval -b "exec(open('/job/$1').read())"); shift
   fi
   enter "$job"
-  mkdir -p "$ROOT/tmp/.X11-unix"
-  do_mount --bind /tmp/.X11-unix "$ROOT/tmp/.X11-unix"
+  bind_x11
   chroot "$ROOT" env -i HOME=/job/home PATH=/usr/bin:/bin LANG=C.UTF-8 \
     DISPLAY="${DISPLAY:-:99}" "$@" gimp-3.0 --no-splash "${open[@]}"
+}
+
+# Bind DIR at the same path inside the chroot (an absolute, existing folder).
+bind_same() {
+  local dir
+  dir=$(realpath "$1")
+  [ -d "$dir" ] || die "no folder $1 to bind"
+  case "$dir" in /proc* | /sys* | /dev* | /) die "will not bind $dir into the chroot" ;; esac
+  mkdir -p "$ROOT$dir"
+  do_mount --bind "$dir" "$ROOT$dir"
+}
+
+exec_in() {
+  local binds=() envs=() dir
+  while [ $# -ge 2 ] && [ "$1" = --bind ]; do binds+=("$2"); shift 2; done
+  while [ $# -ge 1 ] && [[ $1 == *=* ]]; do envs+=("$1"); shift; done
+  [ $# -ge 1 ] || die "usage: $0 exec [--bind DIR]... [ENV=VALUE ...] PROGRAM [ARG ...]"
+  enter_root
+  for dir in "${binds[@]}"; do bind_same "$dir"; done
+  if [ -n "${DISPLAY:-}" ]; then
+    bind_x11
+    envs=("DISPLAY=$DISPLAY" "${envs[@]}")
+    if [ -n "${XAUTHORITY:-}" ]; then
+      bind_same "$(dirname "$XAUTHORITY")"
+      envs=("XAUTHORITY=$XAUTHORITY" "${envs[@]}")
+    fi
+  fi
+  nice -n 10 chroot "$ROOT" env -i PATH=/usr/bin:/bin LANG=C.UTF-8 "${envs[@]}" "$@"
 }
 
 case "${1:-}" in
@@ -145,5 +196,6 @@ case "${1:-}" in
   provision) provision ;;
   run) shift; run "$@" ;;
   gui) shift; gui "$@" ;;
-  *) die "usage: $0 status | provision | run JOB_DIR BATCH_PY [ENV=VALUE ...] | gui JOB_DIR [OPEN_PY] [ENV=VALUE ...]" ;;
+  exec) shift; exec_in "$@" ;;
+  *) die "usage: $0 status | provision | run JOB_DIR BATCH_PY [ENV=VALUE ...] | gui JOB_DIR [OPEN_PY] [ENV=VALUE ...] | exec [--bind DIR]... [ENV=VALUE ...] PROGRAM [ARG ...]" ;;
 esac

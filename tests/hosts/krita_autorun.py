@@ -14,9 +14,9 @@ Layer does), waits for the job, optionally moves the strength (the docker's re-a
 writes the layers' bytes and a PNG export into ``out``; it also records the undo steps the run
 added (``undo_steps``, as Krita's History docker lists them). A ``bottom`` case triggers the
 action on the bottom layer instead, which must fail: it records the message, the docker's
-labels, the layers and the undo steps. It records where the action sits in the menus and
-whether the docker exists, saves screenshots, writes ``result`` and exits with ``os._exit``
-(0 = all steps ran; the pytest side checks the pixels). A watchdog exits with 4.
+labels, the layers and the undo steps. It records Krita's version, where the action sits in
+the menus and whether the docker exists, saves screenshots, writes ``result`` and exits with
+``os._exit`` (0 = all steps ran; the pytest side checks the pixels). A watchdog exits with 4.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class Runner:
         QtCore.QTimer.singleShot(WATCHDOG_MS, self.watchdog)
         window = self.app.activeWindow()
         bar = window.qwindow().menuBar()
+        self.result["krita"] = self.app.version()
         self.result["menu_paths"] = menu_paths(bar, self.names.ACTION_ID)
         action = self.app.action(self.names.ACTION_ID)
         self.result["action"] = {

@@ -12,8 +12,9 @@ SPEC (JSON): ``{"cases": [{"name", "depth", "profile", "width", "height", "backg
 ``case.json`` holds the ``error`` and the ``layers`` afterwards. For each other case the
 script writes into ``out``: ``result.raw`` (the new layer, BGRA over the canvas),
 ``source_before.raw``, ``source_after.raw``, ``backdrop.raw`` (the RGB read below the
-layer), ``mask.raw`` and ``case.json`` (layer names, colour spaces, timings). kritarunner
-exits 0 even when a script raises, so this one ends with ``os._exit`` (0 = every case ran).
+layer), ``mask.raw`` and ``case.json`` (layer names, colour spaces, timings, the versions of
+Krita and its Python). kritarunner exits 0 even when a script raises, so this one ends with
+``os._exit`` (0 = every case ran).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def _build(case: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def run_case(case: dict[str, Any]) -> None:
+    import platform
+
     from harmonize import host
+    from krita import Krita
 
     out = Path(case["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +100,8 @@ def run_case(case: dict[str, Any]) -> None:
         "box": [result.box.x, result.box.y, result.box.w, result.box.h],
         "seconds": {"read": read_s, "daemon": call_s, "write": write_s, **inputs.timings},
         "daemon_timings": result.timings,
+        "krita": Krita.instance().version(),
+        "python": platform.python_version(),
     }
     (out / "case.json").write_text(json.dumps(info, indent=1))
     doc.close()
