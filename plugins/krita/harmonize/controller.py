@@ -5,7 +5,9 @@ docker.
 After a run the controller remembers the *session* (document, source, result layer and the
 request's inputs), so the docker's strength slider re-sends the same request with another
 strength: the daemon recognises the input and re-applies its cached prediction (no network
-run), and the result layer's pixels are rewritten in place.
+run), and the result layer's pixels are rewritten in place. A run for the docker's Preview
+puts its result on a temporary preview layer (:mod:`.output`) that Apply keeps and Cancel
+takes back; the result goes to a new layer or replaces the source (the docker's choice).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import host
+from . import host, output
 from .deps import PLUGIN_DIR, explain, host_side, missing_modules_message
 from .qt import QtCore
 
 SETTINGS_GROUP = "harmonize"
 DEFAULT_STRENGTH = 1.0
+OUTPUT_SETTING = "output"
+"""Krita setting: where results go, :data:`output.NEW_LAYER` (default) or ``REPLACE``."""
 
 
 def _signal(*types: Any) -> Any:
@@ -36,6 +40,8 @@ class Session:
     layer_id: str
     inputs: host.Inputs
     strength: float
+    preview: output.Preview | None = None
+    """Set while the result is a preview (not yet applied)."""
 
 
 class Controller(QtCore.QObject):
@@ -54,6 +60,7 @@ class Controller(QtCore.QObject):
         self.session: Session | None = None
         self._cancel: threading.Event | None = None
         self._pending: dict[str, Any] | None = None
+        self._pinging = False
         self._done.connect(self._on_done)
         self._error.connect(self._on_error)
 
@@ -80,21 +87,39 @@ class Controller(QtCore.QObject):
 
         Krita.instance().writeSetting(SETTINGS_GROUP, "strength", f"{value:.3f}")
 
+    @staticmethod
+    def output_mode() -> str:
+        """Where results go: a new layer (default) or the source replaced (Krita's settings)."""
+        from krita import Krita
+
+        mode = Krita.instance().readSetting(SETTINGS_GROUP, OUTPUT_SETTING, output.NEW_LAYER)
+        return mode if mode in output.MODES else output.NEW_LAYER
+
+    def set_output_mode(self, mode: str) -> None:
+        """Remember ``mode``; a preview on the canvas follows it (the source shown or hidden)."""
+        from krita import Krita
+
+        Krita.instance().writeSetting(SETTINGS_GROUP, OUTPUT_SETTING, mode)
+        if self.session is not None and self.session.preview is not None:
+            output.set_mode(self.session.preview, mode)
+
     # -- jobs --
 
     @property
     def busy(self) -> bool:
         return self._pending is not None
 
-    def harmonize_active(self, strength: float | None = None) -> bool:
-        """Start a job on the active layer of the active document; False if it could not start
-        (the reason went out through ``failed``)."""
+    def harmonize_active(self, strength: float | None = None, *, preview: bool = False) -> bool:
+        """Start a job on the active layer of the active document, for a preview layer or
+        straight into the document (:meth:`output_mode`); False if it could not start (the
+        reason went out through ``failed``). A preview on the canvas is taken back first."""
         from krita import Krita
 
         if self.busy:
             self.failed.emit("A harmonize job is still running: wait or cancel it.")
             return False
         try:
+            self.discard_preview()
             doc = Krita.instance().activeDocument()
             node = host.active_layer(doc)
             inputs = host.read_inputs(doc, node)
@@ -102,7 +127,11 @@ class Controller(QtCore.QObject):
             self.failed.emit(explain(exc))
             return False
         value = self.strength() if strength is None else strength
-        self._start({"kind": "new", "doc": doc, "inputs": inputs, "strength": value})
+        kind = "preview" if preview else "new"
+        self._start(
+            {"kind": kind, "doc": doc, "inputs": inputs, "strength": value,
+             "mode": self.output_mode()}
+        )  # fmt: skip
         return True
 
     def reapply(self, strength: float) -> bool:
@@ -174,11 +203,6 @@ class Controller(QtCore.QObject):
 
     def _apply(self, job: dict[str, Any], result: Any) -> str:
         doc, inputs = job["doc"], job["inputs"]
-        source = host.find_node(doc.rootNode(), inputs.source_id)
-        if source is None:
-            raise host_side().PluginError(
-                "The source layer was deleted while harmonizing; nothing was changed."
-            )
         seconds = time.perf_counter() - job["started"]
         if job["kind"] == "update" and self.session is not None:
             layer = host.find_node(doc.rootNode(), self.session.layer_id)
@@ -187,14 +211,57 @@ class Controller(QtCore.QObject):
             host.update_layer(doc, layer, inputs, result.pixels, result.box)
             self.session.strength = job["strength"]
             return f"Strength {job['strength']:.2f} applied in {seconds:.2f} s"
-        layer = host.build_layer(doc, source, inputs, result.pixels, result.box)
-        host.insert_above(doc, source, layer)
+        source = host.find_node(doc.rootNode(), inputs.source_id)
+        if source is None:
+            raise host_side().PluginError(
+                "The source layer was deleted while harmonizing; nothing was changed."
+            )
+        name, mode, what = source.name(), job["mode"], _what(inputs)
+        args = (doc, source, inputs, result.pixels, result.box, mode)
+        if job["kind"] == "preview":
+            shown = output.show_preview(*args)
+            self.session = Session(
+                doc, inputs.source_id, shown.layer_id, inputs, job["strength"], shown
+            )
+            return f"Preview of {what}'{name}' ({seconds:.2f} s): Apply keeps it, Cancel drops it"
+        layer = output.write(*args)
         self.session = Session(doc, inputs.source_id, host.node_id(layer), inputs, job["strength"])
-        return f"Harmonized '{source.name()}' in {seconds:.2f} s"
+        done = "Replaced" if mode == output.REPLACE else "Harmonized"
+        return f"{done} {what}'{name}' in {seconds:.2f} s"
 
-    def end_session(self) -> None:
-        """Apply: keep the result as it is; the slider no longer changes it."""
+    def apply(self) -> str:
+        """Apply: a preview becomes the result (new layer or replace); any result stops
+        following the strength slider. Returns what happened; raises ``PluginError``."""
+        session, self.session = self.session, None
+        if session is None or session.preview is None:
+            return "Applied."
+        layer = output.commit(session.preview)
+        return f"Applied: '{layer.name()}'."
+
+    def discard_preview(self, *, unless_active: bool = False) -> bool:
+        """Cancel a preview: its layer goes, the source shows as before; False if none (or,
+        with ``unless_active``, when its document is still the active one)."""
+        session = self.session
+        if session is None or session.preview is None:
+            return False
+        if unless_active and output.is_active(session.doc):
+            return False
         self.session = None
+        output.discard(session.preview)
+        return True
+
+    def show_before(self, before: bool) -> None:
+        """Compare with the original: hide the result (or preview) and show the source."""
+        session = self.session
+        if session is None:
+            return
+        if session.preview is not None:
+            output.show_before(session.preview, before)
+            return
+        layer = self.session_layer()
+        if layer is not None:
+            layer.setVisible(not before)
+            session.doc.refreshProjection()
 
     def session_layer(self) -> Any | None:
         session = self.session
@@ -204,22 +271,39 @@ class Controller(QtCore.QObject):
 
     # -- daemon status --
 
-    def check_daemon(self, callback: Any) -> None:
-        """Ping the daemon on a worker thread; ``callback(text)`` runs on the main thread."""
+    def check_daemon(self, callback: Any) -> bool:
+        """Ping the daemon on a worker thread; ``callback(state, text)`` runs on the main
+        thread (``state`` as :func:`host_side.daemon_state`, or ``host_side.STARTING`` while a
+        job of ours is starting the daemon). False (no ping) while the previous one is still out."""
+        if self._pinging:
+            return False
+        self._pinging = True
         relay = _Relay(self)
-        relay.text.connect(callback)
+        relay.state.connect(callback)
 
         def work() -> None:
             try:
-                text = host_side().daemon_status(self.settings())
+                ps = host_side()
+                found = ps.daemon_state(self.settings())
+                state, text = found.state, found.text
+                if state == ps.NOT_RUNNING and self.busy:
+                    state, text = ps.STARTING, "Starting: the daemon starts for this job…"
             except ImportError as missing:
-                text = missing_modules_message(missing)
+                state, text = "error", f"Error: {missing_modules_message(missing)}"
             except Exception as exc:  # e.g. a broken settings.json
-                text = explain(exc)
-            relay.text.emit(text)
+                state, text = "error", f"Error: {explain(exc)}"
+            self._pinging = False
+            relay.state.emit(state, text)
 
         threading.Thread(target=work, name="harmonize-ping", daemon=True).start()
+        return True
+
+
+def _what(inputs: host.Inputs) -> str:
+    """How a message names what was harmonized: a flat image's selection (matched to the rest
+    of its layer), else the layer."""
+    return "the selection of " if inputs.flat else ""
 
 
 class _Relay(QtCore.QObject):
-    text = QtCore.pyqtSignal(str)
+    state = QtCore.pyqtSignal(str, str)

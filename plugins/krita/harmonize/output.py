@@ -210,10 +210,11 @@ def undo_history() -> list[str] | None:
     return [str(model.data(model.index(row, 0))) for row in range(model.rowCount())]
 
 
-def _same_document(a: Any, b: Any) -> bool:
-    return (
-        a is not None and b is not None and host.node_id(a.rootNode()) == host.node_id(b.rootNode())
-    )
+def is_active(doc: Any) -> bool:
+    """Whether ``doc`` is Krita's active document (the one Edit ▸ Undo and the History docker
+    act on)."""
+    active = _krita().activeDocument()
+    return active is not None and host.node_id(active.rootNode()) == host.node_id(doc.rootNode())
 
 
 def _is_last_step(preview: Preview) -> bool:
@@ -222,7 +223,7 @@ def _is_last_step(preview: Preview) -> bool:
     history is unchanged since the preview was added (no step pushed; an undone one would
     have taken the layer with it) and the layer is still there (checked after Krita finished
     any pending undo)."""
-    if preview.history is None or not _same_document(_krita().activeDocument(), preview.doc):
+    if preview.history is None or not is_active(preview.doc):
         return False
     preview.doc.waitForDone()
     return undo_history() == preview.history and _nodes(preview)[1] is not None
