@@ -251,6 +251,20 @@ def test_a_checkpoint_of_the_previous_version_resumes_and_exports(
     torch.save(ck, tmp_path / "last.pt")
     meta = export(tmp_path / "last.pt", tmp_path / "w.pt")
     assert meta["steps"] == 2 and meta["hyperparameters"]["smooth_weight"] is None
+    assert "started_from" not in meta  # the parent run is gone: nothing is claimed
+    # With the parent checkpoint present, the weights say what it had trained, and the totals.
+    (tmp_path / "gone").mkdir()
+    torch.save({**ck, "step": 5, "samples": 40, "elapsed": 10.0}, tmp_path / "gone" / "last.pt")
+    meta = export(tmp_path / "last.pt", tmp_path / "w.pt")
+    assert meta["started_from"] == {
+        "file": "last.pt",
+        "run": "gone",
+        "steps": 5,
+        "samples": 40,
+        "training_seconds": 10.0,
+    }
+    assert meta["total_samples"] == 48 and meta["total_training_seconds"] == 11.5
+    (tmp_path / "gone" / "last.pt").unlink()
     summary = train(TrainConfig.from_json(old))
     assert summary["step"] == 3 and summary["elapsed"] > 1.5
     assert load_checkpoint(tmp_path / "last.pt")["samples"] == 3 * 2 * 2

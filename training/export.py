@@ -22,7 +22,10 @@ TRAINED_ON_SYNTHETIC = (
     "plasma-workspace-wallpapers, GPL-2+/CC0/CC BY 2.0/public domain), BSDS500 photos + "
     "segmentation regions (research use), Weizmann horses (research use), SycoNet HFlickr "
     "real photos + masks (research use); object shapes from the Lalonde & Efros mask bank "
-    "(MIT repo / LabelMe, research use). Whole photos held out for validation."
+    "(MIT repo / LabelMe, research use); the six photo folders sun_hays80, urban100, kodak24, "
+    "mcmaster, set14 (benchmark collections, licence not stated: research use) and "
+    "lomiri_wallpapers (CC-BY-4.0 / CC-BY-SA-3.0/4.0 / CC0-1.0 per image). Whole photos held "
+    "out for validation."
 )
 
 HYPERPARAMETERS = (
@@ -45,6 +48,30 @@ HYPERPARAMETERS = (
 )
 """The TrainConfig fields stored as the weights' ``hyperparameters`` (None: not in that run's
 config, e.g. a field newer than the checkpoint)."""
+
+
+def _lineage(cfg: dict[str, Any], ck: dict[str, Any]) -> dict[str, Any]:
+    """For a run started from another run's checkpoint (``init_weights``): what that run had
+    trained, and the totals over both (empty for a run from scratch or a missing parent)."""
+    parent_path = cfg.get("init_weights")
+    if not parent_path or not Path(parent_path).is_file():
+        return {}
+    try:
+        parent = load_checkpoint(parent_path)
+    except (ValueError, OSError):
+        return {"started_from": {"file": Path(parent_path).name}}
+    before = {
+        "file": Path(parent_path).name,
+        "run": Path(parent_path).parent.name,
+        "steps": parent["step"],
+        "samples": parent["samples"],
+        "training_seconds": round(float(parent["elapsed"]), 1),
+    }
+    return {
+        "started_from": before,
+        "total_samples": before["samples"] + ck["samples"],
+        "total_training_seconds": round(before["training_seconds"] + float(ck["elapsed"]), 1),
+    }
 
 
 def export(
@@ -89,6 +116,7 @@ def export(
         "training_seconds": round(float(ck["elapsed"]), 1),
         "weights": "ema" if use_ema else "raw",
         "metrics": metrics,
+        **_lineage(cfg, ck),
         "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
