@@ -6,7 +6,8 @@ the way a user would (open a photo, paste an object, maybe select), calls the in
 procedure non-interactively through the PDB exactly as the menu does, and dumps what the host
 test compares to /job/out/<case>.*. A case with ``"run_mode": "INTERACTIVE"`` runs it as the
 menu does for a user (only for runs that must be refused before any dialog: there is no display
-here); ``"target": "background"`` harmonizes the bottom layer instead of the object.
+here); ``"target": "background"`` harmonizes the bottom layer instead of the object, and
+``"flat": true`` adds no object at all (a flattened photo: the photo itself is harmonized).
 
 - ``<case>.json``: status, error text, layer names/positions/offsets before and after, whether
   the run left the image dirty (it is marked clean just before);
@@ -83,7 +84,9 @@ def run_case(case):
         _fill(image, "hidden", (255, 0, 255, 255), (0, 0, image.get_width(),
               image.get_height()), 0, False)  # fmt: skip
     ox, oy = case["offset"]
-    if case["paste"]:  # a real paste: copy from another image, paste as a floating selection
+    if case.get("flat"):  # a flattened photo: nothing added, the photo is the layer
+        layer, ox, oy = background, 0, 0
+    elif case["paste"]:  # a real paste: copy from another image, paste as a floating selection
         source_image = _load(case["object"])
         Gimp.edit_copy([source_image.get_layers()[0]])
         target = image.get_layers()[0]
