@@ -18,13 +18,11 @@ from tests.test_plugin_install import fake_wheel
 
 
 def _wheel_args(tmp_path: Path) -> list[str]:
-    args = []
     for version, platform in {*KRITA_ZIP_TARGETS, *release.GIMP_ARCHIVE_TARGETS}:
         tag = wheel_tag(version, platform)
         fake_wheel(tmp_path / "wheels" / tag, "pyzmq", "zmq")
         fake_wheel(tmp_path / "wheels" / tag, "msgpack", "msgpack")
-        args += ["--wheel-dir", f"{tag}={tmp_path / 'wheels' / tag}"]
-    return args
+    return ["--wheels-from", str(tmp_path / "wheels")]
 
 
 def test_one_command_builds_both_archives(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -52,10 +50,11 @@ def test_one_command_builds_both_archives(tmp_path: Path, capsys: pytest.Capture
             assert f"harmonize/wheels/{wheel_tag(version, platform)}/{module}/__init__.py" in names
 
 
-def test_a_bad_wheel_dir_argument_is_one_line(capsys: pytest.CaptureFixture[str]):
-    with pytest.raises(SystemExit) as exit_:
-        release.main(["--out", "x", "--wheel-dir", "no-equals-sign"])
-    assert exit_.value.code == 2 and "expected TAG=FOLDER" in capsys.readouterr().err
+def test_a_missing_wheels_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    code = release.main(["--out", str(tmp_path / "out"), "--wheels-from", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("harmonize: error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_the_plugin_adds_the_wheel_folder_of_its_python(

@@ -1,6 +1,6 @@
 """The release artefacts in one command::
 
-    python -m layer_harmonizer.install.release --out DIR [--wheel-dir TAG=FOLDER ...]
+    python -m layer_harmonizer.install.release --out DIR [--wheels-from FOLDER]
 
 - ``harmonize-krita-<version>.zip``: for Krita's Tools ▸ Scripts ▸ Import Python Plugin from
   File (:func:`~.krita.package_krita`);
@@ -87,15 +87,6 @@ def build_release(out: Path, *, wheel_dirs: dict[str, Path] | None = None) -> li
     ]
 
 
-def _wheel_dir(text: str) -> tuple[str, Path]:
-    tag, sep, folder = text.partition("=")
-    if not sep or not tag or not folder:
-        raise argparse.ArgumentTypeError(
-            f"expected TAG=FOLDER (e.g. cp312-win_amd64=w/); got {text!r}"
-        )
-    return tag, Path(folder)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m layer_harmonizer.install.release",
@@ -103,15 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the two archives")
     parser.add_argument(
-        "--wheel-dir", type=_wheel_dir, action="append", default=[], metavar="TAG=FOLDER",
-        help="pyzmq + msgpack wheels for one target instead of downloading (repeatable)",
+        "--wheels-from", type=Path,
+        help="offline: a folder with one subfolder of .whl files per tag (as package-plugin)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     from layer_harmonizer.errors import HarmonizeError
 
     try:
-        paths = build_release(args.out, wheel_dirs=dict(args.wheel_dir) or None)
-    except HarmonizeError as exc:
+        folders = None
+        if args.wheels_from is not None:
+            folders = {p.name: p for p in Path(args.wheels_from).iterdir() if p.is_dir()}
+        paths = build_release(args.out, wheel_dirs=folders)
+    except (HarmonizeError, OSError) as exc:
         print(f"harmonize: error: {exc}", file=sys.stderr)
         return 2
     for path in paths:
