@@ -10,7 +10,8 @@ own Python runs it), so the daemon and the hosts share one implementation:
   :mod:`.messages`: the bodies of each request type;
 - :mod:`.shm`: pixels through shared memory (client side), :mod:`.shm_mapping` (daemon side);
 - :mod:`.connection` and :mod:`.client`: the daemon client;
-- :mod:`.host_side` (with :mod:`.host_pixels`, :mod:`.host_messages`): what the plug-ins call;
+- :mod:`.host_side` (with :mod:`.host_settings`, :mod:`.host_session`: one daemon client per
+  dialog or docker, :mod:`.host_pixels`, :mod:`.host_messages`): what the plug-ins call;
 - :mod:`.host_report`: the plug-ins' Copy diagnostics and Open log, with :mod:`.redact`
   (secrets and personal details out of a bug report, shared with ``harmonize diagnose``);
 - :mod:`.about`: the licence statement and the plug-ins' about text.

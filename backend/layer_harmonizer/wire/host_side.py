@@ -1,21 +1,23 @@
-"""What the GIMP and Krita plugins share: settings and the daemon call, plus (re-exported, so a
-plug-in needs this one module) the geometry and pixel formats of :mod:`.host_pixels` and the
+"""What the GIMP and Krita plugins share: the daemon call and its status, plus (re-exported,
+so a plug-in needs this one module) the settings (:mod:`.host_settings`), one daemon client per
+dialog (:mod:`.host_session`), the geometry and pixel formats of :mod:`.host_pixels` and the
 messages a user sees when something fails, :mod:`.host_messages`.
 
 Standard library only (no numpy, no torch), like all of :mod:`layer_harmonizer.wire`, which
 the installer copies into each host's plugin folder, where it runs in the host application's
-own Python. The pixel maths (mask x selection, compositing, LUTs) happens in
-the daemon; the plugins only move bytes:
+own Python. The pixel maths (alpha x selection, compositing, LUTs) happens in the daemon; the
+plugins only move bytes (a :class:`Request`):
 
-- ``layer``: the layer's RGBA over the *context region* (layer bounds plus a margin, clamped
-  to the image), transparent outside the layer;
-- ``mask``: ``(H, W)`` soft mask = layer alpha x selection (x layer mask), 0 outside the layer;
-- ``backdrop``: ``(H, W, 3)`` what is visible below the layer, flattened.
+- ``layer``: the layer's RGBA (or Krita's BGRA, declared) over the *context region* (layer
+  bounds plus a margin, clamped to the image), transparent outside the layer;
+- ``selection``: ``(H, W)`` the selection alone (x the layer mask), soft; none = all;
+- ``backdrop``: ``(H, W, 3|4)`` what is visible below the layer, flattened.
 
-The daemon answers with a harmonized RGBA crop and its offset inside the region.
+The daemon answers with a harmonized crop (in the layer's channel order) and its offset inside
+the region; a strength change re-applies that job without pixels (:meth:`Session.restrength`).
 
-Importing this module never imports pyzmq; :func:`harmonize` does, so a host whose Python
-lacks it still gets a readable :class:`PluginError`.
+Importing this module never imports pyzmq; :func:`open_session` and :func:`harmonize` do, so a
+host whose Python lacks it still gets a readable :class:`PluginError`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import protocol as P
-from .discovery import ENV, endpoint_path
+from .discovery import ENV
 from .host_messages import (
     INSTALL_HINT,
     PROGRESS,
@@ -50,114 +52,54 @@ from .host_pixels import (
     result_name,
     wire_format,
 )
+from .host_session import Request, Result, Session
+from .host_settings import (
+    DAEMON_TIMEOUT,
+    DEFAULT_STRENGTH,
+    SETTINGS_FILE,
+    Settings,
+    endpoint_file,
+    load_settings,
+)
 
 __all__ = [  # what the plug-ins use, re-exported names included
+    "DAEMON_TIMEOUT",
+    "DEFAULT_STRENGTH",
     "INSTALL_HINT",
     "PROGRESS",
     "RESULT_SUFFIX",
+    "SETTINGS_FILE",
     "Box",
     "DaemonState",
     "PluginError",
+    "Request",
     "Result",
+    "Session",
     "Settings",
     "WireFormat",
     "context_box",
     "crop_rows",
     "daemon_state",
     "daemon_status",
+    "endpoint_file",
     "explain",
     "harmonize",
     "has_unselected_part",
     "load_settings",
     "nothing_below",
+    "open_session",
     "progress_text",
     "result_name",
     "selection_covers_layer",
+    "serve_command",
     "wire_format",
 ]
 
 PROCEDURE_NAME = "plug-in-harmonize-layer"
 """The GIMP PDB name of the procedure (menu: Filters ▸ Harmonize Layer…)."""
-SETTINGS_FILE = "settings.json"
-"""Written by ``harmonize install-plugin`` into the plugin folder; read by the plugin."""
-DEFAULT_STRENGTH = 1.0
-DAEMON_TIMEOUT = 60.0
-"""Seconds of silence from the daemon (progress events count as life) before retrying."""
-
-
-# ---- settings ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Settings:
-    """What the installer recorded for the plugin (``settings.json`` in the plugin folder).
-
-    Attributes:
-        serve_command: how to start the daemon, e.g. ``["/venv/bin/harmonize", "serve"]``;
-            None = ``harmonize`` from PATH.
-        serve_args: extra ``harmonize serve`` arguments (``--weights``, ``--device``).
-        runtime_dir: where the daemon's endpoint file is (``$HARMONIZE_RUNTIME_DIR`` wins).
-        timeout: seconds of silence before a request is retried.
-        strength: the default strength offered by the dialog.
-    """
-
-    serve_command: list[str] | None = None
-    serve_args: list[str] = field(default_factory=list)
-    runtime_dir: str | None = None
-    timeout: float = DAEMON_TIMEOUT
-    strength: float = DEFAULT_STRENGTH
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=1)
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> Settings:
-        if not isinstance(raw, dict):
-            raise ValueError("settings must be a JSON object")
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        settings = cls(**known)
-        if settings.serve_command is not None and not (
-            isinstance(settings.serve_command, list)
-            and all(isinstance(s, str) for s in settings.serve_command)
-        ):
-            raise ValueError("serve_command must be a list of strings")
-        return settings
-
-
-def load_settings(plugin_dir: str | os.PathLike[str]) -> Settings:
-    """Read ``settings.json`` from the plugin folder; defaults when there is none.
-
-    Raises :class:`PluginError` for a broken file (re-running the installer fixes it).
-    """
-    path = Path(plugin_dir) / SETTINGS_FILE
-    try:
-        return Settings.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return Settings()
-    except (OSError, ValueError, TypeError) as exc:
-        raise PluginError(
-            f"The plugin's settings file {path} is unreadable ({exc}). "
-            "Run `harmonize install-plugin` again to rewrite it."
-        ) from None
-
-
-def endpoint_file(settings: Settings) -> Path:
-    """The daemon's endpoint file: ``$HARMONIZE_RUNTIME_DIR``, else the installer's runtime
-    dir, else the platform default (:func:`.discovery.endpoint_path`)."""
-    return endpoint_path(settings.runtime_dir)
 
 
 # ---- the daemon call --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Result:
-    """A harmonized crop: ``pixels`` (``h x w x 4`` of the request's dtype) at ``box``, in the
-    coordinates of the region that was sent."""
-
-    pixels: bytes
-    box: Box
-    timings: dict[str, float]
 
 
 def _client_module() -> Any:
@@ -171,6 +113,18 @@ def _client_module() -> Any:
             "copies into the plugin folder."
         ) from None
     return client
+
+
+def open_session(settings: Settings | None = None, *, client_module: Any = None) -> Session:
+    """A :class:`Session` for a dialog or docker: one daemon client (and shared-memory
+    segment) for all its requests; close it with the dialog. PluginError when the host's
+    Python cannot talk to the daemon.
+
+    Args:
+        client_module: :mod:`layer_harmonizer.wire.client` replacement (tests).
+    """
+    module = client_module or _client_module()
+    return Session(settings, client_module=module, connect=_daemon)
 
 
 def serve_command(settings: Settings) -> list[str]:
@@ -194,6 +148,19 @@ def serve_command(settings: Settings) -> list[str]:
     return [exe, "serve"]
 
 
+def _daemon(client: Any, settings: Settings) -> Any:
+    """A client of the running daemon, else of one started with the installer's command."""
+    path = endpoint_file(settings)
+    os.environ.setdefault(ENV, str(path.parent))  # an auto-started daemon uses it too
+    found = client.answering_client(path, timeout=settings.timeout, retries=2)
+    return found or client.ensure_daemon(
+        command=serve_command(settings),
+        args=settings.serve_args,
+        endpoint_file=path,
+        timeout=settings.timeout,
+    )
+
+
 def harmonize(
     layer: bytes,
     mask: bytes,
@@ -208,7 +175,8 @@ def harmonize(
     cancel: threading.Event | None = None,
     client_module: Any = None,
 ) -> Result:
-    """Send one layer to the daemon (finding or starting it) and return the harmonized crop.
+    """Send one layer to the daemon (finding or starting it) and return the harmonized crop,
+    the protocol 2.0 way, with a client of its own (a dialog keeps one: :func:`open_session`).
 
     Args:
         layer: ``height x width x 4`` RGBA of ``fmt.dtype`` over the region.
@@ -222,82 +190,10 @@ def harmonize(
     Raises:
         PluginError: with a message for the user (see :func:`explain`).
     """
-    _check_request(layer, mask, backdrop, width, height, fmt, strength)
-    settings = settings or Settings()
-    client = client_module or _client_module()
-    shape = (height, width)
-
-    def progress(body: dict[str, Any]) -> None:
-        stage = str(body.get("stage", ""))
-        if on_progress is not None and stage in PROGRESS:
-            on_progress(PROGRESS[stage], stage)
-
-    try:
-        with _daemon(client, settings) as daemon:
-            daemon.hello()
-            reply = daemon.harmonize(
-                P.Pixels(layer, (*shape, 4), fmt.dtype),
-                P.Pixels(mask, shape, fmt.dtype),
-                P.Pixels(backdrop, (*shape, 3), fmt.dtype),
-                strength=float(strength),
-                dtype=fmt.dtype,
-                output="rgba",
-                on_progress=progress,
-                cancel=cancel,
-            )
-    except (P.ProtocolError, client.DaemonError, OSError, MemoryError) as exc:
-        # ProtocolError: e.g. the hello's version check; OSError: the daemon cannot be run
-        raise PluginError(explain(exc)) from None
-    return _result(reply, fmt, width, height)
-
-
-def _check_request(
-    layer: bytes,
-    mask: bytes,
-    backdrop: bytes,
-    width: int,
-    height: int,
-    fmt: WireFormat,
-    strength: float,
-) -> None:
-    """The strength and the buffers' sizes of a :func:`harmonize` call; PluginError if wrong."""
-    if not 0.0 <= strength <= 1.0:
-        raise PluginError(f"Strength must be between 0 and 1; got {strength}.")
-    size = width * height * fmt.channel_bytes
-    for name, data, channels in (("layer", layer, 4), ("mask", mask, 1), ("backdrop", backdrop, 3)):
-        if len(data) != size * channels:
-            raise PluginError(
-                f"Internal error: the {name} has {len(data)} bytes, expected {size * channels} "
-                f"for {width} x {height} x {channels} {fmt.dtype}."
-            )
-
-
-def _daemon(client: Any, settings: Settings) -> Any:
-    """A client of the running daemon, else of one started with the installer's command."""
-    path = endpoint_file(settings)
-    os.environ.setdefault(ENV, str(path.parent))  # an auto-started daemon uses it too
-    found = client.answering_client(path, timeout=settings.timeout, retries=2)
-    return found or client.ensure_daemon(
-        command=serve_command(settings),
-        args=settings.serve_args,
-        endpoint_file=path,
-        timeout=settings.timeout,
-    )
-
-
-def _result(reply: Any, fmt: WireFormat, width: int, height: int) -> Result:
-    """The daemon's reply as a :class:`Result`, checked against the request."""
-    pix = reply.pixels
-    if pix.dtype != fmt.dtype or len(pix.shape) != 3 or pix.shape[2] != 4:
-        raise PluginError(
-            f"The daemon answered with {pix.dtype} pixels of shape {list(pix.shape)}; expected "
-            f"RGBA {fmt.dtype}. Update the daemon and the plugin to the same version."
-        )
-    x, y = reply.offset
-    box = Box(x, y, pix.shape[1], pix.shape[0])
-    if box.intersect(Box(0, 0, width, height)) != box:
-        raise PluginError(f"The daemon's result {box} lies outside the {width} x {height} region.")
-    return Result(bytes(memoryview(pix.data).cast("B")), box, dict(reply.timings))
+    request = Request(layer, mask, backdrop, width, height, fmt, premultiplied=True)
+    request.check(strength)
+    with open_session(settings, client_module=client_module) as session:
+        return session.harmonize(request, strength=strength, on_progress=on_progress, cancel=cancel)
 
 
 CONNECTED, NOT_RUNNING, STARTING, ERROR = "connected", "not_running", "starting", "error"
