@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import types
 from collections.abc import Iterator
@@ -42,8 +43,9 @@ def gi() -> Iterator[types.SimpleNamespace]:
 
 
 class FakeDaemon:
-    """Stands in for :mod:`layer_harmonizer.wire.client`: records the frames, inverts the
-    masked crop."""
+    """Stands in for :mod:`layer_harmonizer.wire.client`: records the frames (``mask``: the
+    coverage the daemon composites with, alpha x selection), inverts the covered crop, keeps
+    jobs for ``reapply`` (``forget`` drops them, as a daemon's cache would)."""
 
     class DaemonError(Exception):
         def __init__(self, code: str, message: str) -> None:
@@ -54,11 +56,15 @@ class FakeDaemon:
         self.error, self.running = error, running
         self.requests: list[dict[str, Any]] = []
         self.started: list[list[str]] = []
+        self.clients: list[Any] = []
+        self.jobs: dict[str, tuple[dict, Any]] = {}
+        self.forget = False
         daemon = self
 
         class Client:
             def __init__(self) -> None:
                 self.closed = False
+                daemon.clients.append(self)
 
             @classmethod
             def from_endpoint_file(cls, path: Path, **_kw: Any) -> Client:
@@ -85,6 +91,13 @@ class FakeDaemon:
                           **options: Any) -> Any:  # fmt: skip
                 return daemon.answer(layer, mask, backdrop, options)
 
+            def harmonize_layer(self, layer: P.Pixels, selection: P.Pixels | None,
+                                backdrop: P.Pixels, **options: Any) -> Any:  # fmt: skip
+                return daemon.answer(layer, selection, backdrop, options, premultiplied=False)
+
+            def reapply(self, job: str, **options: Any) -> Any:
+                return daemon.reapply(job, options)
+
         self.Client = Client
 
     def answering_client(self, path: Path, **_kw: Any) -> Any:
@@ -95,25 +108,46 @@ class FakeDaemon:
         self.running = True
         return self.Client()
 
-    def answer(self, layer: P.Pixels, mask: P.Pixels, backdrop: P.Pixels, options: dict) -> Any:
-        arrays = {
-            name: np.frombuffer(bytes(pix.data), dtype=np.dtype(pix.dtype).newbyteorder("<"))
-            .reshape(pix.shape)
-            .copy()
-            for name, pix in (("layer", layer), ("mask", mask), ("backdrop", backdrop))
-        }
-        self.requests.append({**arrays, "options": options, "dtypes": (layer.dtype, mask.dtype)})
+    def answer(self, layer: P.Pixels, mask: P.Pixels | None, backdrop: P.Pixels,
+               options: dict, premultiplied: bool = True) -> Any:  # fmt: skip
+        def array(pix: P.Pixels) -> np.ndarray:
+            raw = np.frombuffer(bytes(pix.data), dtype=np.dtype(pix.dtype).newbyteorder("<"))
+            return raw.reshape(pix.shape).copy()
+
+        arrays = {"layer": array(layer), "backdrop": array(backdrop)}
+        full = 1.0 if layer.dtype == "float32" else np.iinfo(layer.dtype).max
+        arrays["selection"] = None if premultiplied or mask is None else array(mask)
+        if premultiplied:
+            arrays["mask"] = array(mask)
+        else:  # the coverage a 2.1 daemon composites with: alpha x selection
+            sel = 1.0 if mask is None else arrays["selection"] / level(mask.dtype)
+            coverage = arrays["layer"][..., 3] / full * sel * full
+            arrays["mask"] = np.round(coverage).astype(layer.dtype)
+        kind = "harmonize" if premultiplied else "harmonize_layer"
+        dtypes = (layer.dtype, (mask or layer).dtype)
+        self.requests.append({**arrays, "kind": kind, "options": options, "dtypes": dtypes})
+        return self._result(arrays, options, f"job{len(self.requests)}")
+
+    def reapply(self, job: str, options: dict) -> Any:
+        self.requests.append({"kind": "reapply", "job": job, "options": options})
+        if self.forget or job not in self.jobs:
+            raise FakeDaemon.DaemonError("unknown_job", f"the daemon no longer keeps job {job}")
+        return self._result(self.jobs[job], options, job)
+
+    def _result(self, arrays: dict, options: dict, job: str) -> Any:
         for stage in ("received", "composed", "predicted", "applied"):
             options["on_progress"]({"stage": stage})
         if self.error:
             raise FakeDaemon.DaemonError(*self.error)
-        full = 1.0 if layer.dtype == "float32" else np.iinfo(layer.dtype).max
+        self.jobs[job] = arrays
+        layer = arrays["layer"]
+        full = level(layer.dtype.name)
         m = arrays["mask"].astype(np.float64) / full
         x0, y0, x1, y1 = crop_box(m, M.DEFAULT_CROP_MARGIN, M.MIN_CROP_MARGIN_PX)
-        out = arrays["layer"][y0:y1, x0:x1].copy()
+        out = layer[y0:y1, x0:x1].copy()
         out[..., :3] = (full - out[..., :3]).astype(out.dtype)  # "harmonized" = inverted
         return types.SimpleNamespace(
-            pixels=P.Pixels.of(np.ascontiguousarray(out)), offset=(x0, y0), timings={}
+            pixels=P.Pixels.of(np.ascontiguousarray(out)), offset=(x0, y0), timings={}, job=job
         )
 
 
@@ -121,7 +155,11 @@ class FakeDaemon:
 def daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeDaemon:
     fake = FakeDaemon()
     monkeypatch.setattr(S, "_client_module", lambda: fake)
-    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path / "runtime"))
+    runtime = tmp_path / "runtime"
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(runtime))
+    runtime.mkdir(mode=0o700)  # the endpoint file of a daemon that runs (this process)
+    info = {"endpoint": "ipc://fake", "token": "t", "pid": os.getpid()}
+    (runtime / "daemon.json").write_text(json.dumps(info))
     return fake
 
 
@@ -217,6 +255,24 @@ def test_mask_is_alpha_times_selection_and_layer_mask(gi: Any, daemon: FakeDaemo
     assert np.abs(got.astype(int) - expected).max() <= 1
     assert obj.mask is not None  # the user's layer keeps its layer mask
     assert image.duplicates and all(d.deleted for d in image.duplicates)
+
+
+def test_sends_the_selection_alone_and_the_daemon_multiplies_alpha(gi: Any, daemon: FakeDaemon):
+    """Protocol 2.1: the selection channel as it is (no alpha x selection made in GIMP, none
+    divided back in the daemon); without a selection none is sent; a layer mask is the one
+    case still sent as the 2.0 mask (see test_mask_is_alpha_times_selection_and_layer_mask)."""
+    s = scene(gi)
+    image, obj = s["image"], s["obj"]
+    assert run(gi, image, obj)[0] == gi.Gimp.PDBStatusType.SUCCESS
+    image.selection[:, :40] = 1.0
+    image.selection[:, 40:45] = 0.5
+    assert run(gi, image, obj)[0] == gi.Gimp.PDBStatusType.SUCCESS
+    whole, selected = daemon.requests
+    assert whole["kind"] == selected["kind"] == "harmonize_layer"
+    assert whole["selection"] is None
+    region = S.context_box(S.Box(30, 20, 30, 20), 80, 60)
+    expected = np.round(image.selection[region.y : region.bottom, region.x : region.right] * 255)
+    np.testing.assert_array_equal(selected["selection"], expected.astype(np.uint8))
 
 
 def test_backdrop_inside_groups_is_what_is_below(gi: Any, daemon: FakeDaemon):
@@ -619,3 +675,37 @@ def test_timings_on_request(gi: Any, daemon: FakeDaemon, monkeypatch, capsys):
     line = next(x for x in capsys.readouterr().err.splitlines() if "harmonize-timings" in x)
     timings = json.loads(line.split(" ", 1)[1])
     assert set(timings) >= {"read_layer", "mask_backdrop", "daemon", "write", "region", "crop"}
+
+
+def test_the_dialog_keeps_one_client_and_reapplies_strength_changes(gi: Any, daemon: FakeDaemon):
+    """One daemon client for the whole dialog (not a new client, ping and hello per preview);
+    a strength change is a reapply of the kept job, no pixels sent again."""
+    s = scene(gi)
+
+    def user(config: Any) -> None:
+        for strength in (0.5, 0.3):
+            config.set_property("strength", strength)
+            mock.LOOP.run_pending()
+
+    status, error = interactive(gi, s["image"], s["obj"], interact=user)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    assert len(daemon.clients) == 1 and daemon.clients[0].closed
+    kinds = [(r["kind"], r["options"]["strength"]) for r in daemon.requests]
+    # the answer before the dialog, two previews, OK (the last strength, for the real layer)
+    assert kinds == [("harmonize_layer", 1.0), ("reapply", 0.5), ("reapply", 0.3), ("reapply", 0.3)]
+    assert {r["job"] for r in daemon.requests[1:]} == {"job1"}
+
+
+def test_a_job_the_daemon_forgot_is_sent_again_whole(gi: Any, daemon: FakeDaemon):
+    s = scene(gi)
+
+    def user(config: Any) -> None:
+        daemon.forget = True  # e.g. another plug-in's jobs came in between
+        config.set_property("strength", 0.4)
+        mock.LOOP.run_pending()
+
+    status, error = interactive(gi, s["image"], s["obj"], interact=user)
+    assert status == gi.Gimp.PDBStatusType.SUCCESS, error
+    kinds = [r["kind"] for r in daemon.requests]
+    assert kinds == ["harmonize_layer", "reapply", "harmonize_layer", "reapply", "harmonize_layer"]
+    assert names(s["image"]) == ["cover", "object (harmonized)", "object", "hidden", "Background"]

@@ -74,11 +74,31 @@ def _item_at(image: Gimp.Image, path: list[int]) -> Gimp.Layer:
     return item
 
 
-def _mask_and_backdrop(
+def _selection(
+    dup: Gimp.Image, twin: Gimp.Layer, region: S.Box, fmt: S.WireFormat
+) -> tuple[bytes | None, bool]:
+    """``(selection, premultiplied)`` over ``region`` of ``dup`` (the user's image, copied):
+    the selection channel alone, of the wire dtype (None when nothing is selected: all of the
+    layer); the daemon multiplies it by the layer's alpha. A layer with a layer mask has GIMP
+    apply the mask and the selection to its alpha instead, the protocol 2.0 mask (alpha x
+    layer mask x selection, ``premultiplied``), which the daemon divides back."""
+    selected = not Gimp.Selection.is_empty(dup)
+    if twin.get_mask() is None:
+        linear = f"Y {fmt.babl_type}"  # the channel's own values, no TRC
+        return (_read(dup.get_selection(), region, linear) if selected else None), False
+    twin.remove_mask(Gimp.MaskApplyMode.APPLY)
+    if selected:
+        twin.add_alpha()
+        twin.add_mask(twin.create_mask(Gimp.AddMaskType.SELECTION))
+        twin.remove_mask(Gimp.MaskApplyMode.APPLY)
+    return _read(twin, region, fmt.alpha), True
+
+
+def _selection_and_backdrop(
     image: Gimp.Image, layer: Gimp.Layer, region: S.Box, fmt: S.WireFormat
-) -> tuple[bytes, bytes]:
-    """Mask (alpha x layer mask x selection) and backdrop (visible layers below, flattened),
-    both computed by GIMP in a throw-away duplicate so the user's image is never touched. With
+) -> tuple[bytes | None, bool, bytes]:
+    """Selection (:func:`_selection`) and backdrop (visible layers below, flattened), both
+    computed by GIMP in a throw-away duplicate so the user's image is never touched. With
     nothing visible below, see :func:`_flat_backdrop`."""
     dup = image.duplicate()
     try:
@@ -87,13 +107,7 @@ def _mask_and_backdrop(
         dup.crop(region.w, region.h, region.x, region.y)
         full, region = region, S.Box(0, 0, region.w, region.h)
         twin = _item_at(dup, _path_of(layer))
-        if twin.get_mask() is not None:
-            twin.remove_mask(Gimp.MaskApplyMode.APPLY)
-        if not Gimp.Selection.is_empty(dup):
-            twin.add_alpha()
-            twin.add_mask(twin.create_mask(Gimp.AddMaskType.SELECTION))
-            twin.remove_mask(Gimp.MaskApplyMode.APPLY)
-        mask = _read(twin, region, fmt.alpha)
+        selection, premultiplied = _selection(dup, twin, region, fmt)
         # hide the layer and everything above it, at every level of the layer tree
         item = twin
         while item is not None:
@@ -104,10 +118,9 @@ def _mask_and_backdrop(
                 above.set_visible(False)
             item = parent
         if not any(lay.get_visible() for lay in dup.get_layers()):
-            return mask, _flat_backdrop(dup, layer, full, fmt)
+            return selection, premultiplied, _flat_backdrop(dup, layer, full, fmt)
         below = dup.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
-        backdrop = _read(below, region, fmt.rgb)
-        return mask, backdrop
+        return selection, premultiplied, _read(below, region, fmt.rgb)
     finally:
         dup.delete()
 
@@ -137,14 +150,12 @@ def _write(drawable: Gimp.Drawable, data: bytes, box: S.Box, babl_format: str) -
 
 @dataclass
 class _Inputs:
-    """What is sent for ``layer``: its pixels, mask and backdrop over ``region``."""
+    """What is sent for ``layer``: its pixels, selection and backdrop over ``region``."""
 
     fmt: S.WireFormat
     layer_box: S.Box
     region: S.Box
-    pixels: bytes
-    mask: bytes
-    backdrop: bytes
+    request: S.Request
 
 
 def _read_inputs(image: Gimp.Image, layer: Gimp.Layer, timings: dict[str, float]) -> _Inputs:
@@ -154,27 +165,34 @@ def _read_inputs(image: Gimp.Image, layer: Gimp.Layer, timings: dict[str, float]
     start = time.perf_counter()
     pixels = _read(layer, region, fmt.rgba)
     read = time.perf_counter()
-    mask, backdrop = _mask_and_backdrop(image, layer, region, fmt)
+    selection, premultiplied, backdrop = _selection_and_backdrop(image, layer, region, fmt)
     timings["read_layer"] = round(read - start, 4)
     timings["mask_backdrop"] = round(time.perf_counter() - read, 4)
-    return _Inputs(fmt, layer_box, region, pixels, mask, backdrop)
+    request = S.Request(
+        pixels, selection, backdrop, region.w, region.h, fmt, premultiplied=premultiplied
+    )
+    return _Inputs(fmt, layer_box, region, request)
 
 
 def _request(
-    inputs: _Inputs, strength: float, settings: S.Settings, *, progress: bool = True
+    inputs: _Inputs,
+    strength: float,
+    session: S.Session,
+    *,
+    progress: bool = True,
+    again: bool = False,
 ) -> S.Result:
-    """Send ``inputs`` to the daemon; ``progress``: report the stages on GIMP's progress bar
-    (not for previews, which must stay quiet)."""
+    """Send ``inputs`` to the daemon through the run's ``session``; ``again``: the same
+    inputs at another strength (a reapply of the daemon's kept job, no pixels sent);
+    ``progress``: report the stages on GIMP's progress bar (not for previews, which must stay
+    quiet)."""
 
     def on_progress(fraction: float, stage: str) -> None:
         Gimp.progress_set_text(S.progress_text(stage))
         Gimp.progress_update(fraction)
 
-    return S.harmonize(
-        inputs.pixels, inputs.mask, inputs.backdrop, inputs.region.w, inputs.region.h,
-        inputs.fmt, strength=strength, settings=settings,
-        on_progress=on_progress if progress else None,
-    )  # fmt: skip
+    send = session.restrength if again else session.harmonize
+    return send(inputs.request, strength=strength, on_progress=on_progress if progress else None)
 
 
 def _write_result(new: Gimp.Layer, inputs: _Inputs, result: S.Result) -> S.Box:
@@ -210,7 +228,7 @@ class _Job:
     timings: dict[str, float]
 
 
-def _prepare(image: Gimp.Image, layer: Gimp.Layer, strength: float, settings: S.Settings) -> _Job:
+def _prepare(image: Gimp.Image, layer: Gimp.Layer, strength: float, session: S.Session) -> _Job:
     """Read ``layer``'s inputs and get the daemon's result: every step that can fail (nothing
     visible below, no daemon, an empty mask...), done before the image is touched.
 
@@ -222,22 +240,22 @@ def _prepare(image: Gimp.Image, layer: Gimp.Layer, strength: float, settings: S.
         timings: dict[str, float] = {}
         inputs = _read_inputs(image, layer, timings)
         start = time.perf_counter()
-        result = _request(inputs, strength, settings)
+        result = _request(inputs, strength, session)
         timings["daemon"] = round(time.perf_counter() - start, 4)
     finally:
         Gimp.progress_end()
     return _Job(inputs, result, strength, timings)
 
 
-def _with_strength(job: _Job, strength: float, settings: S.Settings) -> _Job:
-    """``job`` at another strength (the dialog's): the same inputs re-sent, which the daemon
-    answers from its cached prediction; ``job`` itself when the strength is unchanged."""
+def _with_strength(job: _Job, strength: float, session: S.Session) -> _Job:
+    """``job`` at another strength (the dialog's): the daemon re-applies its kept job (no
+    pixels sent); ``job`` itself when the strength is unchanged."""
     if strength == job.strength:
         return job
     Gimp.progress_init("Harmonize: applying the strength…")
     try:
         start = time.perf_counter()
-        result = _request(job.inputs, strength, settings)
+        result = _request(job.inputs, strength, session, again=True)
     finally:
         Gimp.progress_end()
     timings = {**job.timings, "daemon": round(time.perf_counter() - start, 4)}
@@ -270,19 +288,17 @@ class LivePreview:
 
     It is added, rewritten and removed with the image's undo stack frozen, so it never
     becomes an undo step; the inputs are the ones read (and answered) before the dialog
-    opened, and that first answer is the first preview. Strength changes re-send them and the
-    daemon re-applies its cached prediction (no network run). The source is hidden while the
+    opened, and that first answer is the first preview. A strength change is a reapply of the
+    daemon's kept job (no pixels sent, no network run). The source is hidden while the
     preview replaces it (the "replace" option, or a floating selection, which stays above any
     other layer). When the dialog closes everything is put back, and OK runs the real
-    operation, which hits the same cache.
+    operation, another reapply through the same ``session`` (the dialog's one client).
     """
 
     PREFIX = "[Preview] "
 
-    def __init__(
-        self, image: Gimp.Image, layer: Gimp.Layer, settings: S.Settings, job: _Job
-    ) -> None:
-        self.image, self.source, self.settings = image, layer, settings
+    def __init__(self, image: Gimp.Image, layer: Gimp.Layer, session: S.Session, job: _Job) -> None:
+        self.image, self.source, self.session = image, layer, session
         self.inputs = job.inputs
         self.first: _Job | None = job  # the answer got before the dialog opened
         self.layer: Gimp.Layer | None = None
@@ -294,7 +310,7 @@ class LivePreview:
         if first is not None and first.strength == strength:
             result = first.result
         else:
-            result = _request(self.inputs, strength, self.settings, progress=False)
+            result = _request(self.inputs, strength, self.session, progress=False, again=True)
         self.image.undo_freeze()
         try:
             if self.layer is None:
@@ -384,12 +400,14 @@ class HarmonizePlugIn(Gimp.PlugIn):
         layer = drawables[0]
         # Everything that can fail happens first, before a dialog opens or the image changes:
         # a failed run leaves no undo step and a clean image clean.
-        try:
-            job = _prepare(image, layer, config.get_property("strength"), settings)
-            if run_mode == Gimp.RunMode.INTERACTIVE:
-                if not _dialog(procedure, config, image, layer, settings, job):
-                    return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-                job = _with_strength(job, config.get_property("strength"), settings)
+        try:  # one daemon client for the run: its first answer, the previews and OK
+            with S.open_session(settings) as session:
+                job = _prepare(image, layer, config.get_property("strength"), session)
+                if run_mode == Gimp.RunMode.INTERACTIVE:
+                    if not _dialog(procedure, config, image, layer, session, job):
+                        cancel = Gimp.PDBStatusType.CANCEL
+                        return procedure.new_return_values(cancel, GLib.Error())
+                    job = _with_strength(job, config.get_property("strength"), session)
         except S.PluginError as exc:
             return fail(str(exc))
         except Exception as exc:  # a bug: still a message, never a silent failure
@@ -420,7 +438,7 @@ def _dialog(
     config: Gimp.ProcedureConfig,
     image: Gimp.Image,
     layer: Gimp.Layer,
-    settings: S.Settings,
+    session: S.Session,
     job: _Job,
 ) -> bool:
     """The interactive dialog (strength, replace, preview on the canvas); True on OK. Opened
@@ -430,7 +448,7 @@ def _dialog(
     GimpUi.init(S.PROCEDURE_NAME)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Harmonize Layer")
     dialog.fill(["strength", "replace", "preview"])
-    preview = LivePreview(image, layer, settings, job)
+    preview = LivePreview(image, layer, session, job)
     pending: list[int] = []
 
     def refresh() -> bool:
