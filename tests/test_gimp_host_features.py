@@ -6,14 +6,17 @@ tests/hosts/gimp_batch.py) adds "Background (harmonized)" above the photo: insid
 selection it equals ``harmonize run`` on the photo with the selection as its mask (the
 backdrop is the photo itself), outside it keeps the photo's pixels; the photo is unchanged.
 Without a selection the run is refused with a message that says what to do, and the image is
-left clean (no undo step). The undo group around a run is the same code path as for any layer
-(tests/test_plugin_gimp.py checks the one group on the mocked GIMP, tests/test_gimp_host.py
-undoes it with Ctrl+Z in the GUI).
+left clean (no undo step). In the GIMP GUI (tests/hosts/gimp_gui.py's flat phase, on Xvfb),
+one Ctrl+Z in the image window brings back the photo alone with its pixels, and Ctrl+Y the
+result: the run is one undo step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,13 +27,24 @@ import pytest
 from layer_harmonizer.compose import crop_box
 from layer_harmonizer.wire.messages import DEFAULT_CROP_MARGIN, MIN_CROP_MARGIN_PX
 from tests import test_gimp_host as base
-from tests.test_gimp_host import BABL, SCRIPT, H, W, harmonize_run, scene
+from tests.test_gimp_host import (
+    BABL,
+    GUI_SCRIPT,
+    IMAGE_WINDOW,
+    SCRIPT,
+    H,
+    W,
+    _press,
+    _report,
+    harmonize_run,
+    scene,
+)
 
-gimp_chroot, weights, daemon, gimp_run = (
-    base.gimp_chroot, base.weights, base.daemon, base.gimp_run,
+gimp_chroot, weights, daemon, gimp_run, xvfb = (
+    base.gimp_chroot, base.weights, base.daemon, base.gimp_run, base.xvfb,
 )  # fmt: skip
-"""The fixtures of tests/test_gimp_host.py: the chroot, the test weights, the daemon and the
-installed plug-in (with bg.png in the job folder)."""
+"""The fixtures of tests/test_gimp_host.py: the chroot, the test weights, the daemon, the
+installed plug-in (with bg.png in the job folder) and an Xvfb display."""
 
 pytestmark = [pytest.mark.gimp, pytest.mark.host, pytest.mark.slow]
 
@@ -109,3 +123,39 @@ def test_flat_image_without_selection_is_refused(flat_run: dict[str, Any]):
     assert "select the object that looks wrong, then run Harmonize again" in report["error"]
     assert report["tree_after"] == report["tree_before"]
     assert report["dirty_after"] is False  # no undo step
+
+
+def test_flat_image_is_one_undo_step_in_the_gui(gimp_run: dict[str, Any], xvfb: str):
+    job = gimp_run["job"]
+    out = job / "out"
+    for stale in ("flat.json", "flat.stop", "crash.json"):
+        (out / stale).unlink(missing_ok=True)
+    (job / "gui_flat.py").write_text(GUI_SCRIPT.read_text())
+    with (job / "gimp-gui-flat.log").open("wb") as sink:
+        gimp = subprocess.Popen(
+            ["bash", str(SCRIPT), "gui", str(job), "gui_flat.py",
+             "HARMONIZE_RUNTIME_DIR=/job/runtime", "HARMONIZE_GUI_PHASES=flat"],
+            env={**os.environ, "DISPLAY": xvfb}, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        report = _report(out, "flat.json", lambda r: len(r["states"]) >= 2, timeout=240)
+        assert report.get("status") == "success", report
+        before, after = report["states"][:2]
+        assert [name for name, _, _ in before] == ["Background"]
+        assert [name for name, _, _ in after] == ["Background (harmonized)", "Background"]
+        assert after[1] == before[0]  # the photo itself is unchanged
+        _press(xvfb, IMAGE_WINDOW, "ctrl+z")
+        report = _report(out, "flat.json", lambda r: len(r["states"]) >= 3, timeout=30)
+        assert report["states"][2:] == [before], "one Ctrl+Z did not undo the whole run"
+        _press(xvfb, IMAGE_WINDOW, "ctrl+y")
+        report = _report(out, "flat.json", lambda r: len(r["states"]) >= 4, timeout=30)
+        assert report["states"][3:] == [after], "Ctrl+Y did not redo the whole run"
+    finally:
+        (out / "flat.stop").touch()
+        try:
+            gimp.wait(60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(gimp.pid, signal.SIGTERM)
+            gimp.wait(30)

@@ -19,6 +19,13 @@ GIMP's GUI; the batch call keeps GIMP's main loop running, so key presses from t
    test presses Return (OK) and this script writes /job/out/dialog.json with the status and
    the layers afterwards (no "[Preview]" layer may be left).
 
+With ``HARMONIZE_GUI_PHASES=flat`` it runs only this phase instead (for
+tests/test_gimp_host_features.py):
+
+3. **flat**: the photo alone (a flat image) with a rectangle selected, harmonized
+   non-interactively; then as in the undo phase, /job/out/flat.json follows the layers while
+   the test presses Ctrl+Z and Ctrl+Y, until /job/out/flat.stop appears.
+
 Then GIMP quits. Everything waits at most 180 s.
 """
 
@@ -102,20 +109,32 @@ def _run(image, layer, run_mode):
     return status.value_nick, error
 
 
-def undo_phase(deadline):
-    image, layer = _paste_scene(50, 40)
+def undo_phase(deadline, name="undo", scene=None):
+    """Run the procedure on ``scene()``'s ``(image, layer)`` (a fresh paste by default), then
+    report the layers in ``<name>.json`` whenever they change, until ``<name>.stop``."""
+    image, layer = scene() if scene else _paste_scene(50, 40)
     report = {"states": [_layers(image)]}
     report["status"], report["error"] = _run(image, layer, Gimp.RunMode.NONINTERACTIVE)
     report["states"].append(_layers(image))
-    _save("undo.json", report)
-    stop = os.path.join(OUT, "undo.stop")
+    _save(name + ".json", report)
+    stop = os.path.join(OUT, name + ".stop")
     while time.monotonic() < deadline and not os.path.exists(stop):
         layers = _layers(image)
         if layers is not None and layers != report["states"][-1]:
             report["states"].append(layers)
-            _save("undo.json", report)
+            _save(name + ".json", report)
         time.sleep(0.1)
     image.clean_all()  # no "discard changes?" question on quit
+
+
+def _flat_scene():
+    """The photo alone in a window (a flat image), a rectangle selected on it."""
+    image = _load("/job/bg.png")
+    image.undo_enable()
+    Gimp.Display.new(image)
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, 40, 30, 50, 40)
+    Gimp.displays_flush()
+    return image, image.get_layers()[0]
 
 
 def dialog_phase():
@@ -128,8 +147,11 @@ def dialog_phase():
 
 try:
     os.makedirs(OUT, exist_ok=True)
-    undo_phase(time.monotonic() + 180)
-    dialog_phase()
+    if os.environ.get("HARMONIZE_GUI_PHASES") == "flat":
+        undo_phase(time.monotonic() + 180, "flat", _flat_scene)
+    else:
+        undo_phase(time.monotonic() + 180)
+        dialog_phase()
 except Exception:
     _save("crash.json", {"status": "crashed", "error": traceback.format_exc()})
 finally:
