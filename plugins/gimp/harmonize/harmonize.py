@@ -355,6 +355,7 @@ class HarmonizePlugIn(Gimp.PlugIn):
         proc.set_documentation(
             "Recolour the layer so it fits the scene below it",
             "Sends the active layer, its mask (alpha x selection) and what is visible below it "
+            "(on a flat image, the layer itself: the selection is matched to the rest of it) "
             "to the local harmonize daemon and inserts the result as a new layer "
             "'<name> (harmonized)' directly above (or replaces the layer). One undo step.\n\n"
             + about.about_text("GIMP"),
