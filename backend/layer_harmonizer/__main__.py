@@ -1,5 +1,3 @@
-import sys
+from layer_harmonizer.cli import program
 
-from layer_harmonizer.cli import main
-
-sys.exit(main())
+program()

@@ -7,6 +7,7 @@ soft values are kept (255 and 1.0 both mean "fully foreground").
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -41,6 +42,15 @@ def _check_float_range(arr: np.ndarray, what: str) -> None:
         raise InputError(f"{what} contains NaN or infinite values")
     if lo < 0.0 or hi > 1.0:
         raise InputError(f"{what} is float and must lie in [0, 1]; got values in [{lo:g}, {hi:g}]")
+
+
+def check_strength(strength: float) -> float:
+    """``strength`` as a float in [0, 1] (0 = unchanged, 1 = full); :class:`InputError`
+    otherwise."""
+    value = float(strength)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InputError(f"strength must be in [0, 1]; got {strength!r}")
+    return value
 
 
 def check_pixel_count(

@@ -9,14 +9,13 @@ backend) without running the network again::
 
 from __future__ import annotations
 
-import math
 import os
 
 import cv2
 import numpy as np
 import torch
 
-from layer_harmonizer.arrays import check_image, to_unit_float, validate_mask
+from layer_harmonizer.arrays import check_image, check_strength, to_unit_float, validate_mask
 from layer_harmonizer.errors import InputError
 from layer_harmonizer.lut import LutMaps
 from layer_harmonizer.lut.backends import get_backend
@@ -121,14 +120,6 @@ def predict(composite: np.ndarray, mask: np.ndarray, *, model: AICTNet) -> LutMa
     return _predict(image, validate_mask(mask, image.shape[:2]), model)
 
 
-def check_strength(strength: float) -> float:
-    """``strength`` as a float in [0, 1]; :class:`InputError` otherwise."""
-    value = float(strength)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise InputError(f"strength must be in [0, 1]; got {strength!r}")
-    return value
-
-
 def apply_prediction(
     composite: np.ndarray,
     mask: np.ndarray,
@@ -150,7 +141,7 @@ def apply_maps(
     """:func:`apply_prediction` on inputs already validated: ``image`` a C-contiguous
     ``(H, W, 3)`` from :func:`.arrays.check_image`, ``alpha`` ``(H, W)`` from
     :func:`.arrays.validate_mask` or :func:`.arrays.check_mask` (integer masks are scaled
-    band by band), ``strength`` from :func:`check_strength`. A new array of ``image``'s
+    band by band), ``strength`` from :func:`.arrays.check_strength`. A new array of ``image``'s
     dtype."""
     if maps.batch != 1:
         raise InputError(

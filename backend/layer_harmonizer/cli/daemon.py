@@ -89,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         weights=None if args.weights is None else str(args.weights),
         variant=args.variant,
         device=args.device,
+        precision=args.precision,
         log_level=args.log_level,
         log_file=args.log_file,
         quiet=args.quiet,

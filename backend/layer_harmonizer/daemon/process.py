@@ -71,11 +71,13 @@ def serve(
     weights: str | None,
     variant: str | None,
     device: str,
+    precision: str = "auto",
     log_level: str = "INFO",
     log_file: Path | None = None,
     quiet: bool = False,
 ) -> int:
     """``harmonize serve``: run a daemon in the foreground until SIGTERM/SIGINT; returns 0.
+    ``precision`` is the network's (:mod:`layer_harmonizer.precision`).
 
     Returns 1 (after saying so) when a live daemon already serves this runtime dir.
     """
@@ -97,7 +99,9 @@ def serve(
         return 1
     try:
         logfile = setup_logging(log_level, log_file)
-        engine = _warm_engine(config, weights=weights, variant=variant, device=device)
+        engine = _warm_engine(
+            config, weights=weights, variant=variant, device=device, precision=precision
+        )
         _raise_fd_limit()
         _serve_until_stopped(Server(engine, config), path, lock, logfile, quiet=quiet)
         return 0
@@ -106,14 +110,21 @@ def serve(
 
 
 def _warm_engine(
-    config: ServerConfig, *, weights: str | None, variant: str | None, device: str
+    config: ServerConfig,
+    *,
+    weights: str | None,
+    variant: str | None,
+    device: str,
+    precision: str = "auto",
 ) -> Engine:
     """Load the model, run the warm-up job, and freeze what is loaded for good."""
     from layer_harmonizer.pipeline import load_model
 
-    model = load_model(weights, variant=variant, device=device)
+    model = load_model(weights, variant=variant, device=device, precision=precision)
     engine = Engine(model, lut_backend=config.lut_backend, cache_size=config.cache_size)
     log_versions(engine, str(model.metadata.get("path")))
+    meta = model.metadata
+    log.info("network precision %s: %s", meta.get("precision"), meta.get("precision_reason"))
     log.info("warm-up job took %.2f s", engine.warm_up())
     # torch, numpy and the model are loaded for good: keep the cyclic garbage collector
     # from walking their ~170,000 objects again (a full pass takes ~65 ms mid-request)
