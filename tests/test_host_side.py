@@ -111,6 +111,16 @@ def test_has_unselected_part_checks_sizes():
         S.has_unselected_part(b"\x01\x02", b"\x00")
 
 
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), max_size=64))
+def test_is_covered(pairs: list[tuple[int, int]]):
+    """Something to harmonize: some layer pixel (alpha > 0) selected (> 0; no selection: all)."""
+    alpha, selection = bytes(a for a, _ in pairs), bytes(s for _, s in pairs)
+    assert S.is_covered(alpha, selection) == any(a and s for a, s in pairs)
+    assert S.is_covered(alpha, None) == any(alpha)
+    with pytest.raises(ValueError, match="differ"):
+        S.is_covered(alpha + b"\x01", selection)
+
+
 def test_flat_image_messages_say_what_to_do():
     for text in (S.nothing_below("Background"), S.nothing_below()):
         assert "select the object that looks wrong, then run Harmonize again" in text

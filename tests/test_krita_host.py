@@ -344,7 +344,9 @@ def test_kritarunner_host_code(
     images = scene()
     cases = [
         make_case(tmp_path, "u8", "U8", np.uint8, images),
-        make_case(tmp_path, "u8_selection", "U8", np.uint8, images, with_selection=True),
+        make_case(
+            tmp_path, "u8_selection", "U8", np.uint8, images, with_selection=True, restrength=0.6
+        ),
         make_case(tmp_path, "u16", "U16", np.uint16, images),
         make_case(
             tmp_path, "f16_linear", "F32", np.float32, images, convert_to=["RGBA", "F16", LINEAR]
@@ -374,9 +376,8 @@ def test_kritarunner_host_code(
         assert (out / name / "source_after.raw").read_bytes() == before, "source was modified"
         np.testing.assert_array_equal(result[..., 3], layer[..., 3])  # alpha kept
         backdrop = np.frombuffer((out / name / "backdrop.raw").read_bytes(), dtype)
-        np.testing.assert_array_equal(backdrop.reshape(H, W, 3), bg[..., :3])
-        mask = np.frombuffer((out / name / "mask.raw").read_bytes(), dtype).reshape(H, W)
-        np.testing.assert_array_equal(mask, layer[..., 3])
+        np.testing.assert_array_equal(backdrop.reshape(H, W, 4)[..., 2::-1], bg[..., :3])  # BGRA
+        assert not (out / name / "selection.raw").exists()  # none: the daemon uses the alpha
         scale = float(np.iinfo(dtype).max)
         expected = expected_layer(tmp_path, weights, layer, bg, cache=cli_cache)
         opaque = layer[..., 3] == np.iinfo(dtype).max
@@ -385,15 +386,15 @@ def test_kritarunner_host_code(
         changed = np.abs(result[..., :3].astype(np.int64) - layer[..., :3])[opaque]
         assert changed.max() > scale / 50, f"{name}: the layer was hardly recoloured"
 
-    # selection: mask = alpha x selection; unselected pixels keep the source's colours
+    # the selection is sent alone (the daemon multiplies it by alpha); unselected pixels keep
+    # the source's colours
     info = json.loads((out / "u8_selection" / "case.json").read_text())
     x, y, w, h = info["region"]
     assert x == 0 and w < W  # the region follows the selection
     layer = quantize(images["layer"], np.uint8)
-    sel = images["selection"].astype(np.float64) / 255
-    mask = np.frombuffer((out / "u8_selection" / "mask.raw").read_bytes(), np.uint8)
-    wanted = layer[..., 3] * sel
-    assert np.abs(mask.reshape(h, w).astype(np.float64) - wanted[y : y + h, x : x + w]).max() <= 1
+    sent = np.frombuffer((out / "u8_selection" / "selection.raw").read_bytes(), np.uint8)
+    np.testing.assert_array_equal(sent.reshape(h, w), images["selection"][y : y + h, x : x + w])
+    assert {"restrength_daemon", "restrength_write"} <= set(info["seconds"])  # then 0.6
     result = bgra((out / "u8_selection" / "result.raw").read_bytes(), np.uint8)
     np.testing.assert_array_equal(result[..., 3], layer[..., 3])
     outside = images["selection"] == 0

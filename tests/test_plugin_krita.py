@@ -60,8 +60,6 @@ def test_swizzles_match_numpy(dtype: str) -> None:
     rgba = np.frombuffer(pixels.bgra_to_rgba(raw, dtype), dtype).reshape(5, 7, 4)
     np.testing.assert_array_equal(rgba, bgra[..., [2, 1, 0, 3]])
     assert pixels.rgba_to_bgra(rgba.tobytes(), dtype) == raw
-    rgb = np.frombuffer(pixels.bgra_to_rgb(raw, dtype), dtype).reshape(5, 7, 3)
-    np.testing.assert_array_equal(rgb, bgra[..., [2, 1, 0]])
     alpha = np.frombuffer(pixels.channel(raw, dtype, 3), dtype).reshape(5, 7)
     np.testing.assert_array_equal(alpha, bgra[..., 3])
 
@@ -75,18 +73,13 @@ def test_swizzle_refuses_partial_items() -> None:
         pixels.bgra_to_rgba(b"\x00" * 6, "uint8")
 
 
-def test_alpha_to_u8_and_multiply() -> None:
+def test_alpha_to_u8() -> None:
     from plugins.krita.harmonize import pixels
 
     a16 = np.array([0, 257, 32896, 65535], np.uint16)
     assert list(pixels.alpha_to_u8(a16.tobytes(), "uint16")) == [0, 1, 128, 255]
     af = np.array([0.0, 0.5, 1.0, 2.0, -1.0], np.float32)
     assert list(pixels.alpha_to_u8(af.tobytes(), "float32")) == [0, 128, 255, 255, 0]
-    a, b = bytes([0, 255, 128, 200]), bytes([255, 255, 128, 100])
-    expected = np.round(np.array([0, 255 * 255, 128 * 128, 200 * 100]) / 255).astype(int)
-    assert np.abs(np.array(list(pixels.multiply_u8(a, b))) - expected).max() <= 1
-    with pytest.raises(ValueError, match="differ in size"):
-        pixels.multiply_u8(a, b[:2])
 
 
 def test_paste_rows() -> None:
@@ -137,13 +130,12 @@ def test_read_inputs_u8(krita: ModuleType) -> None:
     # layer bounds 14 x 10 at (12, 10), grown by max(16, ceil(0.25 * 14)) = 16, clamped
     assert (r.x, r.y, r.w, r.h) == (0, 0, W, 30)
     assert inputs.fmt.dtype == "uint8"
-    rgba = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4)
-    assert rgba[15, 15].tolist() == [230, 102, 26, 255]  # RGBA order, not BGRA
-    mask = np.frombuffer(inputs.mask, np.uint8).reshape(r.h, r.w)
-    np.testing.assert_array_equal(mask, rgba[..., 3])
-    back = np.frombuffer(inputs.backdrop, np.uint8).reshape(r.h, r.w, 3)
-    assert back[15, 15].tolist() == [round(15 / W * 255), round(15 / H * 255), 128]
-    assert back[0, 0].tolist() == [0, 0, 128]  # the layer above is left out too
+    bgra = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4)
+    assert bgra[15, 15].tolist() == [26, 102, 230, 255]  # Krita's BGRA, declared as such
+    assert inputs.request.order == "BGRA" and inputs.selection is None  # no selection: all
+    back = np.frombuffer(inputs.backdrop, np.uint8).reshape(r.h, r.w, 4)
+    assert back[15, 15, :3].tolist() == [128, round(15 / H * 255), round(15 / W * 255)]
+    assert back[0, 0, :3].tolist() == [128, 0, 0]  # the layer above is left out too
     # the user's document was not touched: no visibility change, no refresh, no pixels
     assert doc.log == []
     assert all(n.visible() for n in doc.root.childNodes())
@@ -151,7 +143,8 @@ def test_read_inputs_u8(krita: ModuleType) -> None:
     assert clones and all(d.closed for d in clones)
 
 
-def test_selection_multiplies_alpha(krita: ModuleType) -> None:
+def test_the_selection_is_sent_alone(krita: ModuleType) -> None:
+    """Protocol 2.1: Krita's 8-bit selection as it is; the daemon multiplies it by alpha."""
     host = plugin("host")
     doc, _bg, layer = make_doc(krita)
     sel = krita.Selection()
@@ -161,15 +154,14 @@ def test_selection_multiplies_alpha(krita: ModuleType) -> None:
     inputs = host.read_inputs(doc, layer)
     r = inputs.region
     assert r.x == 0 and r.w < W  # the region follows the selection
-    mask = np.frombuffer(inputs.mask, np.uint8).reshape(r.h, r.w)
-    alpha = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4)[..., 3].astype(int)
+    sent = np.frombuffer(inputs.selection, np.uint8).reshape(r.h, r.w)
     selection = np.frombuffer(sel.pixelData(r.x, r.y, r.w, r.h), np.uint8).reshape(r.h, r.w)
-    assert np.abs(mask - np.round(alpha * selection / 255)).max() <= 1
-    assert mask[15, 19] == round(255 * 100 / 255) and mask[15, 22] == 0
+    np.testing.assert_array_equal(sent, selection)
+    assert sent[15, 19] == 100 and sent[15, 22] == 0 and sent[15, 5] == 255
 
 
 @pytest.mark.parametrize("depth", ["U16", "F32"])
-def test_selection_mask_at_deeper_depths(krita: ModuleType, depth: str) -> None:
+def test_selection_at_deeper_depths(krita: ModuleType, depth: str) -> None:
     host = plugin("host")
     doc, _bg, layer = make_doc(krita, depth)
     sel = krita.Selection()
@@ -178,11 +170,10 @@ def test_selection_mask_at_deeper_depths(krita: ModuleType, depth: str) -> None:
     inputs = host.read_inputs(doc, layer)
     r = inputs.region
     dtype = {"U16": np.uint16, "F32": np.float32}[depth]
-    scale = 65535.0 if depth == "U16" else 1.0
-    mask = np.frombuffer(inputs.mask, dtype).reshape(r.h, r.w) / scale
-    assert inputs.fmt.dtype == np.dtype(dtype).name
-    assert mask[15, 15] == pytest.approx(128 / 255, abs=1 / 255)
-    assert mask[15, 13] == 0 or mask[15, 13] == pytest.approx(mask[15, 15])
+    sent = np.frombuffer(inputs.selection, np.uint8).reshape(r.h, r.w)  # Krita's 8 bits
+    assert inputs.fmt.dtype == np.dtype(dtype).name and inputs.request.selection_dtype == "uint8"
+    assert sent[15, 15] == 128
+    assert len(inputs.layer) == r.w * r.h * 4 * np.dtype(dtype).itemsize
 
 
 def test_refusals_say_what_to_do(krita: ModuleType) -> None:
@@ -248,8 +239,8 @@ def flat_doc(krita: ModuleType) -> tuple[Any, Any]:
 
 
 def test_flat_image_selection_is_matched_to_the_rest_of_the_layer(krita: ModuleType) -> None:
-    """Nothing below the layer, but a selection: mask = the selection (x alpha), backdrop =
-    the layer itself, so the selected region is harmonized against the rest of the photo."""
+    """Nothing below the layer, but a selection: the selection is sent, backdrop = the layer
+    itself, so the selected region is harmonized against the rest of the photo."""
     host = plugin("host")
     doc, photo = flat_doc(krita)
     sel = krita.Selection()
@@ -259,10 +250,8 @@ def test_flat_image_selection_is_matched_to_the_rest_of_the_layer(krita: ModuleT
     inputs = host.read_inputs(doc, photo)
     r = inputs.region
     assert inputs.flat and (r.x, r.y) == (0, 0) and r.w < W  # the selection's box + margin
-    rgba = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4)
-    back = np.frombuffer(inputs.backdrop, np.uint8).reshape(r.h, r.w, 3)
-    np.testing.assert_array_equal(back, rgba[..., :3])
-    mask = np.frombuffer(inputs.mask, np.uint8).reshape(r.h, r.w)
+    assert inputs.backdrop == inputs.layer  # both BGRA: the layer is its own backdrop
+    mask = np.frombuffer(inputs.selection, np.uint8).reshape(r.h, r.w)
     wanted = np.frombuffer(sel.pixelData(r.x, r.y, r.w, r.h), np.uint8).reshape(r.h, r.w)
     np.testing.assert_array_equal(mask, wanted)
     assert mask[3, 4] == 255 and mask[3, 8] == 128 and mask[0, 0] == 0 and mask.sum() > 0
@@ -283,12 +272,12 @@ def test_flat_image_without_a_usable_selection_says_what_to_do(krita: ModuleType
 
 
 def fake_result(inputs: Any) -> tuple[bytes, Any]:
-    """Invert the RGB of the layer over a crop (what a daemon could answer)."""
+    """Invert the colours of the layer over a crop, in its BGRA (what a daemon could answer)."""
     support = plugin("deps").host_side()
     r = inputs.region
-    rgba = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4).copy()
+    bgra = np.frombuffer(inputs.layer, np.uint8).reshape(r.h, r.w, 4).copy()
     box = support.Box(10, 8, 18, 14)
-    crop = rgba[box.y : box.bottom, box.x : box.right].copy()
+    crop = bgra[box.y : box.bottom, box.x : box.right].copy()
     crop[..., :3] = 255 - crop[..., :3]
     return crop.tobytes(), box
 
@@ -353,22 +342,29 @@ def test_harmonize_node_end_to_end(krita: ModuleType, monkeypatch: pytest.Monkey
     doc, _bg, layer = make_doc(krita)
     seen: dict[str, Any] = {}
 
-    def daemon(layer_b: bytes, mask: bytes, back: bytes, w: int, h: int, fmt: Any, **kw: Any):
-        seen.update(
-            w=w,
-            h=h,
-            dtype=fmt.dtype,
-            strength=kw["strength"],
-            sizes=(len(layer_b), len(mask), len(back)),
-        )
-        inputs = type("I", (), {"layer": layer_b, "region": support.Box(0, 0, w, h)})
-        rgba, box = fake_result(inputs)
-        return support.Result(rgba, box, {})
+    class Daemon:
+        def restrength(self, request: Any, **kw: Any) -> Any:
+            seen.update(
+                w=request.width,
+                h=request.height,
+                dtype=request.fmt.dtype,
+                strength=kw["strength"],
+                sizes=(len(request.layer), request.selection, len(request.backdrop)),
+            )
+            box = support.Box(0, 0, request.width, request.height)
+            bgra, box = fake_result(type("I", (), {"layer": request.layer, "region": box}))
+            return support.Result(bgra, box, {})
 
-    monkeypatch.setattr(support, "harmonize", daemon)
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(support, "open_session", lambda settings=None: Daemon())
     new = host.harmonize_node(doc, layer, strength=0.4)
     assert seen["strength"] == 0.4 and seen["dtype"] == "uint8"
-    assert seen["sizes"] == (W * H * 4, W * H, W * H * 3)
+    assert seen["sizes"] == (W * H * 4, None, W * H * 4)  # BGRA in, no selection
     assert new.name() == "pasted (harmonized)" and new.parentNode() is doc.root
 
 
@@ -650,3 +646,70 @@ def test_explain_never_raises_without_the_shared_modules(monkeypatch: pytest.Mon
     monkeypatch.setattr(deps, "host_side", missing)
     text = deps.explain(RuntimeError("anything"))
     assert "msgpack" in text and "install-plugin krita --deps vendor" in text
+
+
+class FakeClients:
+    """Stands in for ``layer_harmonizer.wire.client``: records the clients made and what each
+    request sent; answers with the layer's own crop (as a 2.1 daemon would, in BGRA)."""
+
+    def __init__(self) -> None:
+        from layer_harmonizer.wire.client import DaemonError
+
+        self.DaemonError = DaemonError
+        self.made: list[Any] = []
+        self.sent: list[tuple[str, Any]] = []
+        fake = self
+
+        class Client:
+            def __init__(self) -> None:
+                fake.made.append(self)
+
+            def harmonize_layer(self, layer: Any, selection: Any, backdrop: Any, **kw: Any):
+                fake.sent.append(("harmonize_layer", (layer.order, backdrop.order, selection)))
+                self.last = layer
+                return fake.reply(layer, "job1")
+
+            def reapply(self, job: str, **kw: Any) -> Any:
+                fake.sent.append(("reapply", job))
+                return fake.reply(self.last, job)
+
+            def close(self) -> None:
+                pass
+
+        self.Client = Client
+
+    def answering_client(self, _path: Path, **_kw: Any) -> Any:
+        return self.Client()
+
+    @staticmethod
+    def reply(layer: Any, job: str) -> Any:
+        from layer_harmonizer.wire import protocol as P
+
+        pixels = P.Pixels(layer.data, layer.shape, layer.dtype, "BGRA")
+        return type("Reply", (), {"pixels": pixels, "offset": (0, 0), "timings": {}, "job": job})
+
+
+def test_the_docker_keeps_one_client_and_a_strength_change_sends_no_pixels(
+    krita: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What the controller does for the docker: every job through one session; the slider's
+    job (the same inputs again) is a reapply of the kept job; BGRA declared both ways."""
+    host = plugin("host")
+    support = plugin("deps").host_side()
+    monkeypatch.setenv("HARMONIZE_RUNTIME_DIR", str(tmp_path))
+    info = {"endpoint": "ipc://fake", "token": "t", "pid": os.getpid()}
+    (tmp_path / "daemon.json").write_text(json.dumps(info))
+    fake = FakeClients()
+    doc, _bg, layer = make_doc(krita)
+    inputs = host.read_inputs(doc, layer)
+    with support.open_session(client_module=fake) as session:
+        first = host.send(inputs, strength=1.0, session=session)
+        again = host.send(inputs, strength=0.4, session=session)
+        other = host.send(host.read_inputs(doc, layer), strength=0.4, session=session)
+    assert len(fake.made) == 1
+    assert fake.sent == [
+        ("harmonize_layer", ("BGRA", "BGRA", None)),
+        ("reapply", "job1"),
+        ("harmonize_layer", ("BGRA", "BGRA", None)),
+    ]
+    assert bytes(first.pixels) == bytes(again.pixels) == bytes(other.pixels) == inputs.layer

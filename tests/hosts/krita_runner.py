@@ -6,15 +6,18 @@ the plugin's host-facing code (``harmonize.host``) against a real daemon.
       timeout 300 kritarunner -s krita_runner -f main SPEC.json
 
 SPEC (JSON): ``{"cases": [{"name", "depth", "profile", "width", "height", "background",
-"layer", "selection", "convert_to", "strength", "out"}]}`` with raw little-endian RGBA files
-(``depth``'s item type; selection: 8-bit, one byte a pixel, or null). A case with
+"layer", "selection", "convert_to", "strength", "restrength", "out"}]}`` with raw
+little-endian RGBA files (``depth``'s item type; selection: 8-bit, one byte a pixel, or null;
+restrength: optional). A case with
 ``"bottom": true`` harmonizes the bottom layer instead, which must be refused: its
 ``case.json`` holds the ``error`` and the ``layers`` afterwards. For each other case the
 script writes into ``out``: ``result.raw`` (the new layer, BGRA over the canvas),
-``source_before.raw``, ``source_after.raw``, ``backdrop.raw`` (the RGB read below the
-layer), ``mask.raw`` and ``case.json`` (layer names, colour spaces, timings, the versions of
-Krita and its Python). kritarunner exits 0 even when a script raises, so this one ends with
-``os._exit`` (0 = every case ran).
+``source_before.raw``, ``source_after.raw``, ``backdrop.raw`` (the BGRA read below the
+layer, as sent), ``selection.raw`` (as sent; absent when none is sent) and ``case.json``
+(layer names, colour spaces, timings, the versions of Krita and its Python). With a
+``restrength`` the new layer is then updated to that strength through the same daemon session
+(a reapply, as the docker's slider does) and timed too. kritarunner exits 0 even when a
+script raises, so this one ends with ``os._exit`` (0 = every case ran).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def run_case(case: dict[str, Any]) -> None:
     import platform
 
     from harmonize import host
+    from harmonize.deps import host_side
     from krita import Krita
 
     out = Path(case["out"])
@@ -78,15 +82,20 @@ def run_case(case: dict[str, Any]) -> None:
     inputs = host.read_inputs(doc, source)
     read_s = time.perf_counter() - start
     (out / "backdrop.raw").write_bytes(inputs.backdrop)
-    (out / "mask.raw").write_bytes(inputs.mask)
-    start = time.perf_counter()
-    result = host.send(inputs, strength=case["strength"])
-    call_s = time.perf_counter() - start
-    start = time.perf_counter()
-    layer = host.build_layer(doc, source, inputs, result.pixels, result.box)
-    host.insert_above(doc, source, layer)
-    doc.waitForDone()
-    write_s = time.perf_counter() - start
+    if inputs.selection is not None:
+        (out / "selection.raw").write_bytes(inputs.selection)
+    with host_side().open_session() as session:  # the docker's one client
+        start = time.perf_counter()
+        result = host.send(inputs, strength=case["strength"], session=session)
+        call_s = time.perf_counter() - start
+        start = time.perf_counter()
+        layer = host.build_layer(doc, source, inputs, result.pixels, result.box)
+        host.insert_above(doc, source, layer)
+        doc.waitForDone()
+        write_s = time.perf_counter() - start
+        timings, box = result.timings, result.box
+        del result  # as the docker does: its memory is the session's again
+        again = _restrength(doc, layer, inputs, session, case.get("restrength"))
     names = [n.name() for n in doc.rootNode().childNodes()]
     (out / "result.raw").write_bytes(bytes(layer.pixelData(0, 0, w, h)))
     (out / "source_before.raw").write_bytes(before)
@@ -97,15 +106,31 @@ def run_case(case: dict[str, Any]) -> None:
         "doc_space": [doc.colorModel(), doc.colorDepth(), doc.colorProfile()],
         "wire_dtype": inputs.fmt.dtype,
         "region": [inputs.region.x, inputs.region.y, inputs.region.w, inputs.region.h],
-        "box": [result.box.x, result.box.y, result.box.w, result.box.h],
-        "seconds": {"read": read_s, "daemon": call_s, "write": write_s, **inputs.timings},
-        "daemon_timings": result.timings,
+        "box": [box.x, box.y, box.w, box.h],
+        "seconds": {"read": read_s, "daemon": call_s, "write": write_s, **again, **inputs.timings},
+        "daemon_timings": timings,
         "krita": Krita.instance().version(),
         "python": platform.python_version(),
     }
     (out / "case.json").write_text(json.dumps(info, indent=1))
     doc.close()
     print(f"case {case['name']}: ok {info['seconds']}", flush=True)
+
+
+def _restrength(doc: Any, layer: Any, inputs: Any, session: Any, strength: Any) -> dict:
+    """The docker's strength change: the same inputs at ``strength`` through ``session`` (a
+    reapply, no pixels sent), written into ``layer``; seconds of each (none without one)."""
+    from harmonize import host
+
+    if strength is None:
+        return {}
+    start = time.perf_counter()
+    result = host.send(inputs, strength=strength, session=session)
+    call_s = time.perf_counter() - start
+    start = time.perf_counter()
+    host.update_layer(doc, layer, inputs, result.pixels, result.box)
+    doc.waitForDone()
+    return {"restrength_daemon": call_s, "restrength_write": time.perf_counter() - start}
 
 
 def _refusal(doc: Any, out: Path) -> None:

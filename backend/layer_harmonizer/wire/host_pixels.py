@@ -167,3 +167,15 @@ def has_unselected_part(alpha: bytes, selection: bytes) -> bool:
     present = int.from_bytes(bytes(alpha).translate(_NONZERO), "little")
     outside = int.from_bytes(bytes(selection).translate(_NOT_FULL), "little")
     return present & outside != 0
+
+
+def is_covered(alpha: bytes, selection: bytes | None) -> bool:
+    """Whether some pixel of the layer (``alpha`` > 0) is selected (``selection`` > 0, None =
+    all): if not there is nothing to harmonize. ``(H, W)`` uint8 planes of one size, checked
+    at C speed before the host reads the backdrop."""
+    present = int.from_bytes(bytes(alpha).translate(_NONZERO), "little")
+    if selection is None:
+        return present != 0
+    if len(alpha) != len(selection):
+        raise ValueError(f"alpha and selection differ: {len(alpha)} vs {len(selection)} bytes")
+    return present & int.from_bytes(bytes(selection).translate(_NONZERO), "little") != 0

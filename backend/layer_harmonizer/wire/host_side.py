@@ -49,6 +49,7 @@ from .host_pixels import (
     context_box,
     crop_rows,
     has_unselected_part,
+    is_covered,
     result_name,
     wire_format,
 )
@@ -85,6 +86,7 @@ __all__ = [  # what the plug-ins use, re-exported names included
     "explain",
     "harmonize",
     "has_unselected_part",
+    "is_covered",
     "load_settings",
     "nothing_below",
     "open_session",

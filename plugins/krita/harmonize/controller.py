@@ -3,11 +3,13 @@ thread, write the result back on the main thread. Shared by the Filter-menu acti
 docker.
 
 After a run the controller remembers the *session* (document, source, result layer and the
-request's inputs), so the docker's strength slider re-sends the same request with another
-strength: the daemon recognises the input and re-applies its cached prediction (no network
-run), and the result layer's pixels are rewritten in place. A run for the docker's Preview
-puts its result on a temporary preview layer (:mod:`.output`) that Apply keeps and Cancel
-takes back; the result goes to a new layer or replaces the source (the docker's choice).
+request's inputs), so the docker's strength slider asks for the same request at another
+strength: a reapply of the daemon's kept job, no pixels sent and no network run (the whole
+request again if the daemon no longer keeps it), and the result layer's pixels are rewritten
+in place. All jobs go through one daemon client (:attr:`Controller.link`). A run for the
+docker's Preview puts its result on a temporary preview layer (:mod:`.output`) that Apply
+keeps and Cancel takes back; the result goes to a new layer or replaces the source (the
+docker's choice).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Controller(QtCore.QObject):
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
         self.session: Session | None = None
+        self.link: Any = None  # host_side.Session: the docker's one daemon client
         self._cancel: threading.Event | None = None
         self._pending: dict[str, Any] | None = None
         self._pinging = False
@@ -170,7 +173,7 @@ class Controller(QtCore.QObject):
             result = host.send(
                 inputs,
                 strength=job["strength"],
-                settings=self.settings(),
+                session=self._link(),
                 on_progress=lambda f, stage: self.progress.emit(f, ps.progress_text(stage)),
                 cancel=cancel,
             )
@@ -178,6 +181,17 @@ class Controller(QtCore.QObject):
             self._error.emit(explain(exc))
             return
         self._done.emit(result)
+
+    def _link(self) -> Any:
+        """The one daemon client (and shared-memory segment) of the docker and the menu
+        action, made on first use and again when the plug-in's settings change; jobs run one
+        at a time, so worker threads take turns with it."""
+        settings = self.settings()
+        if self.link is None or self.link.settings != settings:
+            if self.link is not None:
+                self.link.close()
+            self.link = host_side().open_session(settings)
+        return self.link
 
     def _finish(self) -> None:
         self._pending = None

@@ -1,4 +1,4 @@
-"""Krita-facing layer I/O: read a paint layer, its mask and backdrop; build the result layer.
+"""Krita-facing layer I/O: read a paint layer, its selection and backdrop; build the result layer.
 
 Everything here runs on Krita's main thread and only uses the libkis API (``krita`` module),
 so the real-Krita tests call these functions directly from ``kritarunner`` (no GUI needed).
@@ -7,14 +7,17 @@ Coordinates are image pixels. The *region* is the layer's bounds grown by the da
 margin and clamped to the canvas (:func:`host_side.context_box`); every buffer sent to the
 daemon covers exactly that region:
 
-- ``layer``: ``(H, W, 4)`` RGBA of the wire dtype (Krita's BGRA swapped to RGBA);
-- ``mask``: ``(H, W)`` of the wire dtype: layer alpha x global selection (soft);
-- ``backdrop``: ``(H, W, 3)`` RGB: the image as it looks without the layer and everything
-  above it, read from a private clone of the document (the user's document is not touched).
-  When nothing is visible there (a flat image) and the layer has a selection, the layer
-  itself: the selected region is matched to the rest of it (:func:`flat_backdrop`).
+- ``layer``: ``(H, W, 4)`` of the wire dtype in Krita's own channel order, BGRA, declared as
+  such on the wire (protocol 2.1: no swizzle in Python; the result comes back in BGRA too);
+- ``selection``: ``(H, W)`` uint8, Krita's global selection alone (the daemon multiplies it by
+  the layer's alpha); none without a selection;
+- ``backdrop``: ``(H, W, 4)`` BGRA (the daemon ignores its alpha): the image as it looks without
+  the layer and everything above it, read from a private clone of the document (the user's
+  document is not touched). When nothing is visible there (a flat image) and the layer has a
+  selection, the layer itself: the selected region is matched to the rest of it
+  (:func:`flat_backdrop`).
 
-Pixels travel as perceptual (sRGB-encoded) RGBA at 8 bits, 16 bits or float32. Layers in other
+Pixels travel as perceptual (sRGB-encoded) BGRA at 8 bits, 16 bits or float32. Layers in other
 colour models (greyscale, CMYK, Lab, ...), at half-float depth or with a linear profile are
 converted (:mod:`.colour`) through a hidden scratch document and the result converted back to
 the document's colour space. The result is a **new** paint layer built completely, in a hidden
@@ -24,7 +27,6 @@ step and the source is never modified (where it goes from there: :mod:`.output`)
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +41,7 @@ from .colour import (  # noqa: F401 (WORK_PROFILE: re-exported for callers)
 from .colour import krita_app as _krita
 from .colour import plugin_error as _error
 from .deps import host_side
-from .qt import QtGui, enum, to_qbytes
+from .qt import to_qbytes
 
 
 @dataclass
@@ -50,7 +52,9 @@ class Inputs:
         source_id: the source layer's ``uniqueId`` (a string).
         region: the context region in image coordinates.
         fmt: the wire format (``host_side.WireFormat``); ``fmt.dtype`` is the item type.
-        layer: ``(H, W, 4)`` RGBA bytes; ``mask``: ``(H, W)``; ``backdrop``: ``(H, W, 3)``.
+        request: what is sent (``host_side.Request``, BGRA): ``layer`` ``(H, W, 4)``,
+            ``selection`` ``(H, W)`` uint8 or None, ``backdrop`` ``(H, W, 4)``; it keeps the
+            daemon's job id, so a strength change is a reapply without pixels.
         work: the colour space of those buffers (RGBA, perceptual, ``fmt``'s depth).
         target: the document's colour space, which the new layer gets.
         base_box: the layer's bounds on the canvas joined with ``region``.
@@ -58,21 +62,34 @@ class Inputs:
             source), so pixels outside the harmonized crop stay exactly the source's.
         flat: nothing is visible below the layer: the selection is harmonized against the rest
             of the layer, which is also the backdrop (a flat image).
-        timings: seconds spent reading (``layer``, ``mask``, ``backdrop``).
+        timings: seconds spent reading (``layer``, ``selection``, ``backdrop``).
     """
 
     source_id: str
     region: Any
     fmt: Any
-    layer: bytes
-    mask: bytes
-    backdrop: bytes
+    request: Any
     work: Space
     target: Space
     base_box: Any
     base: bytes
     flat: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def layer(self) -> bytes:
+        """``(H, W, 4)`` BGRA of ``fmt.dtype``, as sent."""
+        return self.request.layer
+
+    @property
+    def selection(self) -> bytes | None:
+        """``(H, W)`` uint8 selection as sent; None: all of the layer."""
+        return self.request.selection
+
+    @property
+    def backdrop(self) -> bytes:
+        """``(H, W, 4)`` BGRA of ``fmt.dtype`` (alpha ignored), as sent."""
+        return self.request.backdrop
 
 
 # ---- finding things ---------------------------------------------------------------------------
@@ -155,41 +172,6 @@ def read_layer(node: Any, region: Any, fmt: Any) -> tuple[bytes, Space]:
     return convert_pixels(raw, region.w, region.h, space, work), work
 
 
-def _multiply_alpha8(alpha: bytes, selection: bytes, width: int, height: int) -> bytes:
-    """``alpha x selection / 255`` for two 8-bit planes, via Qt's DestinationIn compositing
-    (C++ speed); pure Python when Qt is absent (unit tests)."""
-    if QtGui is None:
-        return pixels.multiply_u8(alpha, selection)
-    fmt = enum(QtGui.QImage, "Format", "Format_Alpha8")
-    dest = QtGui.QImage(alpha, width, height, width, fmt).copy()
-    src = QtGui.QImage(selection, width, height, width, fmt)
-    painter = QtGui.QPainter(dest)
-    painter.setCompositionMode(
-        enum(QtGui.QPainter, "CompositionMode", "CompositionMode_DestinationIn")
-    )
-    painter.drawImage(0, 0, src)
-    painter.end()
-    stride = dest.bytesPerLine()
-    bits = dest.constBits()
-    raw = bits.asstring(stride * height)
-    if stride == width:
-        return raw
-    return b"".join(raw[r * stride : r * stride + width] for r in range(height))
-
-
-def _u8_to_dtype(plane: bytes, dtype: str) -> bytes:
-    """An 8-bit plane as ``dtype`` (uint16: x * 257; float32: x / 255)."""
-    if dtype == "uint8":
-        return plane
-    if dtype == "uint16":
-        out = bytearray(len(plane) * 2)
-        out[0::2] = plane
-        out[1::2] = plane
-        return bytes(out)
-    table = [i / 255.0 for i in range(256)]
-    return array("f", map(table.__getitem__, plane)).tobytes()
-
-
 def read_selection(doc: Any, region: Any) -> bytes | None:
     """The global selection over ``region``: ``(H, W)`` uint8, 255 = selected; None without
     one."""
@@ -203,19 +185,6 @@ def read_selection(doc: Any, region: Any) -> bytes | None:
             "region; expected 8-bit selection data."
         )
     return sel
-
-
-def read_mask(layer_bgra: bytes, sel: bytes | None, region: Any, dtype: str) -> bytes:
-    """``(H, W)`` mask of ``dtype``: the layer's alpha x the selection ``sel`` (if any).
-
-    Without a selection the mask is the alpha channel at full precision. With one, the product
-    is computed at 8 bits (Krita's selections are 8-bit), then widened to ``dtype``.
-    """
-    alpha = pixels.channel(layer_bgra, dtype, 3)
-    if sel is None or sel.count(255) == len(sel):
-        return alpha
-    product = _multiply_alpha8(pixels.alpha_to_u8(alpha, dtype), sel, region.w, region.h)
-    return _u8_to_dtype(product, dtype)
 
 
 def _hide_source_and_above(root: Any, uid: str) -> bool:
@@ -234,7 +203,7 @@ def _hide_source_and_above(root: Any, uid: str) -> bool:
 
 
 def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes | None:
-    """``(H, W, 3)`` RGB of ``work``'s dtype: what the image shows below ``node``; None when
+    """``(H, W, 4)`` BGRA of ``work``'s dtype: what the image shows below ``node``; None when
     nothing is visible there (the bottom layer, or everything below hidden or empty over the
     region): there is nothing to match, and the network would only wash the layer out.
 
@@ -256,23 +225,21 @@ def read_backdrop(doc: Any, node: Any, region: Any, work: Space) -> bytes | None
     finally:
         clone.close()
     alpha = pixels.channel(converted, _dtype_of(work), 3)
-    if alpha.count(0) == len(alpha):
-        return None
-    return pixels.bgra_to_rgb(converted, _dtype_of(work))
+    return None if alpha.count(0) == len(alpha) else converted
 
 
 def flat_backdrop(node: Any, layer_bgra: bytes, sel: bytes | None, dtype: str) -> bytes:
     """The backdrop of a flat image: nothing is visible below ``node``, so a selection on it
     marks the region that looks wrong and the rest of the same layer is what it must match:
-    ``(H, W, 3)`` RGB of the layer itself (the mask stays alpha x selection). Refused, saying
-    what to do, without a selection or when it leaves nothing of the layer outside."""
+    the layer's own BGRA (the selection is sent as it is). Refused, saying what to do, without
+    a selection or when it leaves nothing of the layer outside."""
     ps = host_side()
     if sel is None:
         raise _error(ps.nothing_below(node.name()))
     alpha = pixels.alpha_to_u8(pixels.channel(layer_bgra, dtype, 3), dtype)
     if not ps.has_unselected_part(alpha, sel):
         raise _error(ps.selection_covers_layer(node.name()))
-    return pixels.bgra_to_rgb(layer_bgra, dtype)
+    return layer_bgra
 
 
 def _dtype_of(space: Space) -> str:
@@ -300,9 +267,10 @@ def read_inputs(doc: Any, node: Any) -> Inputs:
     times["layer"] = time.perf_counter() - start
     start = time.perf_counter()
     sel = read_selection(doc, region)
-    mask = read_mask(layer_bgra, sel, region, fmt.dtype)
-    times["mask"] = time.perf_counter() - start
-    if fmt.dtype == "uint8" and mask.count(0) == len(mask):
+    sent = None if sel is None or sel.count(255) == len(sel) else sel  # all selected: none
+    times["selection"] = time.perf_counter() - start
+    alpha8 = pixels.channel(layer_bgra, "uint8", 3) if fmt.dtype == "uint8" else None
+    if alpha8 is not None and not host_side().is_covered(alpha8, sent):
         raise _error(
             "Nothing to harmonize: the layer is fully transparent inside the "
             "selection. Select the pasted object (or Select ▸ None) and try again."
@@ -320,13 +288,15 @@ def read_inputs(doc: Any, node: Any) -> Inputs:
     )
     raw = bytes(node.pixelData(base_box.x, base_box.y, base_box.w, base_box.h))
     base = convert_pixels(raw, base_box.w, base_box.h, Space.of(node), target)
+    request = host_side().Request(
+        layer_bgra, sent, backdrop, region.w, region.h, fmt,
+        order="BGRA", selection_dtype="uint8", backdrop_channels=4,
+    )  # fmt: skip
     return Inputs(
         source_id=node_id(node),
         region=region,
         fmt=fmt,
-        layer=pixels.bgra_to_rgba(layer_bgra, fmt.dtype),
-        mask=mask,
-        backdrop=backdrop,
+        request=request,
         work=work,
         target=target,
         base_box=base_box,
@@ -339,15 +309,15 @@ def read_inputs(doc: Any, node: Any) -> Inputs:
 # ---- writing ----------------------------------------------------------------------------------
 
 
-def result_patch(inputs: Inputs, rgba: bytes, box: Any) -> bytes:
-    """The daemon's RGBA crop as raw pixels of the document's colour space (``box`` size)."""
-    bgra = pixels.rgba_to_bgra(rgba, inputs.fmt.dtype)
+def result_patch(inputs: Inputs, bgra: Any, box: Any) -> bytes:
+    """The daemon's BGRA crop (bytes or a buffer) as raw pixels of the document's colour
+    space (``box`` size)."""
     return convert_pixels(bgra, box.w, box.h, inputs.work, inputs.target)
 
 
-def build_layer(doc: Any, source: Any, inputs: Inputs, rgba: bytes, box: Any) -> Any:
+def build_layer(doc: Any, source: Any, inputs: Inputs, bgra: Any, box: Any) -> Any:
     """A new paint layer (not yet in the image) = the source with the crop ``box`` (region
-    coordinates) replaced by the harmonized ``rgba``; same opacity and blending mode.
+    coordinates) replaced by the harmonized ``bgra``; same opacity and blending mode.
 
     It is made in a hidden scratch document of ``doc``'s size and colour space, closed again
     before returning: ``Node.setBlendingMode`` records a "Composition Mode Change" in the undo
@@ -369,7 +339,7 @@ def build_layer(doc: Any, source: Any, inputs: Inputs, rgba: bytes, box: Any) ->
             raise _error("Krita could not create a new paint layer.")
         region, base = inputs.region, inputs.base_box
         layer.setPixelData(to_qbytes(inputs.base), base.x, base.y, base.w, base.h)
-        patch = result_patch(inputs, rgba, box)
+        patch = result_patch(inputs, bgra, box)
         layer.setPixelData(to_qbytes(patch), region.x + box.x, region.y + box.y, box.w, box.h)
         layer.setOpacity(source.opacity())
         layer.setBlendingMode(source.blendingMode())
@@ -387,23 +357,29 @@ def insert_above(doc: Any, source: Any, layer: Any) -> None:
     doc.setActiveNode(layer)
 
 
-def update_layer(doc: Any, layer: Any, inputs: Inputs, rgba: bytes, box: Any) -> None:
+def update_layer(doc: Any, layer: Any, inputs: Inputs, bgra: Any, box: Any) -> None:
     """Rewrite a result layer's crop in place (strength changes of the docker's preview)."""
-    patch = result_patch(inputs, rgba, box)
+    patch = result_patch(inputs, bgra, box)
     region = inputs.region
     layer.setPixelData(to_qbytes(patch), region.x + box.x, region.y + box.y, box.w, box.h)
     doc.refreshProjection()
 
 
-def send(inputs: Inputs, *, strength: float, **call: Any) -> Any:
+def send(inputs: Inputs, *, strength: float, session: Any = None, **call: Any) -> Any:
     """Send what :func:`read_inputs` gathered to the daemon (blocking; no Krita API, so any
-    thread may call it); returns :class:`host_side.Result`. ``call`` (settings,
-    on_progress, cancel) goes to :func:`host_side.harmonize`."""
-    region = inputs.region
-    return host_side().harmonize(
-        inputs.layer, inputs.mask, inputs.backdrop, region.w, region.h, inputs.fmt,
-        strength=strength, **call,
-    )  # fmt: skip
+    thread may call it); returns :class:`host_side.Result` (BGRA). Inputs sent before are a
+    strength change: a reapply of the daemon's kept job, no pixels sent.
+
+    Args:
+        session: the docker's ``host_side.Session`` (one daemon client for all its jobs);
+            None: one of its own for this call, made from ``call["settings"]``.
+        call: ``on_progress``, ``cancel`` (and ``settings`` without a session).
+    """
+    if session is None:
+        with host_side().open_session(call.pop("settings", None)) as own:
+            return send(inputs, strength=strength, session=own, **call)
+    call.pop("settings", None)
+    return session.restrength(inputs.request, strength=strength, **call)
 
 
 def harmonize_node(
@@ -412,7 +388,7 @@ def harmonize_node(
     """Read, send, build and insert in one go (blocking); returns the new layer.
 
     The GUI splits these steps across threads (see :mod:`.controller`); kritarunner tests and
-    scripts call this directly. ``call`` goes to :func:`host_side.harmonize`.
+    scripts call this directly. ``call`` goes to :func:`send`.
     """
     inputs = read_inputs(doc, node)
     result = send(inputs, strength=strength, settings=settings, **call)

@@ -2,6 +2,8 @@
 
 Krita's ``Node.pixelData`` returns interleaved **B, G, R, A** channels for RGBA layers at every
 depth (U8: 1 byte, U16: 2 bytes, F16: 2 bytes, F32: 4 bytes per channel, native byte order).
+They travel to the daemon in that order (protocol 2.1 declares it), so the plug-in only reads
+the alpha here (:func:`channel`, :func:`alpha_to_u8`); the swaps serve scripts and tests.
 These helpers work on whole channels with :class:`array.array` extended slices, so they run at
 C speed (no per-pixel Python loop). Depth names are Krita's; dtype names are the wire's
 (``uint8``, ``uint16``, ``float32``; see :data:`layer_harmonizer.wire.protocol.DTYPES`).
@@ -50,17 +52,6 @@ rgba_to_bgra = bgra_to_rgba
 """The swap is its own inverse: RGBA -> BGRA."""
 
 
-def bgra_to_rgb(data: bytes | bytearray | memoryview, dtype: str) -> bytes:
-    """Krita BGRA ``(H, W, 4)`` bytes -> RGB ``(H, W, 3)`` bytes (alpha dropped)."""
-    src = as_array(data, dtype)
-    n = len(src) // 4
-    out = array(src.typecode, bytes(n * 3 * src.itemsize))
-    out[0::3] = src[2::4]
-    out[1::3] = src[1::4]
-    out[2::3] = src[0::4]
-    return out.tobytes()
-
-
 def channel(data: bytes | bytearray | memoryview, dtype: str, index: int, count: int = 4) -> bytes:
     """One channel (``index`` of ``count`` interleaved) as ``(H, W)`` bytes of ``dtype``."""
     return as_array(data, dtype)[index::count].tobytes()
@@ -73,13 +64,6 @@ def alpha_to_u8(alpha: bytes, dtype: str) -> bytes:
     if dtype == "uint16":  # the high byte: within 1 level of round(x * 255 / 65535), C speed
         return bytes(alpha)[1::2]
     return bytes(min(255, max(0, round(v * 255.0))) for v in as_array(alpha, dtype))
-
-
-def multiply_u8(a: bytes, b: bytes) -> bytes:
-    """Per-byte ``round(a * b / 255)`` (pure-Python fallback of the Qt compositing path)."""
-    if len(a) != len(b):
-        raise ValueError(f"mask planes differ in size: {len(a)} vs {len(b)} bytes")
-    return bytes((x * y + 127) // 255 for x, y in zip(a, b, strict=True))
 
 
 def paste(
