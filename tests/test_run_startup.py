@@ -18,8 +18,11 @@ import pytest
 
 from layer_harmonizer.cli import main
 from layer_harmonizer.cli import run as run_command
+from layer_harmonizer.errors import InputError
 from layer_harmonizer.model import AICTNet
 from layer_harmonizer.model.weights import save_weights
+from layer_harmonizer.wire.client import DaemonError, HarmonizeResult
+from layer_harmonizer.wire.protocol import ErrorCode, Pixels
 from tests.conftest import blob_mask, random_image
 from tests.daemon_process import ROOT, DaemonProcess
 
@@ -152,3 +155,58 @@ def test_the_program_is_the_console_entry_point() -> None:
     assert 'harmonize = "layer_harmonizer.cli:program"' in pyproject
     main_module = (ROOT / "backend" / "layer_harmonizer" / "__main__.py").read_text()
     assert "program()" in main_module
+
+
+class Recorder:
+    """Stands in for a daemon client: answers each request with the layer it was sent and
+    records the frames; ``protocol`` 2.0 refuses the 2.1 request as a 2.0 daemon does."""
+
+    def __init__(self, protocol: tuple[int, int]) -> None:
+        self.protocol, self.sent = protocol, []
+
+    def harmonize_layer(self, layer: Pixels, selection: Pixels, backdrop: Pixels, **options):
+        if self.protocol < (2, 1):
+            raise DaemonError(ErrorCode.UNSUPPORTED_VERSION, "the daemon speaks protocol 2.0")
+        return self._answer("2.1", layer, selection, backdrop, options)
+
+    def harmonize(self, layer: Pixels, mask: Pixels, backdrop: Pixels, **options):
+        return self._answer("2.0", layer, mask, backdrop, options)
+
+    def _answer(self, how: str, layer: Pixels, mask: Pixels, back: Pixels, options: dict):
+        self.sent.append((how, layer, mask, back, options))
+        return HarmonizeResult(Pixels(bytes(layer.data), layer.shape, layer.dtype), (0, 0), False)
+
+
+@pytest.mark.parametrize(("protocol", "how"), [((2, 1), "2.1"), ((2, 0), "2.0")])
+def test_run_daemon_sends_the_files_pixels_as_they_are(protocol: tuple[int, int], how: str) -> None:
+    rgb = random_image(30, 40, np.uint16)
+    mask = (blob_mask(30, 40) * 255).astype(np.uint8)
+    args = argparse.Namespace(strength=0.6, max_pixels=None)
+    daemon = Recorder(protocol)
+    out = run_command._harmonize_remote(daemon, rgb, mask, args)
+    assert np.array_equal(out, rgb)
+    ((sent_how, layer, selection, backdrop, options),) = daemon.sent
+    assert sent_how == how and layer is backdrop  # one opaque layer over itself
+    assert (layer.shape, layer.dtype) == ((30, 40, 3), "uint16")
+    assert (selection.shape, selection.dtype) == ((30, 40), "uint8")  # not float32
+    assert options == {"strength": 0.6, "crop_margin": None, "output": "rgb"}
+
+
+def test_run_daemon_skips_the_daemon_when_nothing_changes_and_names_its_errors() -> None:
+    rgb = random_image(8, 9, np.uint8)
+    daemon = Recorder((2, 1))
+    empty = np.zeros((8, 9), np.uint8)
+    assert run_command._harmonize_remote(daemon, rgb, empty, argparse.Namespace(
+        strength=1.0, max_pixels=None)) is rgb  # fmt: skip
+    full = np.full((8, 9), 255, np.uint8)
+    none = argparse.Namespace(strength=0.0, max_pixels=None)
+    assert run_command._harmonize_remote(daemon, rgb, full, none) is rgb
+    assert daemon.sent == []
+
+    class Busy(Recorder):
+        def harmonize_layer(self, *frames: Pixels, **options: object) -> None:
+            raise DaemonError(ErrorCode.BUSY, "16 jobs are queued")
+
+    one = argparse.Namespace(strength=1.0, max_pixels=None)
+    with pytest.raises(InputError, match=r"^daemon: 16 jobs are queued$"):
+        run_command._harmonize_remote(Busy((2, 1)), rgb, full, one)
