@@ -14,7 +14,9 @@ mask with a soft-edged ellipse over ~20 % of it.
 - ``--help`` and ``error``: a command that needs no model (``--strength 2`` is refused);
 - ``run``: in-process ``harmonize run`` (``--weights``, default weights if not given);
 - ``run --daemon`` (``--daemon``): the same through a daemon this script starts once (from
-  the first ``--code``) and keeps warm, so only the client process is timed.
+  the first ``--code``) and keeps warm, so only the client process is timed;
+- ``--phases``: one in-process run at the largest size split into import torch, the other
+  imports and loading the model, reading, the network, the LUTs, writing, and the exit.
 
 Per process: ``wall`` (start to exit), ``CPU`` (user + system seconds of that child, from
 ``wait4``: what a shared machine's load does not inflate), ``exit`` (wall from the ``wrote ...``
@@ -25,6 +27,7 @@ Peak RSS at the two largest sizes gives ``base + bytes per pixel``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -69,11 +72,11 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
         cmd = [LAUNCHER, "-f", f"{RSS_TAG}%M", *cmd]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wrote = None
+    wrote, last = None, b""
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(b"wrote "):
-            wrote = time.perf_counter()
+            wrote, last = time.perf_counter(), line
     err = proc.stderr.read() if proc.stderr else b""
     _, status, usage = os.wait4(proc.pid, 0)
     end = time.perf_counter()
@@ -87,7 +90,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     result = {"wall": end - start, "rss": peak_kib / 1024, "rc": proc.returncode}
     result["cpu"] = usage.ru_utime + usage.ru_stime
     if wrote is not None:
-        result["exit"] = end - wrote
+        result["exit"], result["out"] = end - wrote, last
     result["err"] = err.decode(errors="replace").strip()[-300:]
     return result
 
@@ -159,6 +162,49 @@ def fit_memory(results: dict, labels: list[str], sizes: list[int], daemon: bool)
             print(f"{prefix} [{label}]: peak RSS = {base:.0f} MiB + {slope:.2f} bytes/pixel")
 
 
+PHASES = """
+import json, sys, time
+t = [time.perf_counter()]
+import torch
+t.append(time.perf_counter())
+from layer_harmonizer.image_files import read_image, read_mask, write_image
+from layer_harmonizer.pipeline import apply_prediction, load_model, predict
+model = load_model(*sys.argv[4:5])
+t.append(time.perf_counter())
+rgb, alpha = read_image(sys.argv[1])
+mask = read_mask(sys.argv[2])
+t.append(time.perf_counter())
+maps = predict(rgb, mask, model=model)
+t.append(time.perf_counter())
+out = apply_prediction(rgb, mask, maps)
+t.append(time.perf_counter())
+write_image(sys.argv[3], out, alpha)
+t.append(time.perf_counter())
+names = ["import torch", "other imports + model", "read PNGs", "network", "LUTs", "write PNG"]
+print("wrote", json.dumps(dict(zip(names, (b - a for a, b in zip(t, t[1:]))))), flush=True)
+"""
+"""Where one in-process run's time goes, phase by phase (the library calls ``harmonize run``
+makes; ``exit`` is measured from outside, after the last line)."""
+
+
+def phases(args: argparse.Namespace, envs: dict[str, dict[str, str]], tmp: Path) -> None:
+    """Median per phase over ``--repeat`` runs of each code at the largest size."""
+    size = max(args.sizes)
+    comp, mask = make_inputs(size, tmp)
+    weights = [str(args.weights)] if args.weights else []
+    print(f"\nphases at {size}² (median of {args.repeat}, seconds):")
+    for label, env in envs.items():
+        runs = []
+        for _ in range(args.repeat):
+            cmd = [sys.executable, "-c", PHASES, str(comp), str(mask), str(tmp / "p.png")]
+            res = timed([*cmd, *weights], env)
+            line = res["out"].rsplit(b"wrote ", 1)[1]
+            runs.append({**json.loads(line), "exit": res["exit"], "total": res["wall"]})
+        print(f"  {label}: " + ", ".join(
+            f"{k} {statistics.median(r[k] for r in runs):.3f}" for k in runs[0]
+        ))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -171,6 +217,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds (each runs every case once)")
     ap.add_argument("--weights", type=Path, help="weights file (default: the installed default)")
     ap.add_argument("--daemon", action="store_true", help="also time `run --daemon`")
+    ap.add_argument("--phases", action="store_true", help="also split a run into its phases")
     ap.add_argument(
         "--extra", default="", help='more `harmonize run` arguments, e.g. "--precision bf16"'
     )
@@ -201,6 +248,8 @@ def main() -> None:
             if daemon is not None:
                 daemon.terminate()
                 daemon.wait(60)
+        if args.phases:
+            phases(args, envs, tmp)
     report(results, labels)
     fit_memory(results, labels, args.sizes, args.daemon)
 

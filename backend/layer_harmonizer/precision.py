@@ -11,20 +11,18 @@ weights (the error depends on the weights), so it runs once (a few seconds for `
 Only the variants in :data:`AUTO_VARIANTS` are measured: the light variants' network takes
 milliseconds, so bf16 could not save anything a user would notice.
 
-torch is imported inside the functions, so the command line reads :data:`PRECISIONS` without it.
+torch is imported inside the functions, so the command line reads :data:`PRECISIONS` without it
+(and no :mod:`dataclasses` either: ``harmonize --help`` stays quick).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from layer_harmonizer.errors import InputError
 
@@ -45,8 +43,7 @@ MAX_LEVELS = 1.0
 CACHE_FILE = "precision.json"
 
 
-@dataclass(frozen=True)
-class Measurement:
+class Measurement(NamedTuple):
     """What the probe showed: best-of timings of one forward pass (None: not timed, because the
     error already ruled bf16 out) and the largest difference of the harmonized probe."""
 
@@ -55,8 +52,7 @@ class Measurement:
     levels: float
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """The precision the network runs in (``"fp32"`` or ``"bf16"``) and why."""
 
     precision: str
@@ -135,6 +131,8 @@ def choose(
 
 def cpu_model() -> str:
     """The CPU's model name (Linux: ``/proc/cpuinfo``), else what :mod:`platform` says."""
+    import platform
+
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -204,6 +202,8 @@ def _default_cache_dir() -> Path:
 
 def _read_cache(path: Path) -> dict[str, Measurement]:
     """The cached measurements; an unreadable or malformed file counts as empty."""
+    import json
+
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         return {k: Measurement(**v) for k, v in raw.items()}
@@ -214,10 +214,12 @@ def _read_cache(path: Path) -> dict[str, Measurement]:
 def _write_cache(path: Path, key: str, measured: Measurement) -> None:
     """Add a measurement to the cache file (atomically); a cache that cannot be written only
     means measuring again next time."""
+    import json
+
     from layer_harmonizer.fileutil import atomic_open
 
-    entries = {k: asdict(v) for k, v in _read_cache(path).items()}
-    entries[key] = asdict(measured)
+    entries = {k: v._asdict() for k, v in _read_cache(path).items()}
+    entries[key] = measured._asdict()
     try:
         with atomic_open(path) as fh:
             fh.write(json.dumps(entries, indent=1, sort_keys=True).encode())
