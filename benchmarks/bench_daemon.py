@@ -13,6 +13,12 @@ envelope).
   reports in the reply): what ``Engine.run`` does, which is also timed in this process;
 - ``transport + decode`` = round trip - job: copying pixels in and out, sockets, message
   decode and checks, the client's receive. The target is <= 10 % of the job.
+
+Then, over shared memory, the requests of protocol 2.0 and 2.1 side by side on a layer with a
+soft alpha (``--kinds-only`` runs just this part): a first request with the 2.0 mask (alpha x
+selection, which the daemon divides back) vs the 2.1 selection alone; a strength change as
+the 2.0 plug-ins made it (the whole request again; the prediction comes from the cache) vs a
+2.1 ``reapply`` of the kept job (no pixels sent).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +58,43 @@ def make_layer(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     mask = (np.clip((1.0 - radius) * 8, 0, 1) * 255).astype(np.uint8)
     back = (base[..., ::-1] * 150 + rng.integers(0, 60, (size, size, 3))).astype(np.uint8)
     return layer, mask, back
+
+
+def soft_layer(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`make_layer` with a soft alpha (128..255): ``(layer, selection, 2.0 mask, back)``."""
+    layer, selection, back = make_layer(size, seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    layer[..., 3] = (128 + 127 * (xx + yy) / 2).astype(np.uint8)
+    mask = ((layer[..., 3].astype(np.uint32) * selection + 127) // 255).astype(np.uint8)
+    return layer, selection, mask, back
+
+
+def compare_requests(client: Client, size: int, repeat: int) -> None:
+    """Print the 2.0 vs 2.1 requests (round trip and the daemon's job, median of ``repeat``)."""
+    kinds: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(name: str, call: Any, *args: Any, **kw: Any) -> Any:
+        start = time.perf_counter()
+        result = call(*args, **kw)
+        seconds = time.perf_counter() - start
+        kinds.setdefault(name, []).append((seconds, sum(result.timings.values())))
+        return result.job  # the pixels (a view of the segment) are let go at once
+
+    for rep in range(repeat + 1):
+        layer, selection, mask, back = soft_layer(size, seed=100 + rep)
+        pix = [P.Pixels.of(a) for a in (layer, selection, mask, back)]
+        timed("2.0 request (mask)", client.harmonize, pix[0], pix[2], pix[3])
+        again = {"strength": 0.5}
+        timed("2.0 strength change (request)", client.harmonize, pix[0], pix[2], pix[3], **again)
+        job = timed("2.1 request (selection)", client.harmonize_layer, pix[0], pix[1], pix[3])
+        timed("2.1 strength change (reapply)", client.reapply, job, **again)
+        if not rep:
+            kinds.clear()  # the first round warms up
+    print(f"\nrequests on a {size}x{size} soft-alpha layer, shm, median of {repeat}:")
+    for name, data in kinds.items():
+        trip = statistics.median(d[0] for d in data)
+        job = statistics.median(d[1] for d in data)
+        print(f"{name:31s} round trip {trip:7.3f} s   daemon job {job:.3f} s")
 
 
 def start_daemon(
@@ -113,6 +157,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lut-backend", default="auto", help="auto | torch | cpu-kernel | ...")
     parser.add_argument("--transport", choices=["both", "frames", "shm"], default="both")
+    parser.add_argument("--kinds-only", action="store_true", help="only the 2.0 vs 2.1 table")
     args = parser.parse_args()
     transports = ["frames", "shm"] if args.transport == "both" else [args.transport]
 
@@ -144,7 +189,7 @@ def main() -> None:
                 for t in transports
             }
             info = clients[transports[0]].hello()
-            for rep in range(args.repeat + 1):  # the first round warms everything up
+            for rep in range(0 if args.kinds_only else args.repeat + 1):  # 0: warm-up
                 layer, mask, back = make_layer(args.size, seed=rep)
                 start = time.perf_counter()
                 reference, _, _ = engine.run(
@@ -166,12 +211,16 @@ def main() -> None:
                     del out, result
                     if rep:
                         rows[transport].append((roundtrip, job, same))
-            for client in clients.values():
+            shm_client = Client.from_endpoint_file(endpoint_file, timeout=600, transport="shm")
+            compare_requests(shm_client, args.size, args.repeat)
+            for client in [*clients.values(), shm_client]:
                 client.close()
         finally:
             proc.terminate()
             proc.wait(60)
 
+    if args.kinds_only:
+        return
     mib_in, mib_out = args.size**2 * 8 / 2**20, args.size**2 * 4 / 2**20
     print(
         f"device {info['device']}, LUT backend {args.lut_backend}, "

@@ -98,8 +98,7 @@ class LayerJob:
     Attributes:
         rgb: ``(h, w, 3)`` the layer's RGB over the crop, C-contiguous, the layer's dtype.
         weight: ``(h, w)`` float32 in [0, 1]: the selection, 0 where alpha is 0.
-        alpha: the layer's alpha (its dtype) as the last channel of an ``(h, w, 4)`` crop or
-            an ``(h, w)`` plane; None for an opaque layer.
+        alpha: ``(h, w)`` the layer's alpha (its dtype); None for an opaque layer.
         maps: the predicted LUT maps (batch 1).
         offset: ``(x, y)`` of the crop in the layer.
         bgr: channels travel as BGR(A) (the layer's order is kept in the result).
@@ -124,10 +123,7 @@ class LayerJob:
         def own(a: np.ndarray | None) -> np.ndarray | None:
             return a if a is None or a.flags.owndata else a.copy()
 
-        alpha = self.alpha
-        if alpha is not None and alpha.ndim == 3:
-            alpha = np.ascontiguousarray(alpha[..., -1])  # the one plane, not the whole crop
-        return replace(self, rgb=own(self.rgb), weight=own(self.weight), alpha=own(alpha))
+        return replace(self, rgb=own(self.rgb), weight=own(self.weight), alpha=own(self.alpha))
 
 
 @dataclass
@@ -170,16 +166,18 @@ def _check_arrays(layer: Any, selection: Any, backdrop: Any) -> None:
 
 
 def _covered(layer: np.ndarray, selection: np.ndarray | None, premultiplied: bool) -> Any:
-    """Where the layer is covered (nonzero alpha x selection), for the crop box: a boolean
-    ``(H, W)`` array (any dtype's nonzero test: NaN counts, then fails validation)."""
+    """What is nonzero where the layer is covered (alpha x selection > 0), for the crop box;
+    None: all of it. Any dtype's nonzero test: NaN counts, then fails validation."""
     if premultiplied or (selection is not None and layer.shape[2] == 3):
         return selection
     if layer.shape[2] == 3:
-        return np.ones(layer.shape[:2], np.bool_)
-    present = np.not_equal(layer[..., 3], 0)
-    if selection is not None:
-        present &= np.not_equal(selection, 0)
-    return present
+        return None
+    alpha = cv2.extractChannel(layer, 3)  # one contiguous plane (SIMD), not a strided view
+    if selection is None:
+        return alpha
+    if selection.dtype == alpha.dtype:
+        return cv2.min(alpha, selection)  # > 0 exactly where both are
+    return np.not_equal(alpha, 0) & np.not_equal(selection, 0)
 
 
 def _to_rgb(pixels: np.ndarray, bgr: bool, what: str, max_pixels: int | None) -> np.ndarray:
@@ -190,27 +188,28 @@ def _to_rgb(pixels: np.ndarray, bgr: bool, what: str, max_pixels: int | None) ->
 
 
 def _alpha(crop: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``(the crop, its alpha as float32 in [0, 1])`` for a layer with alpha; both None for
-    an RGB or fully opaque layer (the common case skips every per-pixel alpha pass)."""
+    """``(the crop's alpha plane, as float32 in [0, 1])`` for a layer with alpha; both None
+    for an RGB or fully opaque layer (the common case skips every per-pixel alpha pass)."""
     if crop.shape[2] == 3:
         return None, None
-    a = crop[..., 3]
+    a = cv2.extractChannel(crop, 3)  # a plane of its own: a kept job needs no copy
     if a.dtype.kind != "f" and a.min() == OPAQUE[a.dtype]:
         return None, None
-    return crop, check_mask(np.ascontiguousarray(a), a.shape, what="alpha")
+    return a, check_mask(a, a.shape, what="alpha")
 
 
 def _weights(
     selection: np.ndarray | None, alpha: np.ndarray | None, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(coverage m = alpha x selection, weight = selection where alpha > 0)``, float32."""
+    """``(coverage m = alpha x selection, weight = selection where alpha > 0)``, float32
+    (OpenCV's SIMD, multi-threaded loops: these run over every pixel of the crop)."""
     sel = np.ones(shape, np.float32) if selection is None else selection
     if alpha is None:
         return sel, sel
-    coverage = np.multiply(alpha, sel) if selection is not None else alpha
-    weight = sel.copy() if selection is not None else sel
-    weight[alpha == 0] = 0.0
-    return coverage, weight
+    present = cv2.threshold(alpha, 0.0, 1.0, cv2.THRESH_BINARY)[1]  # 1 where alpha > 0
+    if selection is None:
+        return alpha, present
+    return cv2.multiply(alpha, sel), cv2.multiply(sel, present)
 
 
 def harmonize_layer(
@@ -270,7 +269,9 @@ def harmonize_layer(
     if premultiplied and selection is None:
         raise InputError("premultiplied needs the mask (alpha x selection) as selection")
     start = time.perf_counter()
-    box = crop_box(_covered(layer, selection, premultiplied), crop_margin, min_margin)
+    covered = _covered(layer, selection, premultiplied)
+    whole = (0, 0, layer.shape[1], layer.shape[0])
+    box = whole if covered is None else crop_box(covered, crop_margin, min_margin)
     if box is None:
         raise EmptyMask("the layer is not covered anywhere (alpha x selection is 0)")
     crop = _Crop.of(layer, selection, backdrop, box, bgr, premultiplied, max_pixels)
@@ -292,7 +293,7 @@ class _Crop:
     """The validated inputs inside the crop box and what the network sees."""
 
     rgb: np.ndarray  # (h, w, 3) the layer's RGB
-    alpha: np.ndarray | None  # see LayerJob.alpha
+    alpha: np.ndarray | None  # (h, w) the layer's alpha, None: opaque
     coverage: np.ndarray  # (h, w) float32: alpha x selection
     weight: np.ndarray  # (h, w) float32: the selection where alpha > 0
     composite: np.ndarray  # (h, w, 3): rgb x coverage + backdrop x (1 - coverage)
@@ -368,10 +369,9 @@ def _render(
     pairs = [0, red, 1, 1, 2, blue]
     if output == "rgba" and job.alpha is None:
         dest[..., 3] = OPAQUE[rgb.dtype]
-    elif output == "rgba":  # the alpha is the source's last channel: index 3 + (C - 1)
-        alpha = convert(job.alpha, rgb.dtype)
-        sources.append(alpha)
-        pairs += [2 + (alpha.shape[2] if alpha.ndim == 3 else 1), 3]
+    elif output == "rgba":  # channel 3 of the sources (rgb holds 0..2) goes to channel 3
+        sources.append(convert(job.alpha, rgb.dtype))
+        pairs += [3, 3]
     cv2.mixChannels(sources, [dest], pairs)
     times["encode"] = time.perf_counter() - tick
     return dest
