@@ -32,6 +32,7 @@ from layer_harmonizer.model.weights import save_weights
 from layer_harmonizer.pipeline import load_model
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import receive as R
 from layer_harmonizer.wire import shm
 from layer_harmonizer.wire.client import Client, DaemonError, ensure_daemon
 from tests.daemon_process import SERVE, DaemonProcess, daemon_env
@@ -385,11 +386,11 @@ def test_sigterm_during_a_job_exits_cleanly(tmp_path, weights):
         )
         sock.send_multipart(request, copy=False)
         assert sock.poll(30_000)
-        assert P.unpack(sock.recv_multipart(), local="client").body["stage"] == "received"
+        assert R.unpack(sock.recv_multipart(), local="client").body["stage"] == "received"
         run.proc.send_signal(signal.SIGTERM)
         final = None
         while final is None and sock.poll(40_000):
-            msg = P.unpack(sock.recv_multipart(), local="client")
+            msg = R.unpack(sock.recv_multipart(), local="client")
             if msg.type != P.PROGRESS:
                 final = msg
         assert final is not None and final.parent == "big"
@@ -456,7 +457,7 @@ def test_a_client_cannot_truncate_its_segment_mid_job(tmp_path, weights):
         finals: dict[str, P.Message] = {}
         refused: list[int] = []
         while len(finals) < 2 and sock.poll(120_000):
-            msg = P.unpack(sock.recv_multipart(), local="client")
+            msg = R.unpack(sock.recv_multipart(), local="client")
             if (msg.parent, msg.body.get("stage")) == ("cut", "received"):
                 try:  # accepted, mapped, queued behind the long job
                     os.ftruncate(segment.fd, 0)

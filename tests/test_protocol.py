@@ -18,6 +18,7 @@ import zmq
 from layer_harmonizer.arrays import DEFAULT_MAX_PIXELS
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import receive as R
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def test_round_trip_over_zmq_keeps_frames_bit_exact(pair, dtype):
     )
     dealer.send_multipart(parts, copy=False)
     identity, *received = router.recv_multipart(copy=False)
-    msg = P.unpack(received, token="secret")
+    msg = R.unpack(received, token="secret")
     assert (msg.type, msg.id, msg.token, msg.parent) == (P.HARMONIZE, "m1", "secret", None)
     assert msg.version == P.PROTOCOL_VERSION
     assert msg.body["options"] == {"strength": 0.5}
@@ -67,7 +68,7 @@ def test_round_trip_over_zmq_keeps_frames_bit_exact(pair, dtype):
     assert np.frombuffer(msg.frames["mask"].data, np.float32).tobytes() == mask.tobytes()
     # and the reply travels back with its parent id
     router.send_multipart([identity, *P.pack(P.reply_type(P.HARMONIZE), {"ok": 1}, parent="m1")])
-    reply = P.unpack(dealer.recv_multipart(), local="client")
+    reply = R.unpack(dealer.recv_multipart(), local="client")
     assert (reply.type, reply.parent, reply.body) == ("harmonize_reply", "m1", {"ok": 1})
 
 
@@ -81,7 +82,7 @@ def test_pixels_of_needs_a_supported_contiguous_array():
 
 def _code(parts, **kw) -> str:
     with pytest.raises(P.ProtocolError) as info:
-        P.unpack(parts, **kw)
+        R.unpack(parts, **kw)
     return info.value.code
 
 
@@ -140,7 +141,7 @@ def test_frame_count_and_names_must_match_the_declarations():
 
 def test_token_is_compared_when_given():
     parts = P.pack(P.PING, token="right")
-    assert P.unpack(parts, token="right").type == P.PING
+    assert R.unpack(parts, token="right").type == P.PING
     assert _code(parts, token="wrong") == "unauthorized"
     assert _code(P.pack(P.PING), token="right") == "unauthorized"
 
@@ -149,7 +150,7 @@ def test_hello_needs_no_token_and_its_proof_needs_the_token():
     """2.0: the hello challenge comes before the token; only a token holder can answer it."""
     hello = P.pack(P.HELLO, {"challenge": "c" * 64})
     assert _code(hello, token="right") == "unauthorized"  # not an open type unless named
-    assert P.unpack(hello, token="right", open_types=P.OPEN_TYPES).type == P.HELLO
+    assert R.unpack(hello, token="right", open_types=P.OPEN_TYPES).type == P.HELLO
     ping = P.pack(P.PING)
     assert _code(ping, token="right", open_types=P.OPEN_TYPES) == "unauthorized"
     proof = M.hello_proof("token", "c" * 64)
@@ -165,14 +166,14 @@ def test_hello_needs_no_token_and_its_proof_needs_the_token():
 
 def test_other_major_version_is_refused_naming_the_side_to_update():
     with pytest.raises(P.ProtocolError, match="update the daemon") as newer:
-        P.unpack(P.pack(P.PING, version=(3, 0)))
+        R.unpack(P.pack(P.PING, version=(3, 0)))
     assert newer.value.code == "unsupported_version" and newer.value.msg_id
     with pytest.raises(P.ProtocolError, match="update the plugin"):
-        P.unpack(P.pack(P.PING, version=(1, 1)))  # a protocol 1 plugin (before the proof)
+        R.unpack(P.pack(P.PING, version=(1, 1)))  # a protocol 1 plugin (before the proof)
     with pytest.raises(P.ProtocolError, match="update the daemon"):
-        P.check_version((0, 9), local="client")
+        R.check_version((0, 9), local="client")
     # a newer minor version is accepted
-    assert P.unpack(P.pack(P.PING, version=(2, 7))).version == (2, 7)
+    assert R.unpack(P.pack(P.PING, version=(2, 7))).version == (2, 7)
 
 
 def test_harmonize_options_validation():
@@ -296,7 +297,7 @@ def test_odd_frame_fields_are_named_errors_with_the_id_and_a_bounded_message(ove
     spec = {"name": "layer", "shape": [2, 2], "dtype": "uint8", **override}
     env = _envelope(id="odd1")
     with pytest.raises(P.ProtocolError, match=message) as info:
-        P.unpack([env, msgpack.packb({"frames": [spec]}), b"\0" * 4])
+        R.unpack([env, msgpack.packb({"frames": [spec]}), b"\0" * 4])
     assert (info.value.code, info.value.msg_id) == (P.ErrorCode.BAD_FRAMES, "odd1")
     assert len(info.value.message) <= 2 * P.ECHO_CHARS + 100
 
@@ -311,7 +312,7 @@ def test_odd_option_values_are_named_errors_with_a_bounded_message(options):
 
 def test_an_envelope_without_parent_is_a_request_like_any_other():
     env = {"version": list(P.PROTOCOL_VERSION), "id": "np1", "type": P.PING, "token": "t"}
-    msg = P.unpack([msgpack.packb(env), msgpack.packb({})], token="t")
+    msg = R.unpack([msgpack.packb(env), msgpack.packb({})], token="t")
     assert (msg.id, msg.parent) == ("np1", None)
 
 
@@ -332,14 +333,14 @@ def test_a_frame_declares_its_channel_order_and_the_declaration_is_checked():
     bgra = np.zeros((2, 3, 4), np.uint8)
     parts = P.pack(P.HARMONIZE, {}, {"layer": P.Pixels.of(bgra, "BGRA")})
     assert msgpack.unpackb(parts[1])["frames"][0]["order"] == "BGRA"
-    layer = P.unpack(parts).frames["layer"]
+    layer = R.unpack(parts).frames["layer"]
     assert (layer.order, layer.bgr) == ("BGRA", True)
-    plain = P.unpack(P.pack(P.HARMONIZE, {}, {"layer": P.Pixels.of(bgra)})).frames["layer"]
+    plain = R.unpack(P.pack(P.HARMONIZE, {}, {"layer": P.Pixels.of(bgra)})).frames["layer"]
     assert (plain.order, plain.bgr) == (None, False)  # undeclared: RGBA, as in 2.0
     for order in ("BGR", "ARGB", "bgra", ["B", "G", "R", "A"], 4):
         spec = {"name": "layer", "shape": [2, 3, 4], "dtype": "uint8", "order": order}
         with pytest.raises(P.ProtocolError, match="order") as info:
-            P.check_frame(spec, 24, P.Limits(), "o1")
+            R.check_frame(spec, 24, P.Limits(), "o1")
         assert (info.value.code, info.value.msg_id) == ("bad_frames", "o1")
 
 

@@ -26,6 +26,7 @@ from layer_harmonizer.model import create_model
 from layer_harmonizer.pipeline import apply_prediction, harmonize, predict
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import receive as R
 from layer_harmonizer.wire.client import Client, DaemonError
 from layer_harmonizer.wire.connection import BUSY_RETRY_S, REPLY_LIMITS, secure_socket
 
@@ -92,7 +93,7 @@ def running(model):
 
 def recv(sock: zmq.Socket, timeout: float = 20.0) -> P.Message:
     assert sock.poll(int(timeout * 1000)), "no reply"
-    return P.unpack(sock.recv_multipart(), local="client")
+    return R.unpack(sock.recv_multipart(), local="client")
 
 
 def recv_final(sock: zmq.Socket, parent: str) -> P.Message:
@@ -310,7 +311,7 @@ def test_req_sockets_are_answered_too(running):
         sock.connect(running.endpoint)
         sock.send_multipart(P.pack(P.PING, token=running.token, msg_id="r1"))
         assert sock.poll(10_000)
-        reply = P.unpack(sock.recv_multipart(), local="client")
+        reply = R.unpack(sock.recv_multipart(), local="client")
         assert (reply.type, reply.parent) == ("ping_reply", "r1")
     finally:
         sock.close(linger=0)
@@ -445,7 +446,7 @@ def test_client_refuses_a_daemon_of_another_major_version(where, tmp_path):
     def answer() -> None:
         if router.poll(10_000):
             identity, *parts = router.recv_multipart()
-            msg = P.unpack(parts)
+            msg = R.unpack(parts)
             if where == "envelope":
                 reply = P.pack("hello_reply", {}, parent=msg.id, version=(3, 0))
             else:
@@ -496,7 +497,7 @@ def test_client_sends_nothing_of_value_to_a_daemon_that_cannot_prove_the_token(t
             if not router.poll(50):
                 continue
             identity, *parts = router.recv_multipart()
-            msg = P.unpack(parts)
+            msg = R.unpack(parts)
             received.append(msg)
             body = {"protocol_version": list(P.PROTOCOL_VERSION), "transports": ["frames"]}
             if proof != "missing":
@@ -672,7 +673,7 @@ def test_odd_field_shapes_get_their_error_at_once_with_the_request_id(running):
         raw = sock.recv_multipart() if sock.poll(20_000) else None
         assert raw is not None, f"{msg_id}: no reply"
         assert sum(len(part) for part in raw) < 4096, f"{msg_id}: a {len(raw[1])}-byte reply"
-        reply = P.unpack(raw, REPLY_LIMITS, local="client")  # what the client accepts
+        reply = R.unpack(raw, REPLY_LIMITS, local="client")  # what the client accepts
         assert (reply.type, reply.parent, reply.body["code"]) == (P.ERROR, msg_id, code)
     no_parent = {"version": version, "id": "o9", "type": P.PING, "token": token}
     sock.send_multipart([msgpack.packb(no_parent), msgpack.packb({})])
@@ -879,7 +880,7 @@ def test_a_2_1_client_tells_to_stop_a_2_0_daemon_instead_of_sending_what_it_cann
             if not router.poll(50):
                 continue
             identity, *parts = router.recv_multipart()
-            msg = P.unpack(parts)
+            msg = R.unpack(parts)
             received.append(msg.type)
             body = {
                 "protocol_version": [2, 0],

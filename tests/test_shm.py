@@ -17,6 +17,7 @@ import pytest
 from layer_harmonizer.daemon.engine import Engine
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import receive as R
 from layer_harmonizer.wire import shm, shm_mapping
 from layer_harmonizer.wire.client import Client, DaemonError
 from tests.test_server import (
@@ -380,7 +381,7 @@ def test_hostile_shm_requests_get_errors_and_the_daemon_keeps_serving(engine, wr
         ]
         for body_shm in cases:
             parts = P.pack(P.HARMONIZE, {"shm": body_shm}, token=run.token)
-            msg_id = P.unpack(parts, local="client").id
+            msg_id = R.unpack(parts, local="client").id
             sock.send_multipart(parts)
             reply = recv_final(sock, msg_id)
             assert reply.type == P.ERROR, body_shm
@@ -388,7 +389,7 @@ def test_hostile_shm_requests_get_errors_and_the_daemon_keeps_serving(engine, wr
         pixels = M.harmonize_frames(*(P.Pixels.of(a) for a in scene(40, 30)))
         both = P.pack(P.HARMONIZE, {"shm": desc}, pixels, token=run.token)
         sock.send_multipart(both)
-        reply = recv_final(sock, P.unpack(both, local="client").id)
+        reply = recv_final(sock, R.unpack(both, local="client").id)
         assert "not both" in reply.body["message"]
         assert run.client.ping()["pid"] == os.getpid()
         good = send_harmonize(run.client, *scene(40, 30))

@@ -36,6 +36,7 @@ from layer_harmonizer.daemon.listen import (
 )
 from layer_harmonizer.wire import messages as M
 from layer_harmonizer.wire import protocol as P
+from layer_harmonizer.wire import receive as R
 from layer_harmonizer.wire import shm, shm_mapping
 from layer_harmonizer.wire.messages import check_harmonize_frames
 
@@ -208,7 +209,7 @@ class Server:
         self.stats["received"] += 1
         route, message = self._split_route(parts)
         try:
-            msg = P.unpack(
+            msg = R.unpack(
                 message,
                 self.limits,
                 local="daemon",
@@ -229,7 +230,7 @@ class Server:
         """The id of a message whose handling failed unexpectedly, when its envelope can be
         read, so that the client gets its answer at once instead of waiting out a timeout."""
         try:
-            return P.decode_envelope(message[0], self.limits)["id"]
+            return R.decode_envelope(message[0], self.limits)["id"]
         except P.ProtocolError as exc:
             return exc.msg_id
         except Exception:

@@ -34,6 +34,7 @@ import zmq
 
 from . import messages as M
 from . import protocol as P
+from . import receive as R
 from . import shm
 from .connection import REPLY_LIMITS, Connection
 from .discovery import DaemonError, endpoint_path, is_loopback, private_runtime_dir
@@ -288,7 +289,7 @@ class Client(Connection):
             if not isinstance(desc, dict) or desc.get("offset") != segment.result_offset:
                 raise P.ProtocolError(P.ErrorCode.BAD_MESSAGE, "no result in the segment")
             spec = {k: v for k, v in desc.items() if k != "offset"}
-            template = P.check_frame(spec, None, REPLY_LIMITS)
+            template = R.check_frame(spec, None, REPLY_LIMITS)
         except P.ProtocolError as exc:
             raise DaemonError(P.ErrorCode.BAD_MESSAGE, f"{reply.type}: {exc.message}") from None
         if template.nbytes > segment.result_capacity:

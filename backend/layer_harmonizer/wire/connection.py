@@ -30,6 +30,7 @@ import zmq
 
 from . import messages as M
 from . import protocol as P
+from . import receive as R
 from .discovery import DaemonError, endpoint_path, read_endpoint_file
 
 REPLY_LIMITS = P.Limits(max_pixels=1 << 40)
@@ -234,7 +235,7 @@ class Connection:
         if reply is None:
             return None
         try:
-            P.check_version(tuple(reply.body.get("protocol_version", (0, 0))), local="client")
+            R.check_version(tuple(reply.body.get("protocol_version", (0, 0))), local="client")
         except P.ProtocolError as exc:
             raise DaemonError(exc.code, exc.message) from None
         proof = reply.body.get("proof")
@@ -266,7 +267,7 @@ class Connection:
             if not sock.poll(int(min(remaining, 0.1) * 1000) + 1):
                 continue
             try:
-                msg = P.unpack(sock.recv_multipart(copy=False), REPLY_LIMITS, local="client")
+                msg = R.unpack(sock.recv_multipart(copy=False), REPLY_LIMITS, local="client")
             except P.ProtocolError as exc:
                 raise DaemonError(exc.code, exc.message) from None
             if msg.parent != msg_id:

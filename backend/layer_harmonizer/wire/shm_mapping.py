@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol as P
+from . import receive as R
 from .shm import F_GET_SEALS, F_SEAL_SHRINK, ID_MAX, NAME_PATTERN, PROC
 
 
@@ -84,7 +85,7 @@ def parse_request(raw: Any, limits: P.Limits, msg_id: str | None = None) -> Requ
             raise bad("each frame must be a map")
         offset = _int(spec.get("offset"), "frame offset", msg_id)
         declared = {k: v for k, v in spec.items() if k != "offset"}
-        template = P.check_frame(declared, None, limits, msg_id)
+        template = R.check_frame(declared, None, limits, msg_id)
         if spec["name"] in frames:
             raise bad(f"frame {P.echo(spec['name'])} declared twice")
         frames[spec["name"]] = (offset, template)
