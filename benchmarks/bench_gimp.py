@@ -11,8 +11,9 @@ builds an 8-bit image with a background and an opaque pasted layer, then calls t
 ``HARMONIZE_PLUGIN_TIMINGS`` line:
 
 - ``read_layer``: the layer over its bounds plus the context margin (Gegl, ``R'G'B'A u8``);
-- ``mask_backdrop``: duplicate the image, apply masks/selection, hide the layer and what is
-  above it, merge visible, read mask and backdrop;
+- ``mask_backdrop``: duplicate the image, read the selection (a layer mask: apply it and the
+  selection to the alpha, the 2.0 mask), hide the layer and what is above it, merge visible,
+  read the backdrop;
 - ``daemon``: the round trip (first run: network + LUT; later: cached prediction);
 - ``write``: copy the layer, write the result, insert it;
 - ``pdb``: the whole procedure call as the batch script sees it (plug-in start included).

@@ -8,10 +8,12 @@ Needs Debian's ``krita`` (``kritarunner``) and a daemon-capable environment. Sta
 then runs ``tests/hosts/krita_runner.py`` ``--repeat`` times on an 8-bit RGBA document with an
 opaque pasted layer, and prints per run (seconds):
 
-- ``read``: ``host.read_inputs`` (layer, mask, backdrop from a document clone, swizzles);
+- ``read``: ``host.read_inputs`` (layer, selection, backdrop from a document clone);
 - ``daemon``: the round trip (first run: network + LUT; later runs: cached prediction);
 - ``write``: building the new layer and inserting it;
-- ``total`` for the three, and the wall time of the whole kritarunner process.
+- ``total`` for the three, and the wall time of the whole kritarunner process;
+- ``strength``: the docker's strength change to ``--restrength`` (a reapply through the same
+  daemon session) and rewriting the layer with it (``update_layer``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=2160)
     parser.add_argument("--layer", type=int, default=1500, help="side of the pasted square")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--restrength", type=float, default=0.5, help="then this strength")
     args = parser.parse_args()
     if shutil.which("kritarunner") is None:
         print("kritarunner not found: apt-get install krita python3-pyqt5 python3-zmq")
@@ -64,7 +67,7 @@ def main() -> int:
         case = {"name": "bench", "depth": "U8", "profile": "sRGB-elle-V2-srgbtrc.icc",
                 "width": w, "height": h, "background": str(tmp / "bg.raw"),
                 "layer": str(tmp / "layer.raw"), "selection": None, "strength": 1.0,
-                "out": str(tmp / "out")}  # fmt: skip
+                "restrength": args.restrength, "out": str(tmp / "out")}  # fmt: skip
         (tmp / "spec.json").write_text(json.dumps({"cases": [case]}))
         env = {**os.environ, "HARMONIZE_RUNTIME_DIR": str(tmp / "run"),
                "HARMONIZE_LOG_DIR": str(tmp / "log")}  # fmt: skip
@@ -100,7 +103,9 @@ def main() -> int:
                 sec = info["seconds"]
                 total = sec["read"] + sec["daemon"] + sec["write"]
                 print(f"run {run + 1}: read {sec['read']:.2f}  daemon {sec['daemon']:.2f}  "
-                      f"write {sec['write']:.2f}  total {total:.2f}  "
+                      f"write {sec['write']:.2f}  total {total:.2f}  strength: daemon "
+                      f"{sec.get('restrength_daemon', 0):.2f} write "
+                      f"{sec.get('restrength_write', 0):.2f}  "
                       f"(region {info['region'][2]} x {info['region'][3]}, "
                       f"kritarunner wall {wall:.1f})")  # fmt: skip
         finally:
