@@ -190,8 +190,9 @@ def test_explain(exc, words):
 
 def test_client_module_missing_zmq_is_a_message(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "zmq", None)  # import zmq -> ImportError
-    monkeypatch.delitem(sys.modules, "layer_harmonizer.wire.client", raising=False)
-    monkeypatch.delattr(sys.modules["layer_harmonizer.wire"], "client", raising=False)
+    for name in ("client", "connection", "startup"):  # the wire modules that import zmq
+        monkeypatch.delitem(sys.modules, f"layer_harmonizer.wire.{name}", raising=False)
+        monkeypatch.delattr(sys.modules["layer_harmonizer.wire"], name, raising=False)
     with pytest.raises(S.PluginError, match="pyzmq and msgpack"):
         S._client_module()
 

@@ -9,7 +9,8 @@ own Python runs it), so the daemon and the hosts share one implementation:
 - :mod:`.protocol`: the message format (envelope, body, frames, limits, error codes);
   :mod:`.messages`: the bodies of each request type;
 - :mod:`.shm`: pixels through shared memory (client side), :mod:`.shm_mapping` (daemon side);
-- :mod:`.connection` and :mod:`.client`: the daemon client;
+- :mod:`.connection` and :mod:`.client`: the daemon client; :mod:`.startup`: finding the
+  running daemon or starting one;
 - :mod:`.host_side` (with :mod:`.host_settings`, :mod:`.host_session`: one daemon client per
   dialog or docker, :mod:`.host_pixels`, :mod:`.host_messages`): what the plug-ins call;
 - :mod:`.host_report`: the plug-ins' Copy diagnostics and Open log, with :mod:`.redact`
