@@ -40,6 +40,7 @@ def test_one_command_builds_both_archives(tmp_path: Path, capsys: pytest.Capture
     assert (script.external_attr >> 16) & 0o111, "GIMP runs harmonize.py by its shebang"
     assert {n.split("/")[0] for n in names} == {"harmonize"}  # one folder to extract
     for member in ("harmonize/", "harmonize/gimp_version.py", "harmonize/error_dialog.py",
+                   "harmonize/gimp_io.py",
                    "harmonize/vendor/layer_harmonizer/wire/host_side.py",
                    "harmonize/vendor/layer_harmonizer/_version.py",
                    "harmonize/installed-by-harmonize.json"):  # fmt: skip

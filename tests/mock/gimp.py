@@ -600,6 +600,10 @@ class _Dialog:
         pass
 
 
+PLUGIN_IO_MODULE = "gimp_io"
+"""The GIMP plug-in's module that imports ``gi.repository`` (plugins/gimp/harmonize/gimp_io.py)."""
+
+
 def install() -> tuple[types.SimpleNamespace, Any]:
     """Put fake ``gi`` + ``gi.repository`` into ``sys.modules``; returns (modules, restore)."""
     gimp = _make_gimp()
@@ -614,8 +618,11 @@ def install() -> tuple[types.SimpleNamespace, Any]:
     gi.repository = repo  # type: ignore[attr-defined]
     saved = {k: sys.modules.get(k) for k in ("gi", "gi.repository")}
     sys.modules["gi"], sys.modules["gi.repository"] = gi, repo
+    # The plug-in's sibling module binds Gimp/Gegl at import: import it afresh with this fake.
+    sys.modules.pop(PLUGIN_IO_MODULE, None)
 
     def restore() -> None:
+        sys.modules.pop(PLUGIN_IO_MODULE, None)
         for key, value in saved.items():
             if value is None:
                 sys.modules.pop(key, None)
