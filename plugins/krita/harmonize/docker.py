@@ -36,11 +36,19 @@ class HarmonizeDocker(DockWidget):
         self.ctl = controller()
         root = QtWidgets.QWidget(self)
         layout = QtWidgets.QVBoxLayout(root)
-
         self.status = QtWidgets.QLabel("Daemon: checking…", root)
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        self._add_strength(root, layout)
+        self._add_output_mode(root, layout)
+        self._add_buttons(root, layout)
+        self._add_progress(root, layout)
+        layout.addStretch(1)
+        self.setWidget(root)
+        self._connect()
 
+    def _add_strength(self, root: Any, layout: Any) -> None:
+        """The strength slider and its value."""
         row = QtWidgets.QHBoxLayout()
         row.addWidget(QtWidgets.QLabel("Strength", root))
         self.slider = QtWidgets.QSlider(enum(QtCore.Qt, "Orientation", "Horizontal"), root)
@@ -56,6 +64,8 @@ class HarmonizeDocker(DockWidget):
         row.addWidget(self.value)
         layout.addLayout(row)
 
+    def _add_output_mode(self, root: Any, layout: Any) -> None:
+        """New layer / Replace the layer."""
         row = QtWidgets.QHBoxLayout()
         self.mode_new = QtWidgets.QRadioButton("New layer", root)
         self.mode_new.setToolTip("Put the result in a new layer above the source (kept as is)")
@@ -69,6 +79,8 @@ class HarmonizeDocker(DockWidget):
         row.addWidget(self.mode_replace)
         layout.addLayout(row)
 
+    def _add_buttons(self, root: Any, layout: Any) -> None:
+        """Harmonize, Preview; Show before, Apply."""
         row = QtWidgets.QHBoxLayout()
         self.run_button = QtWidgets.QPushButton("Harmonize Layer", root)
         self.run_button.setToolTip("Harmonize the active layer now (Filter ▸ Harmonize Layer)")
@@ -92,6 +104,8 @@ class HarmonizeDocker(DockWidget):
         row.addWidget(self.apply_button)
         layout.addLayout(row)
 
+    def _add_progress(self, root: Any, layout: Any) -> None:
+        """The progress bar with Cancel, the message and the error buttons."""
         row = QtWidgets.QHBoxLayout()
         self.bar = QtWidgets.QProgressBar(root)
         self.bar.setRange(0, 1000)
@@ -107,9 +121,9 @@ class HarmonizeDocker(DockWidget):
         layout.addWidget(self.message)
         self.report = report.ErrorActions(root, self.message.setText)
         layout.addWidget(self.report.widget)
-        layout.addStretch(1)
-        self.setWidget(root)
 
+    def _connect(self) -> None:
+        """Widgets and controller signals to their handlers; the status poll."""
         self.slider.valueChanged.connect(self._show_value)
         self.slider.sliderReleased.connect(self._strength_changed)
         self.run_button.clicked.connect(self._run)
