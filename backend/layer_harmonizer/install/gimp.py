@@ -15,10 +15,9 @@ from layer_harmonizer.install.common import (
     InstallReport,
     check_replaceable,
     plugin_source,
-    write_plugin_files,
     write_vendored_wire,
 )
-from layer_harmonizer.install.wheels import resolve_deps, vendor_wheels
+from layer_harmonizer.install.wheels import finish_plugin_folder, resolve_deps
 
 
 def gimp_profile_candidates() -> list[Path]:
@@ -89,13 +88,10 @@ def install_gimp(
         shutil.copytree(source, staging, dirs_exist_ok=True, ignore=ignore)
         (staging / "harmonize.py").chmod(0o755)  # GIMP runs it by its shebang
         write_vendored_wire(staging / VENDOR)
-        if mode == "vendor":
-            report.wheels = vendor_wheels(
-                staging / VENDOR, probed=probed, python_version=python_version,
-                platform=platform, wheel_dir=wheel_dir,
-            )  # fmt: skip
-            report.deps = "vendored"
-        write_plugin_files(staging, "gimp", serve_args, report.deps)
+        finish_plugin_folder(
+            staging, "gimp", report, serve_args,
+            python_version=python_version, platform=platform, wheel_dir=wheel_dir,
+        )  # fmt: skip
         staging.chmod(0o755)
         if target.exists():
             shutil.rmtree(target)

@@ -17,14 +17,13 @@ from layer_harmonizer.install.common import (
     InstallReport,
     check_replaceable,
     plugin_source,
-    write_plugin_files,
     write_vendored_wire,
 )
 from layer_harmonizer.install.wheels import (
     download_wheels,
+    finish_plugin_folder,
     resolve_deps,
     unpack_wheels,
-    vendor_wheels,
     wheel_platforms,
 )
 
@@ -161,13 +160,10 @@ def install_krita(
     report = InstallReport(target, mode, host_python=probed)
     with tempfile.TemporaryDirectory() as tmp:
         package = _stage_krita(Path(tmp))
-        if mode == "vendor":
-            report.wheels = vendor_wheels(
-                package / VENDOR, probed=probed, python_version=python_version,
-                platform=platform, wheel_dir=wheel_dir,
-            )  # fmt: skip
-            report.deps = "vendored"
-        write_plugin_files(package, "krita", serve_args, report.deps)
+        finish_plugin_folder(
+            package, "krita", report, serve_args,
+            python_version=python_version, platform=platform, wheel_dir=wheel_dir,
+        )  # fmt: skip
         for folder in ("pykrita", "actions"):
             (resources / folder).mkdir(parents=True, exist_ok=True)
         if target.exists():

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layer_harmonizer.errors import InputError
-from layer_harmonizer.install.common import InstallError
+from layer_harmonizer.install.common import (
+    VENDOR,
+    InstallError,
+    InstallReport,
+    write_plugin_files,
+)
 
 WHEELS = ("pyzmq", "msgpack")
 IMPORT_NAMES = {"pyzmq": "zmq", "msgpack": "msgpack"}
@@ -158,3 +163,25 @@ def vendor_wheels(
             else download_wheels(Path(tmp), version, wheel_platforms(plat))
         )
         return unpack_wheels(wheels, dest)
+
+
+def finish_plugin_folder(
+    folder: Path,
+    host: str,
+    report: InstallReport,
+    serve_args: Sequence[str],
+    *,
+    python_version: str | None,
+    platform: str | None,
+    wheel_dir: Path | None,
+) -> None:
+    """The last step of staging a plug-in in ``folder``: pyzmq + msgpack unpacked into
+    ``folder/vendor`` when the install vendors them (``report.deps`` ``"vendor"`` becomes
+    ``"vendored"``, ``report.wheels`` their names), then ``settings.json`` and the marker."""
+    if report.deps == "vendor":
+        report.wheels = vendor_wheels(
+            folder / VENDOR, probed=report.host_python, python_version=python_version,
+            platform=platform, wheel_dir=wheel_dir,
+        )  # fmt: skip
+        report.deps = "vendored"
+    write_plugin_files(folder, host, serve_args, report.deps)
