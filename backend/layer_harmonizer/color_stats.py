@@ -34,13 +34,16 @@ def region_stats(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, T
     return out[0], out[1], out[2], out[3]
 
 
-def reinhard_affine(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+def reinhard_affine(
+    image: Tensor, mask: Tensor, stats: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """Per-channel gain and offset that move foreground statistics onto the background's.
 
     ``y = gain * x + offset``. Where either region is (nearly) empty the mapping is the
-    identity. Shapes as :func:`region_stats`; returns two ``(B, 3)`` tensors.
+    identity. Shapes as :func:`region_stats`, whose result ``stats`` may be passed in when
+    already computed; returns two ``(B, 3)`` tensors.
     """
-    mean_fg, std_fg, mean_bg, std_bg = region_stats(image, mask)
+    mean_fg, std_fg, mean_bg, std_bg = stats if stats is not None else region_stats(image, mask)
     gain = (std_bg / std_fg.clamp_min(1e-3)).clamp(*RATIO_RANGE)
     offset = mean_bg - gain * mean_fg
     area = image.shape[2] * image.shape[3]
@@ -51,15 +54,21 @@ def reinhard_affine(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return gain, offset
 
 
-def reinhard_knots(image: Tensor, mask: Tensor, knots: int) -> Tensor:
-    """The statistics match sampled at ``knots`` even inputs: ``(B, 3, knots)`` in [0, 1]."""
-    gain, offset = reinhard_affine(image, mask)
+def reinhard_knots(
+    image: Tensor, mask: Tensor, knots: int, affine: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """The statistics match sampled at ``knots`` even inputs: ``(B, 3, knots)`` in [0, 1]
+    (``affine``: :func:`reinhard_affine`'s result, when already computed)."""
+    gain, offset = affine if affine is not None else reinhard_affine(image, mask)
     t = torch.linspace(0, 1, knots, device=image.device, dtype=image.dtype)
     return (gain[..., None] * t + offset[..., None]).clamp(0, 1)
 
 
-def classical_transfer(image: Tensor, mask: Tensor) -> Tensor:
-    """Apply the statistics match to the foreground: ``(B, 3, H, W)`` in [0, 1], blended by mask."""
-    gain, offset = reinhard_affine(image, mask)
+def classical_transfer(
+    image: Tensor, mask: Tensor, affine: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """Apply the statistics match to the foreground: ``(B, 3, H, W)`` in [0, 1], blended by mask
+    (``affine``: :func:`reinhard_affine`'s result, when already computed)."""
+    gain, offset = affine if affine is not None else reinhard_affine(image, mask)
     mapped = (image * gain[..., None, None] + offset[..., None, None]).clamp(0, 1)
     return image + mask * (mapped - image)

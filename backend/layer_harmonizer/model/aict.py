@@ -24,7 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from layer_harmonizer.color_stats import classical_transfer, region_stats, reinhard_knots
+from layer_harmonizer.color_stats import (
+    classical_transfer,
+    region_stats,
+    reinhard_affine,
+    reinhard_knots,
+)
 from layer_harmonizer.lut import LutMaps
 
 STATS_FEATURES = 12
@@ -213,15 +218,18 @@ class AICTNet(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         b, k = x.shape[0], cfg.knots
-        t1 = self.encoder(with_matched(x) if cfg.prior_input else x)
+        rgb, mask = x[:, :3], x[:, 3:]
+        # The colour statistics, once, for every prior that uses them.
+        stats = region_stats(rgb, mask) if cfg.color_prior or cfg.prior_input else None
+        affine = reinhard_affine(rgb, mask, stats) if stats is not None else None
+        t1 = self.encoder(with_matched(x, affine) if cfg.prior_input else x)
         t2 = self.decoder(t1)
         m = t2.shape[-1]
         logits = self.colors_layer(t2).view(b, 3, k, m, m)
         values = self.params_layer(t2).view(b, 3, k, m, m)
         features = self.bottom_convs(t1).flatten(1)
         if cfg.color_prior:
-            stats = torch.cat(region_stats(x[:, :3], x[:, 3:]), dim=1)  # (B, 12)
-            features = torch.cat([features, stats], dim=1)
+            features = torch.cat([features, *stats], dim=1)  # + (B, 12)
         weights = self.class_layer(features).view(b, 3, k, 1, 1)
 
         steps = torch.softmax(logits, dim=2).cumsum(dim=2)
@@ -229,7 +237,7 @@ class AICTNet(nn.Module):
         colors = values * weights
         if cfg.color_prior:
             identity = torch.linspace(0, 1, k, device=x.device, dtype=x.dtype)
-            matched = reinhard_knots(x[:, :3], x[:, 3:], k)  # (B, 3, K)
+            matched = reinhard_knots(rgb, mask, k, affine)  # (B, 3, K)
             gate = torch.sigmoid(self.prior_gate(features))[..., None]  # (B, 3, 1)
             base = identity + gate * (matched - identity)
             colors = colors + base[..., None, None]
@@ -240,11 +248,11 @@ class AICTNet(nn.Module):
         )
 
 
-def with_matched(x: Tensor) -> Tensor:
+def with_matched(x: Tensor, affine: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``(B, 4, S, S)`` composite + mask -> ``(B, 7, S, S)``: the statistics-matched composite
     (foreground moved onto the background's per-channel mean/std, blended by the mask)
-    appended as channels 4-6, in [0, 1]."""
-    matched = classical_transfer(x[:, :3], x[:, 3:])
+    appended as channels 4-6, in [0, 1] (``affine``: that match, when already computed)."""
+    matched = classical_transfer(x[:, :3], x[:, 3:], affine)
     return torch.cat([x, matched], dim=1)
 
 
