@@ -123,21 +123,14 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(a: argparse.Namespace) -> int:
-    from training.data import VAL_SEED_OFFSET, synthetic_split
+    from training.data import synthetic_split
     from training.data.synthetic import CompositeGenerator, write_triplets
 
     spec = options.data_spec(a)
     train_p, val_p, train_b, val_b, split = synthetic_split(spec)
     photos, bank = (val_p, val_b) if a.split == "val" else (train_p, train_b)
     val = a.split == "val"
-    gen = CompositeGenerator(
-        photos,
-        bank,
-        max_bank_fill=spec.max_bank_fill,
-        seed=spec.seed + (VAL_SEED_OFFSET if val else 0),
-        max_side=spec.val_max_side if val else spec.max_side,
-        augment=not val,
-    )
+    gen = CompositeGenerator.from_spec(photos, bank, spec, val=val)
     root = write_triplets(
         [gen.triplet(i) for i in range(a.count)],
         a.out,

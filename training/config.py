@@ -106,6 +106,13 @@ class DataSpec:
     identity_fraction: float = opt(
         "share of training composites left unchanged (a paste that already fits)", 0.0
     )
+    max_object_area: float = opt("largest foreground share of an object mask", 0.85)
+    max_object_sides: int = opt(
+        "largest number of image sides an object mask may touch (4: any; a sky or ground "
+        "segment touches 3)",
+        4,
+    )
+    look_scale: float = opt("multiplies the magnitudes of the 'look' family's edits", 1.0)
 
 
 @dataclass

@@ -63,6 +63,19 @@ FINE_TUNE: dict[str, Any] = {
 }
 """A second stage from the light-2026-12 run's final state, at a lower LR."""
 
+OBJECTS: dict[str, Any] = {
+    **FINE_TUNE,
+    "model_overrides": {"prior_input": True},
+    "init_weights": "{runs}/light-2026-12-ft-prior-input/best.pt",
+    "time_budget": 120 * 60.0,
+    "max_object_area": 0.45,
+    "max_object_sides": 2,
+    "look_scale": 2.0,
+}
+"""A third stage from the shipped prior-input weights on object-like masks (no sky or ground
+segments, at most 45 % of the frame) and looks twice as strong (as strong as iHarmony4's
+HFlickr/HAdobe5k composites)."""
+
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
         "light-2026-12": Preset(
@@ -76,6 +89,14 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "light-2026-12-ft-prior-input": Preset(
             "light-2026-12-ft with the statistics-matched composite as 3 more input channels",
             MappingProxyType({**FINE_TUNE, "model_overrides": {"prior_input": True}}),
+        ),
+        "light-2026-12-objects": Preset(
+            "light-2026-12-ft-prior-input trained on object-like masks and stronger looks",
+            MappingProxyType(OBJECTS),
+        ),
+        "light-2026-12-objects-smooth": Preset(
+            "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
+            MappingProxyType({**OBJECTS, "smooth_weight": 0.1}),
         ),
     }
 )

@@ -30,9 +30,6 @@ from training.data.samples import Triplet
 from training.data.sources import Photo, Split, mask_bank, scan_folder, shared_sources, split_photos
 from training.data.synthetic import CompositeGenerator, SyntheticDataset
 
-VAL_SEED_OFFSET = 10_000
-"""Validation composites use seed + this, so they never coincide with training draws."""
-
 
 def default_shared_data() -> Path:
     """``../shared/data`` beside the repository checkout."""
@@ -83,22 +80,8 @@ def build_training(spec: DataSpec) -> tuple[torch.utils.data.Dataset, list[Tripl
     """``(training dataset, validation triplets, description for logs/metadata)``."""
     if spec.kind == "synthetic":
         train_p, val_p, train_b, val_b, split = synthetic_split(spec)
-        gen = CompositeGenerator(
-            train_p,
-            train_b,
-            seed=spec.seed,
-            max_side=spec.max_side,
-            max_bank_fill=spec.max_bank_fill,
-            identity_fraction=spec.identity_fraction,
-        )
-        val_gen = CompositeGenerator(
-            val_p or train_p,
-            val_b or train_b,
-            seed=spec.seed + VAL_SEED_OFFSET,
-            max_side=spec.val_max_side,
-            augment=False,
-            max_bank_fill=spec.max_bank_fill,
-        )
+        gen = CompositeGenerator.from_spec(train_p, train_b, spec, val=False)
+        val_gen = CompositeGenerator.from_spec(val_p or train_p, val_b or train_b, spec, val=True)
         val = [val_gen.triplet(i) for i in range(spec.val_count)] if spec.val_count else []
         sources = sorted({p.source for p in train_p})
         info = {

@@ -33,6 +33,12 @@ def fraction(mask: np.ndarray) -> float:
     return float(mask.mean()) if mask.size else 0.0
 
 
+def sides_touched(mask: np.ndarray) -> int:
+    """How many of the image's four sides the mask's foreground (> 0.5) reaches (0-4)."""
+    fg = mask > 0.5
+    return int(fg[0].any()) + int(fg[-1].any()) + int(fg[:, 0].any()) + int(fg[:, -1].any())
+
+
 def place_bank_mask(
     shape_mask: np.ndarray,
     size: tuple[int, int],

@@ -138,9 +138,12 @@ def _tint(rng: np.random.Generator, size: float) -> list[float]:
     return (v / max(float(np.linalg.norm(v)), 1e-6) * size).tolist()
 
 
-def draw_look(rng: np.random.Generator, fg_mean: float, strong: bool) -> Recipe:
-    """A photographic look: 1-3 edits of an editing preset, in random order."""
-    s = 1.8 if strong else 1.0
+def draw_look(
+    rng: np.random.Generator, fg_mean: float, strong: bool, scale: float = 1.0
+) -> Recipe:
+    """A photographic look: 1-3 edits of an editing preset, in random order; ``scale``
+    multiplies every edit's magnitude (limits stay)."""
+    s = (1.8 if strong else 1.0) * scale
     names = ["lut3d", "split_tone", "curve", "white_balance", "saturation", "mix", "fade"]
     names += ["contrast", "hue"]
     p = np.array([3, 2, 2, 2, 2, 1, 1, 1, 1], float)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -44,6 +44,11 @@ from training.data.mistakes import (
 from training.data.samples import Triplet, training_example
 from training.data.sources import Photo
 
+if TYPE_CHECKING:
+    from training.config import DataSpec
+
+VAL_SEED_OFFSET = 10_000
+"""Validation composites use seed + this, so they never coincide with training draws."""
 MIN_CHANGE_FMSE = 20.0
 """Smallest foreground MSE (0..255 scale) of a composite; milder recipes are redrawn."""
 CACHE_SIDE = 1024
@@ -72,6 +77,10 @@ class CompositeGenerator:
             at 0.9); 1.0 keeps all.
         identity_fraction: (training views only) share of composites whose object is left as
             it is: a paste that already fits, which the network must learn to leave alone.
+        max_object_area: largest foreground share of an accepted object mask.
+        max_object_sides: largest number of image sides an accepted object mask may touch
+            (a sky or ground segment touches three: a region of the scene, not an object).
+        look_scale: multiplies the magnitudes of the ``look`` family's edits.
     """
 
     def __init__(
@@ -85,6 +94,9 @@ class CompositeGenerator:
         cache_side: int = CACHE_SIDE,
         max_bank_fill: float = 1.0,
         identity_fraction: float = 0.0,
+        max_object_area: float = 0.85,
+        max_object_sides: int = 4,
+        look_scale: float = 1.0,
     ) -> None:
         if not photos:
             raise ValueError("the composite generator needs at least one photo")
@@ -100,9 +112,30 @@ class CompositeGenerator:
         self.seed, self.max_side, self.augment = seed, max_side, augment
         self.cache_side, self.max_bank_fill = cache_side, max_bank_fill
         self.identity_fraction = identity_fraction
+        self.max_object_area, self.max_object_sides = max_object_area, max_object_sides
+        self.look_scale = look_scale
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
         self._grey: dict[Path, bool] = {}
+
+    @classmethod
+    def from_spec(
+        cls, photos: list[Photo], bank: list[Path], spec: DataSpec, *, val: bool
+    ) -> CompositeGenerator:
+        """The generator of a run's training stream (``val=False``) or its fixed validation
+        set (``val=True``: held-out seed offset, ``val_max_side``, no augmentation)."""
+        return cls(
+            photos,
+            bank,
+            seed=spec.seed + (VAL_SEED_OFFSET if val else 0),
+            max_side=spec.val_max_side if val else spec.max_side,
+            augment=not val,
+            max_bank_fill=spec.max_bank_fill,
+            identity_fraction=0.0 if val else spec.identity_fraction,
+            max_object_area=spec.max_object_area,
+            max_object_sides=spec.max_object_sides,
+            look_scale=spec.look_scale,
+        )
 
     # -- inputs -------------------------------------------------------------------------------
     def photo(self, p: Photo) -> np.ndarray:
@@ -145,7 +178,7 @@ class CompositeGenerator:
                     mask, origin = M.load_binary(path, shape), "own"
             else:
                 mask = self._bank_mask(shape, rng)
-            if mask is not None and M.MIN_FRACTION <= M.fraction(mask) <= 0.85:
+            if mask is not None and self._object_like(mask, M.MIN_FRACTION):
                 return mask, origin
         mask = self._bank_mask(shape, rng)
         if mask is None:  # no usable mask at all: a centred ellipse keeps the stream going
@@ -161,6 +194,14 @@ class CompositeGenerator:
                 -1,
             )
         return mask, "bank"
+
+    def _object_like(self, mask: np.ndarray, min_share: float) -> bool:
+        """Whether ``mask`` covers ``min_share`` to ``max_object_area`` of the image and
+        touches at most ``max_object_sides`` of its sides."""
+        share = M.fraction(mask)
+        if not min_share <= share <= self.max_object_area:
+            return False
+        return self.max_object_sides >= 4 or M.sides_touched(mask) <= self.max_object_sides
 
     def _other_pixels(self, exclude: Photo, rng: np.random.Generator) -> np.ndarray:
         """Up to 2048 ``(N, 3)`` float32 pixels of an object (or the whole frame) of another
@@ -215,8 +256,7 @@ class CompositeGenerator:
             mask, origin = self.object_mask(p, img.shape[:2], rng)
             for _ in range(10):
                 y0, x0, ch, cw = crop_box(*img.shape[:2], rng, ratio)
-                share = M.fraction(mask[y0 : y0 + ch, x0 : x0 + cw])
-                if M.MIN_FRACTION / 2 <= share <= 0.85:
+                if self._object_like(mask[y0 : y0 + ch, x0 : x0 + cw], M.MIN_FRACTION / 2):
                     break
             else:
                 y0, x0, ch, cw = 0, 0, *img.shape[:2]
@@ -261,7 +301,7 @@ class CompositeGenerator:
                     rng, region_pixels(real, binary), self._other_pixels(p, rng), strong
                 )
             elif family == "look":
-                recipe = draw_look(rng, fg_mean, strong)
+                recipe = draw_look(rng, fg_mean, strong, self.look_scale)
             else:
                 recipe = draw_light(rng, fg_mean, strong)
             recoloured = apply_recipe(real, recipe)
