@@ -9,13 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
+from training.config import DataSpec
 from training.data import colour_edits as ops
 from training.data import iharmony4, mistakes
 from training.data.augment import crop_box, crop_flip, fit_size, limit_size
-from training.data.masks import feather, label_region, place_bank_mask
+from training.data.masks import feather, label_region, place_bank_mask, sides_touched
 from training.data.samples import Triplet, collate, training_example
 from training.data.sources import scan_folder, split_keys, split_photos
-from training.data.synthetic import CompositeGenerator, write_triplets
+from training.data.synthetic import VAL_SEED_OFFSET, CompositeGenerator, write_triplets
 
 
 def smooth_photo(h: int, w: int, seed: int) -> np.ndarray:
@@ -257,6 +258,74 @@ def test_identity_share_leaves_the_object_as_it_is(folder: tuple[Path, Path, Pat
     )
     for i in range(5):  # validation views never draw it: the same composites as before
         assert np.array_equal(make(False).triplet(i).composite, plain.triplet(i).composite)
+
+
+def test_sides_touched_counts_the_sides_a_mask_reaches() -> None:
+    m = np.zeros((20, 30), np.float32)
+    m[5:10, 5:10] = 1
+    assert sides_touched(m) == 0
+    m[12:, :] = 1  # a "ground" segment: bottom, left and right
+    assert sides_touched(m) == 3
+    assert sides_touched(np.ones((4, 4), np.float32)) == 4
+
+
+def test_object_like_limits_reject_scene_segments(tmp_path: Path) -> None:
+    """Photos whose only mask is a ground segment (3 sides) or a huge blob: with the limits
+    every object touches at most two sides and covers at most the given share."""
+    photos, masks = tmp_path / "photos", tmp_path / "masks"
+    photos.mkdir(), masks.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(photos / f"p{i}.png"), smooth_photo(60, 80, i)[..., ::-1])
+        m = np.zeros((60, 80), np.uint8)
+        if i % 2:
+            m[35:, :] = 255  # ground: 42 % of the frame, three sides
+        else:
+            m[3:57, 3:77] = 255  # 84 % of the frame, no side
+        cv2.imwrite(str(masks / f"p{i}.png"), m)
+    found = scan_folder("t", photos, masks)
+
+    def shapes(**limits: float) -> list[tuple[float, int]]:
+        out = []
+        for augment in (False, True):
+            gen = CompositeGenerator(found, [], seed=1, max_side=80, augment=augment, **limits)
+            for i in range(8):
+                binary = gen.triplet(i).mask >= 0.5
+                out.append((float(binary.mean()), sides_touched(binary)))
+        return out
+
+    assert max(s for _, s in shapes()) >= 3 and max(a for a, _ in shapes()) > 0.6
+    limited = shapes(max_object_area=0.45, max_object_sides=2)
+    assert all(a <= 0.45 and s <= 2 for a, s in limited)
+
+
+def test_look_scale_strengthens_looks() -> None:
+    img = smooth_photo(24, 32, 5).astype(np.float32) / 255
+
+    def change(scale: float) -> float:
+        total = 0.0
+        for seed in range(40):
+            recipe = mistakes.draw_look(np.random.default_rng(seed), 0.5, False, scale)
+            total += float(np.abs(ops.apply_recipe(img, recipe) - img).mean())
+        return total
+
+    assert change(2.0) > 1.5 * change(1.0)
+
+
+def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
+    photos, masks, bank = folder
+    found, shapes = scan_folder("test", photos, masks), sorted(bank.iterdir())
+    spec = DataSpec(seed=4, max_side=64, val_max_side=48, identity_fraction=0.2, look_scale=2.0)
+    train = CompositeGenerator.from_spec(found, shapes, spec, val=False)
+    val = CompositeGenerator.from_spec(found, shapes, spec, val=True)
+    assert (train.seed, train.max_side, train.augment, train.identity_fraction) == (
+        4,
+        64,
+        True,
+        0.2,
+    )
+    assert (val.seed, val.max_side, val.augment) == (4 + VAL_SEED_OFFSET, 48, False)
+    assert val.identity_fraction == 0.0 and train.look_scale == val.look_scale == 2.0
+    assert max(val.triplet(0).mask.shape) <= 48
 
 
 def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:

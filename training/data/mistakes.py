@@ -138,9 +138,7 @@ def _tint(rng: np.random.Generator, size: float) -> list[float]:
     return (v / max(float(np.linalg.norm(v)), 1e-6) * size).tolist()
 
 
-def draw_look(
-    rng: np.random.Generator, fg_mean: float, strong: bool, scale: float = 1.0
-) -> Recipe:
+def draw_look(rng: np.random.Generator, fg_mean: float, strong: bool, scale: float = 1.0) -> Recipe:
     """A photographic look: 1-3 edits of an editing preset, in random order; ``scale``
     multiplies every edit's magnitude (limits stay)."""
     s = (1.8 if strong else 1.0) * scale
