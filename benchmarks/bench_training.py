@@ -8,17 +8,23 @@ loading is timed separately (``data samples/s``: one process, the generator alon
 
 Each variant is timed in every configuration of ``--precisions`` (fp32, bf16 autocast of the
 network) x ``--lr-weights`` (0.01: official loss with the 256 x 256 term; 0: that LUT pass
-skipped), side by side on the same batches, so the ratios hold even on a busy machine.
+skipped) x ``--modes`` (``eager``; ``compile``: the network wrapped in ``torch.compile``, its
+compilation inside the untimed warm-up step; ``channels-last``: the network and its input in
+channels-last memory format), side by side on the same batches, so the ratios hold even on a
+busy machine.
 
 Usage (documented in docs/benchmarks.md)::
 
     nice -n 10 python benchmarks/bench_training.py --threads 2
     python benchmarks/bench_training.py --variants aict-light --max-side 256 --steps 5
+    python benchmarks/bench_training.py --variants aict-light --max-side 256 --precisions bf16 \
+        --lr-weights 0 --modes eager,compile,channels-last,eager --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -63,15 +69,26 @@ def bench_variant(
     device: str,
     precision: str = "fp32",
     lr_weight: float = 0.01,
+    mode: str = "eager",
 ) -> dict:
     torch.manual_seed(0)
     model = create_model(variant).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    if mode == "channels-last":
+        model = model.to(memory_format=torch.channels_last)
+    elif mode == "compile":
+        model = torch.compile(model)
+    elif mode != "eager":
+        raise SystemExit(f"unknown mode {mode!r} (eager, compile, channels-last)")
     cfg = TrainConfig(out="unused", precision=precision, lr_weight=lr_weight)
     batches = [collate([dataset[s * batch + j] for j in range(batch)]) for s in range(steps + 1)]
     times = []
     for i, cpu_batch in enumerate(batches):
         b = cpu_batch.to(device)
+        if mode == "channels-last":
+            b = dataclasses.replace(
+                b, lr_input=b.lr_input.contiguous(memory_format=torch.channels_last)
+            )
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -88,6 +105,7 @@ def bench_variant(
         "variant": variant,
         "precision": precision,
         "lr_weight": lr_weight,
+        "mode": mode,
         "batch": batch,
         "steps": len(times),
         "step_s_median": round(med, 3),
@@ -105,6 +123,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precisions", default="fp32,bf16", help="network precisions to compare")
     ap.add_argument("--lr-weights", default="0.01,0", help="256x256 loss weights to compare")
+    ap.add_argument("--modes", default="eager", help="eager, compile, channels-last to compare")
     ap.add_argument("--json", action="store_true", help="print JSON lines only")
     args = ap.parse_args()
     if args.threads:
@@ -129,11 +148,19 @@ def main() -> None:
             batch = args.batch or DEFAULT_BATCH.get(variant, 4)
             for precision in args.precisions.split(","):
                 for lr_weight in (float(w) for w in args.lr_weights.split(",")):
-                    res = bench_variant(
-                        variant, dataset, batch, args.steps, args.device, precision, lr_weight
-                    )
-                    print(json.dumps(res))
-                    sys.stdout.flush()
+                    for mode in args.modes.split(","):
+                        res = bench_variant(
+                            variant,
+                            dataset,
+                            batch,
+                            args.steps,
+                            args.device,
+                            precision,
+                            lr_weight,
+                            mode,
+                        )
+                        print(json.dumps(res))
+                        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -326,6 +326,15 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert (val.seed, val.max_side, val.augment) == (4 + VAL_SEED_OFFSET, 48, False)
     assert val.identity_fraction == 0.0 and train.look_scale == val.look_scale == 2.0
     assert max(val.triplet(0).mask.shape) <= 48
+    plain = CompositeGenerator(found, shapes)  # the generator's defaults are the spec's
+    spec = DataSpec()
+    assert (plain.max_object_area, plain.max_object_sides, plain.look_scale) == (
+        spec.max_object_area,
+        spec.max_object_sides,
+        spec.look_scale,
+    )
+    assert plain.strong_probability == spec.strong_probability == mistakes.STRONG_PROBABILITY
+    assert plain.max_bank_fill == spec.max_bank_fill
 
 
 def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:

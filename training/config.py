@@ -113,6 +113,9 @@ class DataSpec:
         4,
     )
     look_scale: float = opt("multiplies the magnitudes of the 'look' family's edits", 1.0)
+    strong_probability: float = opt(
+        "share of composites whose magnitudes come from the wide ('strong') distributions", 0.3
+    )
 
 
 @dataclass

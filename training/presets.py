@@ -94,6 +94,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "light-2026-12-ft-prior-input trained on object-like masks and stronger looks",
             MappingProxyType(OBJECTS),
         ),
+        "light-2026-12-objects-bold": Preset(
+            "light-2026-12-objects with half the composites strong and a flatter loss weighting "
+            "(relative tau 0.006): strong mismatches count more",
+            MappingProxyType({**OBJECTS, "strong_probability": 0.5, "relative_tau": 0.006}),
+        ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
             MappingProxyType({**OBJECTS, "smooth_weight": 0.1}),

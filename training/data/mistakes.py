@@ -32,7 +32,7 @@ from training.data.colour_edits import LUMA, Recipe, region_lab_stats
 FAMILY_MIX: dict[str, float] = {"transfer": 0.35, "look": 0.35, "light": 0.30}
 """Share of each recipe family in the synthetic stream (and in the validation set)."""
 STRONG_PROBABILITY = 0.3
-"""Share of composites whose magnitudes come from the wide ("strong") distributions."""
+"""Default share of composites whose magnitudes come from the wide ("strong") distributions."""
 JITTER_PROBABILITY = 0.8
 """Share of training views whose whole photo is first given a random global colour change."""
 TRANSFER_METHODS = ("lab_meanstd", "rgb_meanstd", "histogram", "linear")
@@ -207,12 +207,14 @@ def draw_light(rng: np.random.Generator, fg_mean: float, strong: bool) -> Recipe
     return recipe
 
 
-def draw_family(rng: np.random.Generator) -> tuple[str, bool]:
-    """``(family, strong)`` drawn with :data:`FAMILY_MIX` and :data:`STRONG_PROBABILITY`."""
+def draw_family(
+    rng: np.random.Generator, strong_probability: float = STRONG_PROBABILITY
+) -> tuple[str, bool]:
+    """``(family, strong)`` drawn with :data:`FAMILY_MIX`; strong with ``strong_probability``."""
     names = list(FAMILY_MIX)
     p = np.array([FAMILY_MIX[n] for n in names])
     family = names[int(rng.choice(len(names), p=p / p.sum()))]
-    return family, bool(rng.random() < STRONG_PROBABILITY)
+    return family, bool(rng.random() < strong_probability)
 
 
 def draw_jitter(rng: np.random.Generator) -> Recipe:

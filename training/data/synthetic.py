@@ -35,6 +35,7 @@ from training.data.augment import crop_box, fit_size, resize_image
 from training.data.colour_edits import Recipe, apply_recipe, region_pixels
 from training.data.mistakes import (
     JITTER_PROBABILITY,
+    STRONG_PROBABILITY,
     draw_family,
     draw_jitter,
     draw_light,
@@ -81,6 +82,7 @@ class CompositeGenerator:
         max_object_sides: largest number of image sides an accepted object mask may touch
             (a sky or ground segment touches three: a region of the scene, not an object).
         look_scale: multiplies the magnitudes of the ``look`` family's edits.
+        strong_probability: share of composites drawn from the strong distributions.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class CompositeGenerator:
         max_object_area: float = 0.85,
         max_object_sides: int = 4,
         look_scale: float = 1.0,
+        strong_probability: float = STRONG_PROBABILITY,
     ) -> None:
         if not photos:
             raise ValueError("the composite generator needs at least one photo")
@@ -113,7 +116,7 @@ class CompositeGenerator:
         self.cache_side, self.max_bank_fill = cache_side, max_bank_fill
         self.identity_fraction = identity_fraction
         self.max_object_area, self.max_object_sides = max_object_area, max_object_sides
-        self.look_scale = look_scale
+        self.look_scale, self.strong_probability = look_scale, strong_probability
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
         self._grey: dict[Path, bool] = {}
@@ -135,6 +138,7 @@ class CompositeGenerator:
             max_object_area=spec.max_object_area,
             max_object_sides=spec.max_object_sides,
             look_scale=spec.look_scale,
+            strong_probability=spec.strong_probability,
         )
 
     # -- inputs -------------------------------------------------------------------------------
@@ -287,7 +291,7 @@ class CompositeGenerator:
             real = real8.astype(np.float32) / 255.0
         weight = soft[..., None]
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
-        family, strong = draw_family(rng)
+        family, strong = draw_family(rng, self.strong_probability)
         # Drawn for training views only, so validation sets stay exactly what they were.
         if self.augment and self.identity_fraction and rng.random() < self.identity_fraction:
             family, strong = "none", False
