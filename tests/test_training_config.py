@@ -29,6 +29,12 @@ FINE_TUNE = (
     "--eval-every 1250 --threads 1 --init-weights {runs}/light-2026-12/last.pt"
 )
 """The command of the two fine-tunes started from the shipped run's last.pt."""
+OBJECTS = (
+    f"{FINE_TUNE} --override prior_input=true --time-budget 120m "
+    "--init-weights {runs}/light-2026-12-ft-prior-input/best.pt "
+    "--max-object-area 0.45 --max-object-sides 2 --look-scale 2"
+)
+"""The third stage's command: object-like masks and stronger looks."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -78,6 +84,10 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "seed": (["--seed", "5"], 5),
     "max_bank_fill": (["--max-bank-fill", "0.9"], 0.9),
     "identity_fraction": (["--identity-fraction", "0.1"], 0.1),
+    "max_object_area": (["--max-object-area", "0.45"], 0.45),
+    "max_object_sides": (["--max-object-sides", "2"], 2),
+    "look_scale": (["--look-scale", "2"], 2.0),
+    "strong_probability": (["--strong-probability", "0.5"], 0.5),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
 
@@ -141,6 +151,9 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12": SHIPPED,
         "light-2026-12-ft": FINE_TUNE,
         "light-2026-12-ft-prior-input": f"{FINE_TUNE} --override prior_input=true",
+        "light-2026-12-objects": OBJECTS,
+        "light-2026-12-objects-smooth": f"{OBJECTS} --smooth-weight 0.1",
+        "light-2026-12-objects-bold": f"{OBJECTS} --strong-probability 0.5 --relative-tau 0.006",
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():
@@ -248,16 +261,29 @@ OLD_CONFIG: dict[str, Any] = {
 the first fine-tune (JSON: tuples are lists)."""
 
 
+NEWER_DATA_FIELDS = {
+    "max_object_area": 0.85,
+    "max_object_sides": 4,
+    "look_scale": 1.0,
+    "strong_probability": 0.3,
+}
+"""DataSpec fields added after that version, with the defaults that reproduce its data."""
+
+
 def test_a_config_of_the_previous_version_loads() -> None:
     cfg = TrainConfig.from_json(OLD_CONFIG)
     assert cfg.init_weights == OLD_CONFIG["init_weights"] and cfg.betas == (0.9, 0.999)
     assert cfg.data.max_side == 256 and cfg.data.photos == () and cfg.smooth_weight == 0.0
+    assert cfg.data == dataclasses.replace(cfg.data, **NEWER_DATA_FIELDS)  # their defaults
     again = cfg.to_json()
+    new_data = {k: again["data"].pop(k) for k in NEWER_DATA_FIELDS}
+    assert new_data == NEWER_DATA_FIELDS
     assert {k: v for k, v in again.items() if k != "smooth_weight"} == {
         **OLD_CONFIG,
         "betas": (0.9, 0.999),
         "data": {**OLD_CONFIG["data"], "photos": (), "mask_banks": (), "subsets": ()},
     }
+    again["data"] |= new_data
     assert TrainConfig.from_json(again) == cfg
     with pytest.raises(ValueError, match=r"unknown training config fields: data\.colour, mode$"):
         TrainConfig.from_json({**OLD_CONFIG, "mode": 1, "data": {"colour": 1}})
