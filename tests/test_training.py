@@ -525,6 +525,8 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
                 str(run / "last.pt"),
                 "--summary",
                 str(ev / "summary.json"),
+                "--summary",
+                f"second set={ev / 'summary.json'}",
                 "--fill",
                 str(doc),
             ]
@@ -535,6 +537,9 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
     assert "old" not in text and text.endswith("<!-- report:end -->\ntail\n")
     model_fmse = summary["by_kind"]["All"]["model"]["fmse"]
     assert "| All | model | 3 |" in text and f"{model_fmse:.2f}" in text
+    first_part, second_part = text.split("### Validation: second set")
+    assert "### Validation\n" in first_part and "### Validation" not in second_part
+    assert second_part.count("| All | model | 3 |") == first_part.count("| All | model | 3 |")
     weights = tmp_path / "w.pt"
     assert (
         main(["export", str(run / "last.pt"), str(weights), "--summary", str(ev / "summary.json")])

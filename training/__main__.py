@@ -142,9 +142,9 @@ def cmd_make_synthetic(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from training.report import fill, report
+    from training.report import fill, labelled, report
 
-    md = report(a.checkpoint, a.summary, contact_sheets=a.sheet, note=a.note)
+    md = report(a.checkpoint, [labelled(s) for s in a.summary], contact_sheets=a.sheet, note=a.note)
     if a.fill:
         fill(a.fill, md)
         print(f"updated {a.fill}")
@@ -234,7 +234,13 @@ def _add_make_synthetic(sub: Any) -> None:
 def _add_report(sub: Any) -> None:
     rp = sub.add_parser("report", help="Markdown run + validation report (docs/weights.md)")
     rp.add_argument("checkpoint")
-    rp.add_argument("--summary", required=True, help="summary.json of an evaluate run")
+    rp.add_argument(
+        "--summary",
+        action="append",
+        required=True,
+        metavar="[LABEL=]PATH",
+        help="summary.json of an evaluate run (repeatable; LABEL titles its section)",
+    )
     rp.add_argument("--sheet", action="append", default=[], help="contact sheet to mention")
     rp.add_argument("--fill", help="rewrite the report markers of this Markdown file")
     rp.add_argument("--note", help="a bold remark added to the run description")

@@ -2,7 +2,8 @@
 
 ``python -m training report CHECKPOINT --summary eval/summary.json --fill docs/weights.md``
 rewrites the text between ``<!-- report:start -->`` and ``<!-- report:end -->`` in that file, so
-the documented numbers always come from the files they describe.
+the documented numbers always come from the files they describe. ``--summary`` may be given
+several times as ``LABEL=PATH`` (one validation section per set, titled with its label).
 """
 
 from __future__ import annotations
@@ -26,17 +27,25 @@ def _eval_events(log: Path) -> list[dict[str, Any]]:
     return [e for e in events if e.get("event") == "eval"]
 
 
+def labelled(text: str) -> tuple[str | None, Path]:
+    """``LABEL=PATH`` -> ``(LABEL, PATH)``; a plain path has no label."""
+    label, sep, path = text.partition("=")
+    return (label, Path(path)) if sep and label else (None, Path(text))
+
+
 def report(
     checkpoint: str | Path,
-    summary: str | Path,
+    summaries: list[tuple[str | None, Path]],
     *,
     contact_sheets: list[str] | None = None,
     note: str | None = None,
 ) -> str:
-    """The "Training run" and "Validation" sections as Markdown."""
+    """The "Training run" section and one "Validation" section per ``(label, summary.json)``
+    (the contact sheets are named under the last), as Markdown."""
+    if not summaries:
+        raise ValueError("report needs at least one evaluation summary")
     ck = load_checkpoint(checkpoint)
     cfg = ck["config"]
-    obj = json.loads(Path(summary).read_text())
     samples, elapsed = ck["samples"], float(ck["elapsed"])
     lines = [
         "### Training run",
@@ -67,14 +76,19 @@ def report(
             f"{curve} (composite {base['composite']['fmse']:.0f}, classical "
             f"{base['classical']['fmse']:.0f})"
         )
-    lines += ["", *_validation(obj, contact_sheets)]
+    for k, (label, path) in enumerate(summaries, start=1):
+        obj = json.loads(Path(path).read_text())
+        sheets = contact_sheets if k == len(summaries) else None
+        lines += ["", *_validation(obj, sheets, label)]
     return "\n".join(lines) + "\n"
 
 
-def _validation(obj: dict[str, Any], contact_sheets: list[str] | None) -> list[str]:
-    """The "Validation" section: the evaluation summary's tables and the targets."""
+def _validation(
+    obj: dict[str, Any], contact_sheets: list[str] | None, label: str | None = None
+) -> list[str]:
+    """A "Validation" section: the evaluation summary's tables and the targets."""
     lines = [
-        "### Validation",
+        f"### Validation: {label}" if label else "### Validation",
         "",
         f"{obj.get('n', '?')} synthetic composites from the **held-out photos** (never trained "
         f"on), full resolution (longer side <= {obj.get('max_side') or 'as is'}), metrics of "
