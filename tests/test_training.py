@@ -230,6 +230,7 @@ def test_a_checkpoint_of_the_previous_version_resumes_and_exports(
     model = create_model("aict-light", **SMALL)
     cfg = json.loads(json.dumps(_cfg(tiny_spec, tmp_path, max_steps=3, eval_every=0).to_json()))
     old = {k: v for k, v in cfg.items() if k in OLD_CONFIG}
+    old["data"] = {k: v for k, v in old["data"].items() if k in OLD_CONFIG["data"]}
     old["init_weights"] = str(tmp_path / "gone" / "last.pt")
     assert set(old) == set(OLD_CONFIG) and set(old["data"]) == set(OLD_CONFIG["data"])
     ck = {
@@ -264,6 +265,29 @@ def test_a_checkpoint_of_the_previous_version_resumes_and_exports(
         "training_seconds": 10.0,
     }
     assert meta["total_samples"] == 48 and meta["total_training_seconds"] == 11.5
+    # A chain of stages: the parent itself started from a grandparent; totals cover all three.
+    grand = tmp_path / "stage1" / "best.pt"
+    grand.parent.mkdir()
+    torch.save({**ck, "step": 7, "samples": 100, "elapsed": 20.0}, grand)
+    torch.save(
+        {
+            **ck,
+            "step": 5,
+            "samples": 40,
+            "elapsed": 10.0,
+            "config": {**old, "init_weights": str(grand)},
+        },
+        tmp_path / "gone" / "last.pt",
+    )
+    meta = export(tmp_path / "last.pt", tmp_path / "w.pt")
+    assert meta["started_from"]["started_from"] == {
+        "file": "best.pt",
+        "run": "stage1",
+        "steps": 7,
+        "samples": 100,
+        "training_seconds": 20.0,
+    }
+    assert meta["total_samples"] == 148 and meta["total_training_seconds"] == 31.5
     (tmp_path / "gone" / "last.pt").unlink()
     summary = train(TrainConfig.from_json(old))
     assert summary["step"] == 3 and summary["elapsed"] > 1.5

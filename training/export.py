@@ -50,11 +50,17 @@ HYPERPARAMETERS = (
 config, e.g. a field newer than the checkpoint)."""
 
 
-def _lineage(cfg: dict[str, Any], ck: dict[str, Any]) -> dict[str, Any]:
+def _lineage(
+    cfg: dict[str, Any], ck: dict[str, Any], seen: frozenset[Path] = frozenset()
+) -> dict[str, Any]:
     """For a run started from another run's checkpoint (``init_weights``): what that run had
-    trained, and the totals over both (empty for a run from scratch or a missing parent)."""
+    trained (itself with its own ``started_from``, down the chain of stages) and the totals
+    over every stage (empty for a run from scratch or a missing parent)."""
     parent_path = cfg.get("init_weights")
     if not parent_path or not Path(parent_path).is_file():
+        return {}
+    resolved = Path(parent_path).resolve()
+    if resolved in seen:  # a chain that loops back: stop where it would repeat
         return {}
     try:
         parent = load_checkpoint(parent_path)
@@ -67,10 +73,15 @@ def _lineage(cfg: dict[str, Any], ck: dict[str, Any]) -> dict[str, Any]:
         "samples": parent["samples"],
         "training_seconds": round(float(parent["elapsed"]), 1),
     }
+    earlier = _lineage(parent.get("config", {}), parent, seen | {resolved})
+    if "started_from" in earlier:
+        before["started_from"] = earlier["started_from"]
+    samples = earlier.get("total_samples", before["samples"])
+    seconds = earlier.get("total_training_seconds", before["training_seconds"])
     return {
         "started_from": before,
-        "total_samples": before["samples"] + ck["samples"],
-        "total_training_seconds": round(before["training_seconds"] + float(ck["elapsed"]), 1),
+        "total_samples": samples + ck["samples"],
+        "total_training_seconds": round(seconds + float(ck["elapsed"]), 1),
     }
 
 
