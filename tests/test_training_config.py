@@ -35,6 +35,13 @@ OBJECTS = (
     "--max-object-area 0.45 --max-object-sides 2 --look-scale 2"
 )
 """The third stage's command: object-like masks and stronger looks."""
+BOLD = f"{OBJECTS} --strong-probability 0.5 --relative-tau 0.006"
+"""The third stage's arm that was shipped."""
+SCENE = (
+    f"{BOLD} --time-budget 90m --init-weights {{runs}}/light-2026-12-objects-bold/best.pt "
+    "--max-scene-mismatch 1500"
+)
+"""The fourth stage's command: objects their scene explains."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -88,6 +95,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "max_object_sides": (["--max-object-sides", "2"], 2),
     "look_scale": (["--look-scale", "2"], 2.0),
     "strong_probability": (["--strong-probability", "0.5"], 0.5),
+    "max_scene_mismatch": (["--max-scene-mismatch", "1500"], 1500.0),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
 
@@ -153,7 +161,9 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-ft-prior-input": f"{FINE_TUNE} --override prior_input=true",
         "light-2026-12-objects": OBJECTS,
         "light-2026-12-objects-smooth": f"{OBJECTS} --smooth-weight 0.1",
-        "light-2026-12-objects-bold": f"{OBJECTS} --strong-probability 0.5 --relative-tau 0.006",
+        "light-2026-12-objects-bold": BOLD,
+        "light-2026-12-scene": SCENE,
+        "light-2026-12-scene-loose": SCENE.replace("1500", "3000"),
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():
@@ -266,6 +276,7 @@ NEWER_DATA_FIELDS = {
     "max_object_sides": 4,
     "look_scale": 1.0,
     "strong_probability": 0.3,
+    "max_scene_mismatch": None,
 }
 """DataSpec fields added after that version, with the defaults that reproduce its data."""
 

@@ -16,7 +16,12 @@ from training.data.augment import crop_box, crop_flip, fit_size, limit_size
 from training.data.masks import feather, label_region, place_bank_mask, sides_touched
 from training.data.samples import Triplet, collate, training_example
 from training.data.sources import scan_folder, split_keys, split_photos
-from training.data.synthetic import VAL_SEED_OFFSET, CompositeGenerator, write_triplets
+from training.data.synthetic import (
+    VAL_SEED_OFFSET,
+    CompositeGenerator,
+    scene_mismatch,
+    write_triplets,
+)
 
 
 def smooth_photo(h: int, w: int, seed: int) -> np.ndarray:
@@ -298,6 +303,48 @@ def test_object_like_limits_reject_scene_segments(tmp_path: Path) -> None:
     assert all(a <= 0.45 and s <= 2 for a, s in limited)
 
 
+def test_scene_mismatch_is_small_where_the_scene_explains_the_object() -> None:
+    """An object of its scene's colours (one stationary texture) scores ~0 and a global gain
+    of the photo keeps it there; a flat red object on a grey scene scores high."""
+    img = np.random.default_rng(0).uniform(0.2, 0.7, (40, 50, 3)).astype(np.float32)
+    mask = np.zeros((40, 50), np.float32)
+    mask[10:30, 15:35] = 1
+    assert scene_mismatch(img, mask) < 20 and scene_mismatch(0.8 * img + 0.1, mask) < 20
+    red = np.full_like(img, 0.5)
+    red[mask > 0] = (0.9, 0.1, 0.1)
+    assert scene_mismatch(red, mask) > 3000
+
+
+def test_scene_limit_redraws_objects_the_scene_does_not_explain(tmp_path: Path) -> None:
+    """One photo of four is a red disc on grey (its own mask), the others one texture
+    throughout: with the limit no sample shows the disc; without it it appears, and the limit
+    leaves the seed's reproducibility intact."""
+    photos, masks = tmp_path / "photos", tmp_path / "masks"
+    photos.mkdir(), masks.mkdir()
+    for i in range(4):
+        m = np.zeros((60, 80), np.uint8)
+        cv2.circle(m, (40, 30), 14, 255, -1)
+        img = np.random.default_rng(i).integers(60, 180, (60, 80, 3)).astype(np.uint8)
+        if i == 1:
+            img[:] = 128
+            img[m > 0] = (230, 20, 20)
+        cv2.imwrite(str(photos / f"p{i}.png"), img[..., ::-1])
+        cv2.imwrite(str(masks / f"p{i}.png"), m)
+    found = scan_folder("t", photos, masks)
+
+    def worst(limit: float | None) -> list[float]:
+        gen = CompositeGenerator(found, [], seed=2, max_side=80, max_scene_mismatch=limit)
+        out = []
+        for i in range(12):
+            t = gen.triplet(i)
+            assert gen.triplet(i).meta == t.meta  # still a function of (seed, i)
+            out.append(scene_mismatch(t.real.astype(np.float32) / 255, t.mask))
+        return out
+
+    assert max(worst(None)) > 3000
+    assert max(worst(1000.0)) <= 1000.0
+
+
 def test_look_scale_strengthens_looks() -> None:
     img = smooth_photo(24, 32, 5).astype(np.float32) / 255
 
@@ -314,7 +361,14 @@ def test_look_scale_strengthens_looks() -> None:
 def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     photos, masks, bank = folder
     found, shapes = scan_folder("test", photos, masks), sorted(bank.iterdir())
-    spec = DataSpec(seed=4, max_side=64, val_max_side=48, identity_fraction=0.2, look_scale=2.0)
+    spec = DataSpec(
+        seed=4,
+        max_side=64,
+        val_max_side=48,
+        identity_fraction=0.2,
+        look_scale=2.0,
+        max_scene_mismatch=900.0,
+    )
     train = CompositeGenerator.from_spec(found, shapes, spec, val=False)
     val = CompositeGenerator.from_spec(found, shapes, spec, val=True)
     assert (train.seed, train.max_side, train.augment, train.identity_fraction) == (
@@ -325,6 +379,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     )
     assert (val.seed, val.max_side, val.augment) == (4 + VAL_SEED_OFFSET, 48, False)
     assert val.identity_fraction == 0.0 and train.look_scale == val.look_scale == 2.0
+    assert train.max_scene_mismatch == val.max_scene_mismatch == 900.0
     assert max(val.triplet(0).mask.shape) <= 48
     plain = CompositeGenerator(found, shapes)  # the generator's defaults are the spec's
     spec = DataSpec()
@@ -335,6 +390,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     )
     assert plain.strong_probability == spec.strong_probability == mistakes.STRONG_PROBABILITY
     assert plain.max_bank_fill == spec.max_bank_fill
+    assert plain.max_scene_mismatch is spec.max_scene_mismatch is None
 
 
 def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:

@@ -116,6 +116,11 @@ class DataSpec:
     strong_probability: float = opt(
         "share of composites whose magnitudes come from the wide ('strong') distributions", 0.3
     )
+    max_scene_mismatch: float | None = opt(
+        "redraw views whose object the scene does not explain: the classical statistics "
+        "match's foreground MSE (0..255) on the untouched photo above this (default: keep all)",
+        None,
+    )
 
 
 @dataclass

@@ -9,7 +9,9 @@ be regenerated alone, in any worker, after any resume):
 2. (training) a view: a crop of 0.3-1 per side of the photo kept at 1024 px (several scales), a
    horizontal flip and sometimes a quarter turn, then a downscale so the longer side is at most
    ``max_side`` (the "full-resolution" side of CPU training);
-3. a soft mask edge (anti-aliased or feathered);
+3. a soft mask edge (anti-aliased or feathered); with ``max_scene_mismatch`` set, steps 1-3
+   are redrawn (up to :data:`SCENE_TRIES` times) while the scene does not explain the object's
+   colours (:func:`scene_mismatch` above the limit: a red car in a grey street);
 4. (training) a random global colour change of the whole view (:func:`draw_jitter`): the ground
    truth changes with it, so no photo's own colours can be memorised;
 5. a recipe family and a recipe (:mod:`training.data.mistakes`): a transfer of another photo's
@@ -29,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from layer_harmonizer.color_stats import classical_transfer
 from layer_harmonizer.image_files import read_image
 from training.data import masks as M
 from training.data.augment import crop_box, fit_size, resize_image
@@ -61,6 +64,27 @@ ROTATE_PROBABILITY = 0.2
 """Share of training views turned by a quarter (either way)."""
 GREY_TOLERANCE = 3
 """A photo whose channels never differ by more than this (0..255) is greyscale content."""
+SCENE_TRIES = 8
+"""Views drawn at most per sample while looking for one under ``max_scene_mismatch``."""
+
+
+def scene_mismatch(real: np.ndarray, soft: np.ndarray) -> float:
+    """How far the scene is from explaining the object's colours: the foreground MSE
+    (0..255 scale, weighted by the mask) of the classical statistics match applied to the
+    *untouched* photo. It is small where the object's colours follow its scene's light and
+    large for an object of its own colours (a red car in a grey street); it does not depend on
+    a composite's per-channel gain and offset, so it is also roughly the classical transfer's
+    error on any composite of this view.
+
+    Args:
+        real: ``(H, W, 3)`` float32 RGB in [0, 1].
+        soft: ``(H, W)`` float32 mask in [0, 1].
+    """
+    image = torch.from_numpy(np.ascontiguousarray(real)).permute(2, 0, 1)[None]
+    mask = torch.from_numpy(np.ascontiguousarray(soft))[None, None]
+    matched = classical_transfer(image, mask)
+    diff = ((matched - image) * 255.0) ** 2 * mask
+    return float(diff.sum() / (3 * mask.sum()).clamp_min(1e-6))
 
 
 class CompositeGenerator:
@@ -83,6 +107,9 @@ class CompositeGenerator:
             (a sky or ground segment touches three: a region of the scene, not an object).
         look_scale: multiplies the magnitudes of the ``look`` family's edits.
         strong_probability: share of composites drawn from the strong distributions.
+        max_scene_mismatch: redraw views whose :func:`scene_mismatch` exceeds this (None: keep
+            every view). Real composites' objects mostly follow their scene's light; a stream
+            full of objects the scene does not explain teaches the network to distrust it.
     """
 
     def __init__(
@@ -100,6 +127,7 @@ class CompositeGenerator:
         max_object_sides: int = 4,
         look_scale: float = 1.0,
         strong_probability: float = STRONG_PROBABILITY,
+        max_scene_mismatch: float | None = None,
     ) -> None:
         if not photos:
             raise ValueError("the composite generator needs at least one photo")
@@ -117,6 +145,7 @@ class CompositeGenerator:
         self.identity_fraction = identity_fraction
         self.max_object_area, self.max_object_sides = max_object_area, max_object_sides
         self.look_scale, self.strong_probability = look_scale, strong_probability
+        self.max_scene_mismatch = max_scene_mismatch
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
         self._grey: dict[Path, bool] = {}
@@ -139,6 +168,7 @@ class CompositeGenerator:
             max_object_sides=spec.max_object_sides,
             look_scale=spec.look_scale,
             strong_probability=spec.strong_probability,
+            max_scene_mismatch=spec.max_scene_mismatch,
         )
 
     # -- inputs -------------------------------------------------------------------------------
@@ -272,10 +302,11 @@ class CompositeGenerator:
             img, mask = np.rot90(img, k), np.rot90(mask, k)
         return np.ascontiguousarray(img), np.ascontiguousarray(mask), origin
 
-    # -- samples ------------------------------------------------------------------------------
-    def triplet(self, index: int) -> Triplet:
-        """Synthetic composite number ``index`` (deterministic)."""
-        rng = np.random.default_rng([self.seed, index])
+    def _masked_view(
+        self, rng: np.random.Generator
+    ) -> tuple[Photo, np.ndarray, np.ndarray, np.ndarray, str]:
+        """Steps 1-3 of a sample: ``(photo, (H, W, 3) uint8 view, (H, W) binary mask,
+        (H, W) soft mask in [0, 1], mask origin)`` at the output size."""
         p, img = self._draw_photo(rng)
         img, mask, origin = self._view(p, img, rng)
         size = fit_size(*img.shape[:2], self.max_side)
@@ -283,7 +314,18 @@ class CompositeGenerator:
         binary = (resize_image(mask, size) >= 0.5).astype(np.float32)
         # Quantised to 8 bits so a mask saved as PNG is exactly the one composited with.
         soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
-        real = real8.astype(np.float32) / 255.0
+        return p, real8, binary, soft, origin
+
+    # -- samples ------------------------------------------------------------------------------
+    def triplet(self, index: int) -> Triplet:
+        """Synthetic composite number ``index`` (deterministic)."""
+        rng = np.random.default_rng([self.seed, index])
+        tries = 1 if self.max_scene_mismatch is None else SCENE_TRIES
+        for _ in range(tries):  # without a limit: one draw, so older streams are unchanged
+            p, real8, binary, soft, origin = self._masked_view(rng)
+            real = real8.astype(np.float32) / 255.0
+            if tries == 1 or scene_mismatch(real, soft) <= self.max_scene_mismatch:
+                break
         jitter = draw_jitter(rng) if self.augment and rng.random() < JITTER_PROBABILITY else []
         if jitter:  # the ground truth changes too: the photo's own colours are not the answer
             real8 = np.clip(np.floor(apply_recipe(real, jitter) * 255.0 + 0.5), 0, 255)
