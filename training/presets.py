@@ -76,7 +76,8 @@ OBJECTS: dict[str, Any] = {
 segments, at most 45 % of the frame) and looks twice as strong (as strong as iHarmony4's
 HFlickr/HAdobe5k composites)."""
 BOLD: dict[str, Any] = {**OBJECTS, "strong_probability": 0.5, "relative_tau": 0.006}
-"""The third stage that was shipped: object-like masks, half the composites strong."""
+"""The third stage's chosen arm (the default until stage 4): object-like masks, half the
+composites strong."""
 SCENE: dict[str, Any] = {
     **BOLD,
     "init_weights": "{runs}/light-2026-12-objects-bold/best.pt",
@@ -90,7 +91,7 @@ about 1,700-2,200 on average; views above 1,500 are redrawn (the stream's averag
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
         "light-2026-12": Preset(
-            "aict-light on ../shared/data, 150 CPU-minutes on 2 threads: the shipped default",
+            "aict-light on ../shared/data, 150 CPU-minutes on 2 threads: stage 1 of the default",
             MappingProxyType(LIGHT_2026_12),
         ),
         "light-2026-12-ft": Preset(
@@ -117,7 +118,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         ),
         "light-2026-12-scene-loose": Preset(
             "light-2026-12-scene with the limit at 3,000 (only the objects the scene explains "
-            "least are redrawn)",
+            "least are redrawn): the shipped default",
             MappingProxyType({**SCENE, "max_scene_mismatch": 3000.0}),
         ),
         "light-2026-12-objects-smooth": Preset(
