@@ -33,8 +33,10 @@
 #       The exit code is PROGRAM's.
 #
 # Needs root and debootstrap (`apt-get install debootstrap`; never installed here). Only /proc and
-# the job folder are
-# mounted (never /dev), and both are unmounted on exit. Heavy steps run under `nice -n 10`.
+# the job folder are mounted (never /dev), and both are unmounted on exit. run, gui and exec
+# mount them in a mount namespace of their own (unshare), so two runs at once (two test
+# sessions on one machine) never see each other's /job, and nothing stays mounted even if a run
+# is killed. Heavy steps run under `nice -n 10`.
 set -euo pipefail
 
 CACHE=${HARMONIZE_CI_CACHE:-/var/cache/harmonize-ci}
@@ -191,6 +193,17 @@ exec_in() {
   nice -n 10 chroot "$ROOT" env -i PATH=/usr/bin:/bin LANG=C.UTF-8 "${envs[@]}" "$@"
 }
 
+# Re-run this command in a private mount namespace (once: the variable marks the second start).
+private_mounts() {
+  if [ -z "${GIMP3_PRIVATE_MOUNTS:-}" ]; then
+    need_root
+    GIMP3_PRIVATE_MOUNTS=1 exec unshare --mount --propagation private bash "$0" "$@"
+  fi
+}
+
+case "${1:-}" in
+  run | gui | exec) private_mounts "$@" ;;
+esac
 case "${1:-}" in
   status) status ;;
   provision) provision ;;
