@@ -42,6 +42,11 @@ SCENE = (
     "--max-scene-mismatch 1500"
 )
 """The fourth stage's command: objects their scene explains."""
+POLISH = (
+    f"{SCENE} --time-budget 80m --init-weights {{runs}}/light-2026-12-scene-loose/best.pt "
+    "--max-scene-mismatch 3000 --first-sample 100000"
+)
+"""The fifth stage's command: stage 4's loose recipe again on new composites."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -96,6 +101,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "look_scale": (["--look-scale", "2"], 2.0),
     "strong_probability": (["--strong-probability", "0.5"], 0.5),
     "max_scene_mismatch": (["--max-scene-mismatch", "1500"], 1500.0),
+    "first_sample": (["--first-sample", "7"], 7),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
 
@@ -164,6 +170,8 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-objects-bold": BOLD,
         "light-2026-12-scene": SCENE,
         "light-2026-12-scene-loose": SCENE.replace("1500", "3000"),
+        "light-2026-12-polish": POLISH,
+        "light-2026-12-polish-gentle": f"{POLISH} --identity-fraction 0.2 --relative-tau 0.0015",
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():
@@ -277,6 +285,7 @@ NEWER_DATA_FIELDS = {
     "look_scale": 1.0,
     "strong_probability": 0.3,
     "max_scene_mismatch": None,
+    "first_sample": 0,
 }
 """DataSpec fields added after that version, with the defaults that reproduce its data."""
 

@@ -368,6 +368,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
         identity_fraction=0.2,
         look_scale=2.0,
         max_scene_mismatch=900.0,
+        first_sample=3,
     )
     train = CompositeGenerator.from_spec(found, shapes, spec, val=False)
     val = CompositeGenerator.from_spec(found, shapes, spec, val=True)
@@ -380,6 +381,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert (val.seed, val.max_side, val.augment) == (4 + VAL_SEED_OFFSET, 48, False)
     assert val.identity_fraction == 0.0 and train.look_scale == val.look_scale == 2.0
     assert train.max_scene_mismatch == val.max_scene_mismatch == 900.0
+    assert (train.first_index, val.first_index) == (3, 0)  # the validation set never moves
     assert max(val.triplet(0).mask.shape) <= 48
     plain = CompositeGenerator(found, shapes)  # the generator's defaults are the spec's
     spec = DataSpec()
@@ -391,6 +393,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert plain.strong_probability == spec.strong_probability == mistakes.STRONG_PROBABILITY
     assert plain.max_bank_fill == spec.max_bank_fill
     assert plain.max_scene_mismatch is spec.max_scene_mismatch is None
+    assert plain.first_index == spec.first_sample == 0
 
 
 def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:
@@ -414,6 +417,15 @@ def test_generator_is_seeded_and_reproducible(folder: tuple[Path, Path, Path]) -
         ta, tb = a.triplet(i), b.triplet(i)
         assert np.array_equal(ta.composite, tb.composite) and ta.meta == tb.meta
     assert any(not np.array_equal(a.triplet(i).composite, c.triplet(i).composite) for i in range(3))
+    later = CompositeGenerator(
+        scan_folder("test", photos, masks),
+        sorted(bank.iterdir()),
+        seed=1,
+        max_side=80,
+        first_index=4,
+    )  # a later stage's stream: its sample i is sample 4 + i of the stream from 0
+    assert np.array_equal(later.triplet(1).composite, a.triplet(5).composite)
+    assert later.triplet(1).name == a.triplet(5).name
 
 
 def test_training_example_and_collate(generator: CompositeGenerator) -> None:

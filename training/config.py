@@ -121,6 +121,11 @@ class DataSpec:
         "match's foreground MSE (0..255) on the untouched photo above this (default: keep all)",
         None,
     )
+    first_sample: int = opt(
+        "number of the training stream's first composite: a later stage on the same recipe "
+        "starts past the samples an earlier one saw, so it draws new composites",
+        0,
+    )
 
 
 @dataclass

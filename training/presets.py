@@ -87,6 +87,15 @@ SCENE: dict[str, Any] = {
 """A fourth stage on objects their scene explains: on real iHarmony4-style composites the
 classical statistics match leaves an error of about 600 (training notes), on the data before
 about 1,700-2,200 on average; views above 1,500 are redrawn (the stream's average becomes ~500)."""
+POLISH: dict[str, Any] = {
+    **SCENE,
+    "init_weights": "{runs}/light-2026-12-scene-loose/best.pt",
+    "time_budget": 80 * 60.0,
+    "max_scene_mismatch": 3000.0,
+    "first_sample": 100_000,
+}
+"""A fifth stage: the stage-4 recipe again from its weights, with a fresh LR cycle, on composites
+past the 66,472 that stage 4 saw."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -120,6 +129,16 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "light-2026-12-scene with the limit at 3,000 (only the objects the scene explains "
             "least are redrawn): the shipped default",
             MappingProxyType({**SCENE, "max_scene_mismatch": 3000.0}),
+        ),
+        "light-2026-12-polish": Preset(
+            "a fifth stage: light-2026-12-scene-loose's recipe for 80 more minutes from its "
+            "weights (a new LR cycle)",
+            MappingProxyType(POLISH),
+        ),
+        "light-2026-12-polish-gentle": Preset(
+            "light-2026-12-polish with twice the pastes left as they are (identity 0.2) and "
+            "good pastes weighted up again (relative tau 0.0015)",
+            MappingProxyType({**POLISH, "identity_fraction": 0.2, "relative_tau": 0.0015}),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",

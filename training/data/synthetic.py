@@ -110,6 +110,8 @@ class CompositeGenerator:
         max_scene_mismatch: redraw views whose :func:`scene_mismatch` exceeds this (None: keep
             every view). Real composites' objects mostly follow their scene's light; a stream
             full of objects the scene does not explain teaches the network to distrust it.
+        first_index: composite ``i`` is drawn as number ``first_index + i`` (a later training
+            stage on the same recipe sees new composites).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class CompositeGenerator:
         look_scale: float = 1.0,
         strong_probability: float = STRONG_PROBABILITY,
         max_scene_mismatch: float | None = None,
+        first_index: int = 0,
     ) -> None:
         if not photos:
             raise ValueError("the composite generator needs at least one photo")
@@ -146,6 +149,7 @@ class CompositeGenerator:
         self.max_object_area, self.max_object_sides = max_object_area, max_object_sides
         self.look_scale, self.strong_probability = look_scale, strong_probability
         self.max_scene_mismatch = max_scene_mismatch
+        self.first_index = first_index
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
         self._grey: dict[Path, bool] = {}
@@ -169,6 +173,7 @@ class CompositeGenerator:
             look_scale=spec.look_scale,
             strong_probability=spec.strong_probability,
             max_scene_mismatch=spec.max_scene_mismatch,
+            first_index=0 if val else spec.first_sample,
         )
 
     # -- inputs -------------------------------------------------------------------------------
@@ -319,6 +324,7 @@ class CompositeGenerator:
     # -- samples ------------------------------------------------------------------------------
     def triplet(self, index: int) -> Triplet:
         """Synthetic composite number ``index`` (deterministic)."""
+        index += self.first_index
         rng = np.random.default_rng([self.seed, index])
         tries = 1 if self.max_scene_mismatch is None else SCENE_TRIES
         for _ in range(tries):  # without a limit: one draw, so older streams are unchanged
