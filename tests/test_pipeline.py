@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from layer_harmonizer.errors import InputError
+from layer_harmonizer.lut import LutMaps
+from layer_harmonizer.lut.damping import damping_gain, predicted_change
 from layer_harmonizer.model import AICTNet
-from layer_harmonizer.pipeline import apply_prediction, harmonize, predict
+from layer_harmonizer.pipeline import apply_prediction, harmonize, low_res_input, predict
 from tests.conftest import blob_mask, random_image
 
 
@@ -61,6 +65,43 @@ def test_cached_prediction_reapplies_any_strength(light_model: AICTNet) -> None:
     half = apply_prediction(image, mask, maps, strength=0.5, lut_backend="torch")
     full = apply_prediction(image, mask, maps, strength=1.0, lut_backend="torch")
     np.testing.assert_allclose(half, (full + image) / 2, atol=1e-5)
+
+
+def test_damping_applies_the_share_of_the_change_it_measures(light_model: AICTNet) -> None:
+    image = random_image(40, 50, np.float32, seed=2)
+    mask = blob_mask(40, 50)
+    undamped = predict(image, mask, model=light_model)
+    x = low_res_input(image, mask, light_model.config.input_size)
+    change = predicted_change(x, undamped)
+    assert undamped.gain == 1.0 and change > 100.0  # the random heads change the object a lot
+    light_model.config = replace(light_model.config, damping=change)  # -> exactly half
+    try:
+        maps = predict(image, mask, model=light_model)
+        assert maps.gain == pytest.approx(0.5, abs=1e-4)
+        direct = harmonize(image, mask, model=light_model, lut_backend="torch")
+        for strength in (1.0, 0.6):  # the gain multiplies the user's strength
+            cached = apply_prediction(image, mask, maps, strength=strength, lut_backend="torch")
+            plain = apply_prediction(
+                image, mask, undamped, strength=strength * maps.gain, lut_backend="torch"
+            )
+            np.testing.assert_allclose(cached, plain, atol=1e-6)
+            if strength == 1.0:
+                np.testing.assert_allclose(direct, cached, atol=1e-6)
+    finally:
+        light_model.config = replace(light_model.config, damping=0.0)
+
+
+def test_damping_leaves_strong_changes_nearly_whole_and_removes_none() -> None:
+    x = torch.cat([torch.full((1, 3, 8, 8), 0.5), torch.ones(1, 1, 8, 8)], dim=1)
+    same = LutMaps.identity()
+    assert predicted_change(x, same) == pytest.approx(0.0, abs=1e-6)
+    assert damping_gain(x, same, 50.0) == pytest.approx(0.0, abs=1e-6)
+    brighter = LutMaps(same.intervals, same.colors + 0.2)  # +51 levels: m = 2601
+    assert predicted_change(x, brighter) == pytest.approx(51.0**2, rel=1e-3)
+    assert damping_gain(x, brighter, 50.0) == pytest.approx(2601 / 2651, rel=1e-3)
+    assert damping_gain(x, brighter, 0.0) == 1.0
+    with pytest.raises(ValueError, match="gain"):
+        LutMaps(same.intervals, same.colors, 1.5)
 
 
 class _Exploding(torch.nn.Module):

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from layer_harmonizer.lut.damping import predicted_change
 from layer_harmonizer.model import create_model
 from layer_harmonizer.model.weights import load_weights
+from layer_harmonizer.pipeline import low_res_input
 from tests.test_training_data import write_photo_folder
 from training import metrics as M
 from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
@@ -376,6 +378,9 @@ def test_export_load_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
         a, b = ema.eval()(x), model(x)
     torch.testing.assert_close(a.colors, b.colors, atol=5e-3, rtol=5e-3)
     assert (tmp_path / "w.pt").stat().st_size < 5 * 2**20
+    assert model.config.damping == 0.0  # what training used; export can set it
+    export(tmp_path / "run" / "last.pt", tmp_path / "d.pt", damping=50.0)
+    assert load_weights(tmp_path / "d.pt")[0].config.damping == 50.0
 
 
 def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_path: Path) -> None:
@@ -393,6 +398,7 @@ def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_p
     real = torch.from_numpy(t.real).permute(2, 0, 1).float()
     row = next(r for r in rows if r["name"] == t.name and r["method"] == "model")
     assert row["fmse"] == pytest.approx(M.fmse(pred.clamp(0, 255), real, torch.from_numpy(t.mask)))
+    comp = torch.from_numpy(t.composite).permute(2, 0, 1).float()
     comp_row = next(r for r in rows if r["name"] == t.name and r["method"] == "composite")
     assert comp_row["fmse"] == pytest.approx(t.meta["fmse"], rel=1e-4)
     md = write_summary(rows, tmp_path, {"data": "tiny"})
@@ -401,6 +407,13 @@ def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_p
     assert (tmp_path / "per_image.csv").read_text().count("\n") == 1 + len(rows)
     files = sheet.save(tmp_path / "sheet.png")
     assert files and files[0].stat().st_size > 0
+    # With damping it is the same change, scaled by the gain harmonize() uses: half, here.
+    x = low_res_input(t.composite, t.mask, model.config.input_size)
+    with torch.no_grad():
+        change = predicted_change(x, model(x))
+    model.config = replace(model.config, damping=change)
+    damped = predict(model, t) * 255.0
+    torch.testing.assert_close(damped, (pred + comp) / 2, atol=1e-3, rtol=0)
 
 
 def test_hindsight_affine_undoes_a_global_gain_and_offset() -> None:

@@ -8,6 +8,7 @@ dataclasses (:mod:`training.options`); ``--preset NAME`` starts from a named rec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ from typing import Any
 
 from training import options
 from training.config import parse_side
+
+DAMPING_HELP = (
+    "apply only m / (m + K) of a prediction whose change to the object, on the 256 x 256 "
+    "input, has foreground MSE m (0..255 scale); 0 = off"
+)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -74,6 +80,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     triplets = _evaluation_set(a)
     model = _evaluated_model(a, device)
+    if model is not None and a.damping is not None:
+        model.config = dataclasses.replace(model.config, damping=a.damping)
     methods = ["composite", "classical", *(["model"] if model is not None else [])]
     if all(t.real is not None for t in triplets):
         methods.append("hindsight")  # the ceiling of a global per-channel correction
@@ -117,7 +125,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from training.export import export
 
-    meta = export(a.checkpoint, a.out, use_ema=not a.raw, half=not a.fp32, summary=a.summary)
+    meta = export(
+        a.checkpoint,
+        a.out,
+        use_ema=not a.raw,
+        half=not a.fp32,
+        summary=a.summary,
+        damping=a.damping,
+    )
     print(json.dumps({k: meta[k] for k in ("variant", "steps", "sha256", "dtype")}))
     return 0
 
@@ -197,6 +212,7 @@ def _add_evaluate(sub: Any) -> None:
         help="downscale inputs first (default: full resolution)",
     )
     e.add_argument("--out", required=True)
+    e.add_argument("--damping", type=float, help=DAMPING_HELP + " (default: the network's)")
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--no-ssim", action="store_true")
@@ -218,6 +234,7 @@ def _add_export(sub: Any) -> None:
     x.add_argument("--summary", help="summary.json of an evaluate run, stored as metrics")
     x.add_argument("--raw", action="store_true", help="export raw weights, not the EMA")
     x.add_argument("--fp32", action="store_true", help="keep float32 (default fp16)")
+    x.add_argument("--damping", type=float, help=DAMPING_HELP + " (default: the checkpoint's)")
     x.set_defaults(func=cmd_export)
 
 

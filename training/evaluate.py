@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from layer_harmonizer.color_stats import classical_transfer
+from layer_harmonizer.lut.damping import damping_gain
 from layer_harmonizer.lut.reference import apply_luts
 from layer_harmonizer.model import AICTNet
 from layer_harmonizer.pipeline import low_res_input
@@ -49,19 +50,22 @@ def _mask_tensor(mask: np.ndarray, device: torch.device | str) -> Tensor:
 
 @torch.no_grad()
 def predict(model: AICTNet, t: Triplet, device: torch.device | str = "cpu") -> Tensor:
-    """The model's full-resolution output for ``t``: ``(3, H, W)`` float in [0, 1], unrounded."""
+    """The model's full-resolution output for ``t``: ``(3, H, W)`` float in [0, 1], unrounded
+    (with the model's damping, as :func:`layer_harmonizer.pipeline.harmonize` applies it)."""
     x = low_res_input(t.composite, t.mask, model.config.input_size).to(device)
     maps = model(x)
+    gain = damping_gain(x, maps, model.config.damping)
     comp = to_chw(t.composite)[None].to(device)
     mask = _mask_tensor(t.mask, device)
     h = comp.shape[2]
     if h <= BAND_ROWS:
-        return apply_luts(comp, maps, mask)[0]
+        return apply_luts(comp, maps, mask, gain)[0]
     bands = [
         apply_luts(
             comp[:, :, r : r + BAND_ROWS],
             maps,
             mask[:, :, r : r + BAND_ROWS],
+            gain,
             rows=(r, min(r + BAND_ROWS, h), h),
         )
         for r in range(0, h, BAND_ROWS)

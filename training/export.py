@@ -8,6 +8,7 @@ when given, else the checkpoint's last validation), and the sha256 of the state.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -94,11 +95,16 @@ def export(
     summary: str | Path | None = None,
     trained_on: str | None = None,
     extra: dict[str, Any] | None = None,
+    damping: float | None = None,
 ) -> dict[str, Any]:
-    """Write a weights file from a training checkpoint; returns the stored metadata."""
+    """Write a weights file from a training checkpoint; returns the stored metadata.
+    ``damping`` (0..255 foreground MSE) is stored in the network's config
+    (:attr:`layer_harmonizer.model.AICTConfig.damping`); None keeps the checkpoint's."""
     ck = load_checkpoint(checkpoint)
     variant = ck["variant"]
     model = model_from_checkpoint(ck, ema=use_ema)
+    if damping is not None:
+        model.config = dataclasses.replace(model.config, damping=damping)
     cfg = ck["config"]
     data = ck.get("data", {})
     if trained_on is None:

@@ -10,6 +10,7 @@ backend) without running the network again::
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -19,6 +20,7 @@ from layer_harmonizer.arrays import check_image, check_strength, to_unit_float, 
 from layer_harmonizer.errors import InputError
 from layer_harmonizer.lut import LutMaps
 from layer_harmonizer.lut.backends import get_backend
+from layer_harmonizer.lut.damping import damping_gain
 from layer_harmonizer.model import AICTNet
 from layer_harmonizer.model.weights import find_default_weights, load_weights
 from layer_harmonizer.precision import autocast
@@ -102,12 +104,15 @@ def _model_device(model: AICTNet) -> torch.device:
 def run_network(x: torch.Tensor, model: AICTNet) -> LutMaps:
     """The network on an input from :func:`low_res_input` (``(1, 4, S, S)`` float32), in the
     precision :func:`load_model` chose (``model.metadata["precision"]``, default fp32); the
-    maps are float32 either way."""
+    maps are float32 either way, with the gain of the model's damping
+    (:func:`.lut.damping.damping_gain`)."""
     device = _model_device(model)
     precision = (getattr(model, "metadata", None) or {}).get("precision", "fp32")
+    x = x.to(device)
     with autocast(precision, str(device)):
-        maps = model(x.to(device))
-    return maps.to(device)
+        maps = model(x)
+    maps = maps.to(device)
+    return replace(maps, gain=damping_gain(x, maps, model.config.damping))
 
 
 def _predict(image: np.ndarray, mask: np.ndarray, model: AICTNet) -> LutMaps:
@@ -141,12 +146,14 @@ def apply_maps(
     """:func:`apply_prediction` on inputs already validated: ``image`` a C-contiguous
     ``(H, W, 3)`` from :func:`.arrays.check_image`, ``alpha`` ``(H, W)`` from
     :func:`.arrays.validate_mask` or :func:`.arrays.check_mask` (integer masks are scaled
-    band by band), ``strength`` from :func:`.arrays.check_strength`. A new array of ``image``'s
+    band by band), ``strength`` from :func:`.arrays.check_strength` (times ``maps.gain``). A
+    new array of ``image``'s
     dtype."""
     if maps.batch != 1:
         raise InputError(
             f"apply_prediction takes the maps of one image; got a batch of {maps.batch}"
         )
+    strength *= maps.gain  # the model's damping
     if strength == 0.0 or not alpha.any():
         return image.copy()
     device = "cuda" if maps.intervals.is_cuda else "cpu"

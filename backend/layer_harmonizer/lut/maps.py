@@ -34,6 +34,8 @@ class LutMaps:
         intervals: ``(B, 3, M, N, K + 1)`` monotone knots in [0, 1] (first 0, last 1): the
             interval LUT that redistributes an input value ``x`` to ``x_hat``.
         colors: ``(B, 3, M, N, K)`` colour-LUT values (unbounded; the output is clamped).
+        gain: share in [0, 1] of the mapped change that is applied, times the caller's strength
+            (the model's damping, :func:`layer_harmonizer.lut.damping.damping_gain`; 1: all).
 
     ``M x N`` is the LUT grid (256 x 256 for the paper model). Full-resolution pixel ``(i, j)``
     of an ``H x W`` image reads grid position ``(i (M-1)/(H-1), j (N-1)/(W-1))`` (align
@@ -42,8 +44,11 @@ class LutMaps:
 
     intervals: Tensor
     colors: Tensor
+    gain: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.gain <= 1.0:
+            raise ValueError(f"LUT maps' gain must be in [0, 1]; got {self.gain}")
         i, c = self.intervals, self.colors
         if i.ndim != 5 or c.ndim != 5 or i.shape[1] != 3:
             raise ValueError(
@@ -61,12 +66,13 @@ class LutMaps:
 
     def select(self, index: int) -> LutMaps:
         """The maps of one image, keeping a batch axis of 1."""
-        return LutMaps(self.intervals[index : index + 1], self.colors[index : index + 1])
+        return LutMaps(self.intervals[index : index + 1], self.colors[index : index + 1], self.gain)
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> LutMaps:
         return LutMaps(
             self.intervals.to(device=device, dtype=dtype).contiguous(),
             self.colors.to(device=device, dtype=dtype).contiguous(),
+            self.gain,
         )
 
     @staticmethod

@@ -137,6 +137,12 @@ class AICTConfig:
         prior_input: also feed the network the statistics-matched composite (the classical
             mean/std match applied to the foreground) as three more input channels, so the
             transformer sees "what the classical transfer would do" next to the composite.
+        damping: (inference only; 0 = off) a prediction whose change to the object is small
+            against this foreground MSE (0..255 scale) is applied only in part: the share
+            ``m / (m + damping)`` of it, ``m`` being the change on the 256 x 256 input
+            (:func:`layer_harmonizer.lut.damping.damping_gain`). A network's changes of the
+            size of its own error carry little signal, and a paste that already fits should
+            stay as it is; strong corrections (``m`` far above ``damping``) pass nearly whole.
     """
 
     input_size: int = 256
@@ -150,6 +156,7 @@ class AICTConfig:
     dropout: float = 0.1
     color_prior: bool = False
     prior_input: bool = False
+    damping: float = 0.0
 
     @property
     def in_chans(self) -> int:
