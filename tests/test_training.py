@@ -551,8 +551,10 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
     assert (ev / "contact_sheet.png").is_file()
     first = (syn / "SYN_test.txt").read_text().split()[0].rsplit(".", 1)[0]
     fig = ["evaluate", "--iharmony4", str(syn), "--out", str(ev / "f"), "--figure", first]
-    assert main([*fig, "--checkpoint", str(run / "last.pt")]) == 0
+    assert main([*fig, "--checkpoint", str(run / "last.pt"), "--damping", "40"]) == 0
     assert (ev / "f" / "before_after.png").is_file()
+    assert summary["damping"] == 0.0  # what training used
+    assert json.loads((ev / "f" / "summary.json").read_text())["damping"] == 40.0
     doc = tmp_path / "weights.md"
     doc.write_text("# W\n<!-- report:start -->\nold\n<!-- report:end -->\ntail\n")
     assert (
@@ -563,7 +565,7 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
                 "--summary",
                 str(ev / "summary.json"),
                 "--summary",
-                f"second set={ev / 'summary.json'}",
+                f"second set={ev / 'f' / 'summary.json'}",
                 "--fill",
                 str(doc),
             ]
@@ -576,6 +578,7 @@ def test_command_line_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
     assert "| All | model | 3 |" in text and f"{model_fmse:.2f}" in text
     first_part, second_part = text.split("### Validation: second set")
     assert "### Validation\n" in first_part and "### Validation" not in second_part
+    assert "K = 40" in second_part and "K = " not in first_part
     assert second_part.count("| All | model | 3 |") == first_part.count("| All | model | 3 |")
     weights = tmp_path / "w.pt"
     assert (

@@ -113,6 +113,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         "weights": a.weights or a.checkpoint,
         "max_side": a.max_side,
         "n": len(triplets),
+        "damping": model.config.damping if model is not None else None,
     }
     if rows:
         print(E.write_summary(rows, out, meta))

@@ -97,7 +97,13 @@ def _validation(
         "`layer_harmonizer.color_stats.classical_transfer` (per-channel mean/std match to the "
         "background), `hindsight` = the per-channel gain + offset fitted on the object against "
         "the truth (a ceiling for global corrections, not a method). Regenerate with "
-        "`python -m training evaluate` (see `docs/training.md`).",
+        "`python -m training evaluate` (see `docs/training.md`)."
+        + (
+            f" `model` applies the damping the weights ship with (K = {obj['damping']:g}: "
+            "only m / (m + K) of a change of foreground MSE m is applied)."
+            if obj.get("damping")
+            else ""
+        ),
         "",
         *targets(obj),
         "",
