@@ -18,8 +18,8 @@ from training import options
 from training.config import parse_side
 
 DAMPING_HELP = (
-    "apply only m / (m + K) of a prediction whose change to the object, on the 256 x 256 "
-    "input, has foreground MSE m (0..255 scale); 0 = off"
+    "apply only m / (m + K) of a prediction whose change to the object, measured on the "
+    "network input, has foreground MSE m (0..255 scale); 0 = off"
 )
 
 
