@@ -23,15 +23,16 @@ takes 10-15 ms)."""
 
 
 @torch.no_grad()
-def predicted_change(x: Tensor, maps: LutMaps) -> float:
+def predicted_change(x: Tensor, maps: LutMaps, side: int = MEASURE_SIDE) -> float:
     """The foreground MSE (0..255 scale) between the network input and the maps applied to it,
-    on the input averaged down to :data:`MEASURE_SIDE` (the maps' grid spans any size).
+    on the input averaged down to ``side`` (the maps' grid spans any size).
 
     Args:
         x: ``(1, 4, S, S)``: RGB in [0, 1] and the soft mask in [0, 1] (the network's input).
         maps: the network's maps for ``x`` (batch 1, on ``x``'s device).
+        side: the measuring size (``S``: no averaging).
     """
-    small = torch.nn.functional.adaptive_avg_pool2d(x.float(), MEASURE_SIDE)
+    small = torch.nn.functional.adaptive_avg_pool2d(x.float(), side)
     rgb, mask = small[:, :3], small[:, 3:4]
     mapped = apply_luts(rgb, maps, mask)
     weight = (3 * mask.sum()).clamp_min(1e-6)
