@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -168,6 +169,18 @@ def test_info_lists_variants_and_weights(weights: Path, capsys: pytest.CaptureFi
     assert main(["info", "--weights", str(weights)]) == 0
     out = capsys.readouterr().out
     assert "aict-light" in out and "5.18 M params" in out and "variant aict-light" in out
+    assert "damping" not in out  # these weights have none
+
+
+def test_info_names_the_weights_damping(
+    tmp_path: Path, light_model: AICTNet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damped = AICTNet(replace(light_model.config, damping=50.0))
+    damped.load_state_dict(light_model.state_dict())
+    path = tmp_path / "damped.pt"
+    save_weights(path, damped, "aict-light", {"trained_on": "nothing (test)"}, half=False)
+    assert main(["info", "--weights", str(path)]) == 0
+    assert "damping: 50 " in capsys.readouterr().out
 
 
 def _one_line(err: str) -> str:

@@ -288,6 +288,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if meta.get("trained_on"):
             print(f"  trained on: {meta['trained_on']}")
         print(f"  licence: {weights_licence(Path(path), meta)}")
+        if model.config.damping:
+            print(
+                f"  damping: {model.config.damping:g} (a change of foreground MSE m is applied "
+                f"m / (m + {model.config.damping:g}): pastes that fit are left nearly alone)"
+            )
         model.metadata = meta
         choice = choose_precision(model, resolve_device(args.device), args.precision)
         print(f"  network precision: {choice.precision} ({choice.reason})")
