@@ -98,7 +98,8 @@ def test_damping_leaves_strong_changes_nearly_whole_and_removes_none() -> None:
     assert damping_gain(x, same, 50.0) == pytest.approx(0.0, abs=1e-6)
     brighter = LutMaps(same.intervals, same.colors + 0.2)  # +51 levels: m = 2601
     assert predicted_change(x, brighter) == pytest.approx(51.0**2, rel=1e-3)
-    assert damping_gain(x, brighter, 50.0) == pytest.approx(2601 / 2651, rel=1e-3)
+    assert damping_gain(x, brighter, 2601.0) == pytest.approx(0.5, rel=1e-3)
+    assert damping_gain(x, brighter, 650.25) == pytest.approx(16 / 17, rel=1e-3)  # m = 4 K
     assert damping_gain(x, brighter, 0.0) == 1.0
     with pytest.raises(ValueError, match="gain"):
         LutMaps(same.intervals, same.colors, 1.5)

@@ -18,7 +18,7 @@ from training import options
 from training.config import parse_side
 
 DAMPING_HELP = (
-    "apply only m / (m + K) of a prediction whose change to the object, measured on the "
+    "apply only m^2 / (m^2 + K^2) of a prediction whose change to the object, measured on the "
     "network input, has foreground MSE m (0..255 scale); 0 = off"
 )
 

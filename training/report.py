@@ -100,7 +100,7 @@ def _validation(
         "`python -m training evaluate` (see `docs/training.md`)."
         + (
             f" `model` applies the damping the weights ship with (K = {obj['damping']:g}: "
-            "only m / (m + K) of a change of foreground MSE m is applied)."
+            "only m² / (m² + K²) of a change of foreground MSE m is applied)."
             if obj.get("damping")
             else ""
         ),

@@ -291,7 +291,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if model.config.damping:
             print(
                 f"  damping: {model.config.damping:g} (a change of foreground MSE m is applied "
-                f"m / (m + {model.config.damping:g}): pastes that fit are left nearly alone)"
+                f"m² / (m² + {model.config.damping:g}²): pastes that fit are left nearly alone)"
             )
         model.metadata = meta
         choice = choose_precision(model, resolve_device(args.device), args.precision)

@@ -139,7 +139,7 @@ class AICTConfig:
             transformer sees "what the classical transfer would do" next to the composite.
         damping: (inference only; 0 = off) a prediction whose change to the object is small
             against this foreground MSE (0..255 scale) is applied only in part: the share
-            ``m / (m + damping)`` of it, ``m`` being the change measured on the network input
+            ``m² / (m² + damping²)`` of it, ``m`` being the change measured on the network input
             (:func:`layer_harmonizer.lut.damping.damping_gain`). A network's changes of the
             size of its own error carry little signal, and a paste that already fits should
             stay as it is; strong corrections (``m`` far above ``damping``) pass nearly whole.
