@@ -127,12 +127,12 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         ),
         "light-2026-12-scene-loose": Preset(
             "light-2026-12-scene with the limit at 3,000 (only the objects the scene explains "
-            "least are redrawn): the shipped default",
+            "least are redrawn): stage 4 of the default",
             MappingProxyType({**SCENE, "max_scene_mismatch": 3000.0}),
         ),
         "light-2026-12-polish": Preset(
             "a fifth stage: light-2026-12-scene-loose's recipe for 80 more minutes from its "
-            "weights (a new LR cycle)",
+            "weights (a new LR cycle): the shipped default, with damping 200 at export",
             MappingProxyType(POLISH),
         ),
         "light-2026-12-polish-gentle": Preset(
