@@ -381,6 +381,23 @@ def test_export_load_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
     assert model.config.damping == 0.0  # what training used; export can set it
     export(tmp_path / "run" / "last.pt", tmp_path / "d.pt", damping=50.0)
     assert load_weights(tmp_path / "d.pt")[0].config.damping == 50.0
+    with pytest.raises(ValueError, match="damping must be"):
+        export(tmp_path / "run" / "last.pt", tmp_path / "e.pt", damping=-1.0)
+    assert not (tmp_path / "e.pt").exists()
+    from training.__main__ import main
+
+    for bad in ("-1", "nan", "lots"):  # the command line says so in one line
+        with pytest.raises(SystemExit):
+            main(
+                [
+                    "export",
+                    str(tmp_path / "run" / "last.pt"),
+                    str(tmp_path / "e.pt"),
+                    "--damping",
+                    bad,
+                ]
+            )
+    assert not (tmp_path / "e.pt").exists()
 
 
 def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_path: Path) -> None:

@@ -23,6 +23,17 @@ DAMPING_HELP = (
 )
 
 
+def parse_damping(text: str) -> float:
+    """``--damping K``: 0 (off) or a positive foreground MSE."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a damping: {text!r} (0 = off, or e.g. 200)")
+    return value
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from training.train import train
 
@@ -213,7 +224,7 @@ def _add_evaluate(sub: Any) -> None:
         help="downscale inputs first (default: full resolution)",
     )
     e.add_argument("--out", required=True)
-    e.add_argument("--damping", type=float, help=DAMPING_HELP + " (default: the network's)")
+    e.add_argument("--damping", type=parse_damping, help=DAMPING_HELP + " (default: the network's)")
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--no-ssim", action="store_true")
@@ -235,7 +246,9 @@ def _add_export(sub: Any) -> None:
     x.add_argument("--summary", help="summary.json of an evaluate run, stored as metrics")
     x.add_argument("--raw", action="store_true", help="export raw weights, not the EMA")
     x.add_argument("--fp32", action="store_true", help="keep float32 (default fp16)")
-    x.add_argument("--damping", type=float, help=DAMPING_HELP + " (default: the checkpoint's)")
+    x.add_argument(
+        "--damping", type=parse_damping, help=DAMPING_HELP + " (default: the checkpoint's)"
+    )
     x.set_defaults(func=cmd_export)
 
 

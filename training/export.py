@@ -100,6 +100,8 @@ def export(
     """Write a weights file from a training checkpoint; returns the stored metadata.
     ``damping`` (0..255 foreground MSE) is stored in the network's config
     (:attr:`layer_harmonizer.model.AICTConfig.damping`); None keeps the checkpoint's."""
+    if damping is not None and not damping >= 0.0:
+        raise ValueError(f"damping must be 0 (off) or positive; got {damping}")
     ck = load_checkpoint(checkpoint)
     variant = ck["variant"]
     model = model_from_checkpoint(ck, ema=use_ema)

@@ -147,8 +147,7 @@ def apply_maps(
     ``(H, W, 3)`` from :func:`.arrays.check_image`, ``alpha`` ``(H, W)`` from
     :func:`.arrays.validate_mask` or :func:`.arrays.check_mask` (integer masks are scaled
     band by band), ``strength`` from :func:`.arrays.check_strength` (times ``maps.gain``). A
-    new array of ``image``'s
-    dtype."""
+    new array of ``image``'s dtype."""
     if maps.batch != 1:
         raise InputError(
             f"apply_prediction takes the maps of one image; got a batch of {maps.batch}"

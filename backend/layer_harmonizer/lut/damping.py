@@ -20,8 +20,8 @@ from layer_harmonizer.lut.reference import apply_luts
 
 MEASURE_SIDE = 64
 """The change is measured on the input averaged down to this side: within a few per cent of
-the 256 x 256 measurement, at ~1.5 ms instead of ~19 ms on one CPU thread (the network itself
-takes 10-15 ms)."""
+the 256 x 256 measurement, at a tenth of the network's time instead of about all of it
+(``benchmarks/bench_damping.py``, docs/benchmarks.md)."""
 
 
 @torch.no_grad()
