@@ -47,6 +47,11 @@ POLISH = (
     "--max-scene-mismatch 3000 --first-sample 100000"
 )
 """The fifth stage's command: stage 4's loose recipe again on new composites."""
+SIXTH = (
+    f"{POLISH} --time-budget 150m --init-weights {{runs}}/light-2026-12-polish/best.pt "
+    "--first-sample 200000"
+)
+"""The sixth stage's command: the polish recipe again from its weights."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -172,6 +177,8 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-scene-loose": SCENE.replace("1500", "3000"),
         "light-2026-12-polish": POLISH,
         "light-2026-12-polish-gentle": f"{POLISH} --identity-fraction 0.2 --relative-tau 0.0015",
+        "light-2026-12-polish-2": SIXTH,
+        "light-2026-12-polish-2-wide": f"{SIXTH} --max-scene-mismatch 6000",
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():

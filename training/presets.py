@@ -96,6 +96,13 @@ POLISH: dict[str, Any] = {
 }
 """A fifth stage: the stage-4 recipe again from its weights, with a fresh LR cycle, on composites
 past the 66,472 that stage 4 saw."""
+SIXTH: dict[str, Any] = {
+    **POLISH,
+    "init_weights": "{runs}/light-2026-12-polish/best.pt",
+    "time_budget": 150 * 60.0,
+    "first_sample": 200_000,
+}
+"""A sixth stage from the shipped stage-5 weights, on composites past those stage 5 saw."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -139,6 +146,15 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "light-2026-12-polish with twice the pastes left as they are (identity 0.2) and "
             "good pastes weighted up again (relative tau 0.0015)",
             MappingProxyType({**POLISH, "identity_fraction": 0.2, "relative_tau": 0.0015}),
+        ),
+        "light-2026-12-polish-2": Preset(
+            "a sixth stage: the polish recipe for 150 more minutes from its weights",
+            MappingProxyType(SIXTH),
+        ),
+        "light-2026-12-polish-2-wide": Preset(
+            "light-2026-12-polish-2 redrawing only the objects the scene explains least of all "
+            "(limit 6,000): more objects of their own colours, against pulling them to the scene",
+            MappingProxyType({**SIXTH, "max_scene_mismatch": 6000.0}),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
