@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ def parse_damping(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not value >= 0.0 or value == float("inf"):
+        value = -1.0
+    if not 0.0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"not a damping: {text!r} (0 = off, or e.g. 200)")
     return value
 

@@ -202,13 +202,10 @@ private_mounts() {
 }
 
 case "${1:-}" in
-  run | gui | exec) private_mounts "$@" ;;
-esac
-case "${1:-}" in
   status) status ;;
   provision) provision ;;
-  run) shift; run "$@" ;;
-  gui) shift; gui "$@" ;;
-  exec) shift; exec_in "$@" ;;
+  run) private_mounts "$@"; shift; run "$@" ;;
+  gui) private_mounts "$@"; shift; gui "$@" ;;
+  exec) private_mounts "$@"; shift; exec_in "$@" ;;
   *) die "usage: $0 status | provision | run JOB_DIR BATCH_PY [ENV=VALUE ...] | gui JOB_DIR [OPEN_PY] [ENV=VALUE ...] | exec [--bind DIR]... [ENV=VALUE ...] PROGRAM [ARG ...]" ;;
 esac
