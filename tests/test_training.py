@@ -400,6 +400,44 @@ def test_export_load_round_trip(tiny_spec: DataSpec, tmp_path: Path) -> None:
     assert not (tmp_path / "e.pt").exists()
 
 
+def test_a_stage_from_released_weights_carries_their_history(
+    tiny_spec: DataSpec, tmp_path: Path
+) -> None:
+    """A run warm-started from a weights file (not a run folder) exports that file's steps,
+    samples and time, its own earlier stages, and totals over all of them."""
+    train(_cfg(tiny_spec, tmp_path / "a", max_steps=2, eval_every=0))
+    first = export(tmp_path / "a" / "last.pt", tmp_path / "a.pt")
+    train(
+        _cfg(
+            tiny_spec,
+            tmp_path / "b",
+            max_steps=1,
+            eval_every=0,
+            init_weights=str(tmp_path / "a.pt"),
+        )
+    )
+    export(tmp_path / "b" / "last.pt", tmp_path / "b.pt")
+    train(
+        _cfg(
+            tiny_spec,
+            tmp_path / "c",
+            max_steps=1,
+            eval_every=0,
+            init_weights=str(tmp_path / "b.pt"),
+        )
+    )
+    meta = export(tmp_path / "c" / "last.pt", tmp_path / "c.pt")
+    before = meta["started_from"]
+    assert before["file"] == "b.pt" and before["steps"] == 1 and before["samples"] == 4
+    assert before["started_from"]["file"] == "a.pt" and before["started_from"]["samples"] == 8
+    assert before["started_from"]["sha256"] == first["sha256"]
+    assert meta["total_samples"] == 8 + 4 + 4
+    # A parent without our metadata (here a bare state dict) is named, and nothing more claimed.
+    torch.save(load_weights(tmp_path / "b.pt")[0].state_dict(), tmp_path / "b.pt")
+    meta = export(tmp_path / "c" / "last.pt", tmp_path / "c.pt")
+    assert meta["started_from"] == {"file": "b.pt"} and "total_samples" not in meta
+
+
 def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_path: Path) -> None:
     _, val, _ = build_training(tiny_spec)
     sheet = ContactSheet(tile_height=48)

@@ -106,6 +106,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "look_scale": (["--look-scale", "2"], 2.0),
     "strong_probability": (["--strong-probability", "0.5"], 0.5),
     "max_scene_mismatch": (["--max-scene-mismatch", "1500"], 1500.0),
+    "identity_any_scene": (["--identity-any-scene"], True),
     "first_sample": (["--first-sample", "7"], 7),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
@@ -179,6 +180,7 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-polish-gentle": f"{POLISH} --identity-fraction 0.2 --relative-tau 0.0015",
         "light-2026-12-polish-2": SIXTH,
         "light-2026-12-polish-2-wide": f"{SIXTH} --max-scene-mismatch 6000",
+        "light-2026-12-polish-2-own": f"{SIXTH} --identity-any-scene",
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():
@@ -292,6 +294,7 @@ NEWER_DATA_FIELDS = {
     "look_scale": 1.0,
     "strong_probability": 0.3,
     "max_scene_mismatch": None,
+    "identity_any_scene": False,
     "first_sample": 0,
 }
 """DataSpec fields added after that version, with the defaults that reproduce its data."""

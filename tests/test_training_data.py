@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -332,17 +333,23 @@ def test_scene_limit_redraws_objects_the_scene_does_not_explain(tmp_path: Path) 
         cv2.imwrite(str(masks / f"p{i}.png"), m)
     found = scan_folder("t", photos, masks)
 
-    def worst(limit: float | None) -> list[float]:
-        gen = CompositeGenerator(found, [], seed=2, max_side=80, max_scene_mismatch=limit)
+    def views(limit: float | None, n: int = 12, **kw: Any) -> list[tuple[float, str]]:
+        gen = CompositeGenerator(found, [], seed=2, max_side=80, max_scene_mismatch=limit, **kw)
         out = []
-        for i in range(12):
+        for i in range(n):
             t = gen.triplet(i)
             assert gen.triplet(i).meta == t.meta  # still a function of (seed, i)
-            out.append(scene_mismatch(t.real.astype(np.float32) / 255, t.mask))
+            out.append((scene_mismatch(t.real.astype(np.float32) / 255, t.mask), t.meta["kind"]))
         return out
 
-    assert max(worst(None)) > 3000
-    assert max(worst(1000.0)) <= 1000.0
+    assert max(v for v, _ in views(None)) > 3000
+    assert max(v for v, _ in views(1000.0)) <= 1000.0
+    # identity_any_scene: the pastes left as they are come from every view (the red disc too),
+    # the recoloured ones still from views under the limit.
+    mixed = views(1000.0, 40, identity_fraction=0.5, identity_any_scene=True)
+    kept = [v for v, kind in mixed if kind == "none"]
+    assert 8 <= len(kept) <= 32 and max(kept) > 3000
+    assert max(v for v, kind in mixed if kind != "none") <= 1000.0
 
 
 def test_look_scale_strengthens_looks() -> None:
@@ -368,6 +375,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
         identity_fraction=0.2,
         look_scale=2.0,
         max_scene_mismatch=900.0,
+        identity_any_scene=True,
         first_sample=3,
     )
     train = CompositeGenerator.from_spec(found, shapes, spec, val=False)
@@ -382,6 +390,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert val.identity_fraction == 0.0 and train.look_scale == val.look_scale == 2.0
     assert train.max_scene_mismatch == val.max_scene_mismatch == 900.0
     assert (train.first_index, val.first_index) == (3, 0)  # the validation set never moves
+    assert train.identity_any_scene and not CompositeGenerator(found, shapes).identity_any_scene
     assert max(val.triplet(0).mask.shape) <= 48
     plain = CompositeGenerator(found, shapes)  # the generator's defaults are the spec's
     spec = DataSpec()

@@ -121,6 +121,11 @@ class DataSpec:
         "match's foreground MSE (0..255) on the untouched photo above this (default: keep all)",
         None,
     )
+    identity_any_scene: bool = opt(
+        "composites left unchanged skip the max_scene_mismatch redraw, so objects of their own "
+        "colours (a black horse on a bright field) are shown left as they are",
+        False,
+    )
     first_sample: int = opt(
         "number of the training stream's first composite: a later stage on the same recipe "
         "starts past the samples an earlier one saw, so it draws new composites",

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from layer_harmonizer.model.weights import save_weights
+from layer_harmonizer.model.weights import WeightsError, load_weights, save_weights
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 TRAINED_ON_SYNTHETIC = (
@@ -66,7 +66,7 @@ def _lineage(
     try:
         parent = load_checkpoint(parent_path)
     except (ValueError, OSError):
-        return {"started_from": {"file": Path(parent_path).name}}
+        return _lineage_from_weights(Path(parent_path), ck)
     before = {
         "file": Path(parent_path).name,
         "run": Path(parent_path).parent.name,
@@ -79,6 +79,29 @@ def _lineage(
         before["started_from"] = earlier["started_from"]
     samples = earlier.get("total_samples", before["samples"])
     seconds = earlier.get("total_training_seconds", before["training_seconds"])
+    return {
+        "started_from": before,
+        "total_samples": samples + ck["samples"],
+        "total_training_seconds": round(seconds + float(ck["elapsed"]), 1),
+    }
+
+
+def _lineage_from_weights(path: Path, ck: dict[str, Any]) -> dict[str, Any]:
+    """``_lineage`` for a run warm-started from a released weights file: that file's own
+    metadata says what its stages trained (only its name where it has none, e.g. an official
+    checkpoint)."""
+    try:
+        meta = load_weights(path)[1]
+    except WeightsError:
+        meta = {}
+    if "samples" not in meta:
+        return {"started_from": {"file": path.name}}
+    before = {"file": path.name, "sha256": meta.get("sha256")}
+    before.update({k: meta[k] for k in ("steps", "samples", "training_seconds") if k in meta})
+    if "started_from" in meta:
+        before["started_from"] = meta["started_from"]
+    samples = meta.get("total_samples", meta["samples"])
+    seconds = meta.get("total_training_seconds", meta.get("training_seconds", 0.0))
     return {
         "started_from": before,
         "total_samples": samples + ck["samples"],

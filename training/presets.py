@@ -156,6 +156,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "(limit 6,000): more objects of their own colours, against pulling them to the scene",
             MappingProxyType({**SIXTH, "max_scene_mismatch": 6000.0}),
         ),
+        "light-2026-12-polish-2-own": Preset(
+            "light-2026-12-polish-2 with the pastes left as they are drawn from every view "
+            "(identity_any_scene): objects of their own colours, shown unchanged",
+            MappingProxyType({**SIXTH, "identity_any_scene": True}),
+        ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
             MappingProxyType({**OBJECTS, "smooth_weight": 0.1}),

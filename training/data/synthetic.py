@@ -110,6 +110,10 @@ class CompositeGenerator:
         max_scene_mismatch: redraw views whose :func:`scene_mismatch` exceeds this (None: keep
             every view). Real composites' objects mostly follow their scene's light; a stream
             full of objects the scene does not explain teaches the network to distrust it.
+        identity_any_scene: (training views only) composites left unchanged are drawn from
+            every view, not only those under ``max_scene_mismatch``: the network also sees
+            objects of their own colours, and learns to leave them as they are. Their share is
+            ``identity_fraction``, decided on a stream of its own.
         first_index: composite ``i`` is drawn as number ``first_index + i`` (a later training
             stage on the same recipe sees new composites).
     """
@@ -130,6 +134,7 @@ class CompositeGenerator:
         look_scale: float = 1.0,
         strong_probability: float = STRONG_PROBABILITY,
         max_scene_mismatch: float | None = None,
+        identity_any_scene: bool = False,
         first_index: int = 0,
     ) -> None:
         if not photos:
@@ -149,6 +154,7 @@ class CompositeGenerator:
         self.max_object_area, self.max_object_sides = max_object_area, max_object_sides
         self.look_scale, self.strong_probability = look_scale, strong_probability
         self.max_scene_mismatch = max_scene_mismatch
+        self.identity_any_scene = identity_any_scene
         self.first_index = first_index
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
@@ -173,6 +179,7 @@ class CompositeGenerator:
             look_scale=spec.look_scale,
             strong_probability=spec.strong_probability,
             max_scene_mismatch=spec.max_scene_mismatch,
+            identity_any_scene=spec.identity_any_scene,
             first_index=0 if val else spec.first_sample,
         )
 
@@ -326,7 +333,13 @@ class CompositeGenerator:
         """Synthetic composite number ``index`` (deterministic)."""
         index += self.first_index
         rng = np.random.default_rng([self.seed, index])
-        tries = 1 if self.max_scene_mismatch is None else SCENE_TRIES
+        # Decided apart from ``rng``, so streams without the option are drawn as before.
+        left_as_is = (
+            self.augment
+            and self.identity_any_scene
+            and np.random.default_rng([self.seed, index, 1]).random() < self.identity_fraction
+        )
+        tries = 1 if self.max_scene_mismatch is None or left_as_is else SCENE_TRIES
         for _ in range(tries):  # without a limit: one draw, so older streams are unchanged
             p, real8, binary, soft, origin = self._masked_view(rng)
             real = real8.astype(np.float32) / 255.0
@@ -341,7 +354,10 @@ class CompositeGenerator:
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
         family, strong = draw_family(rng, self.strong_probability)
         # Drawn for training views only, so validation sets stay exactly what they were.
-        if self.augment and self.identity_fraction and rng.random() < self.identity_fraction:
+        if self.identity_any_scene:
+            if left_as_is:
+                family, strong = "none", False
+        elif self.augment and self.identity_fraction and rng.random() < self.identity_fraction:
             family, strong = "none", False
         for _ in range(4):
             if family == "none":
