@@ -21,7 +21,7 @@ from layer_harmonizer.model.weights import load_weights
 from layer_harmonizer.pipeline import low_res_input
 from tests.test_training_data import write_photo_folder
 from training import metrics as M
-from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
 from training.config import DataSpec, TrainConfig
 from training.data import build_training, folder_triplets
 from training.data.samples import collate
@@ -436,6 +436,46 @@ def test_a_stage_from_released_weights_carries_their_history(
     torch.save(load_weights(tmp_path / "b.pt")[0].state_dict(), tmp_path / "b.pt")
     meta = export(tmp_path / "c" / "last.pt", tmp_path / "c.pt")
     assert meta["started_from"] == {"file": "b.pt"} and "total_samples" not in meta
+
+
+def test_a_soup_averages_arms_from_the_same_start(tiny_spec: DataSpec, tmp_path: Path) -> None:
+    """``soup``: the weighted mean of the arms' EMA weights, steps/samples/time summed, each arm
+    recorded; export and report name it; arms from other starts, one arm and bad weights are
+    refused in one line."""
+    from training.__main__ import main
+    from training.report import report
+    from training.soup import soup
+
+    train(_cfg(tiny_spec, tmp_path / "stage", max_steps=2, eval_every=0))
+    export(tmp_path / "stage" / "last.pt", tmp_path / "stage.pt")
+    start = str(tmp_path / "stage.pt")
+    for arm, lr in (("a", 5e-4), ("b", 1e-3)):
+        train(_cfg(tiny_spec, tmp_path / arm, max_steps=1, eval_every=0, lr=lr, init_weights=start))
+    a, b = tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt"
+    main(["soup", str(a), str(b), "--weights", "1,3", "--out", str(tmp_path / "s.pt")])
+    ck, ca, cb = (load_checkpoint(p) for p in (tmp_path / "s.pt", a, b))
+    for key, value in ck["ema"]["module"].items():
+        if value.is_floating_point():
+            mix = 0.25 * ca["ema"]["module"][key] + 0.75 * cb["ema"]["module"][key]
+            torch.testing.assert_close(value, mix)
+    assert ck["samples"] == ca["samples"] + cb["samples"] and ck["step"] == 2
+    assert [arm["weight"] for arm in ck["soup"]] == [0.25, 0.75]
+    assert ca["ema"]["module"].keys() == ck["ema"]["module"].keys()
+    meta = export(tmp_path / "s.pt", tmp_path / "s_w.pt")
+    assert [arm["run"] for arm in meta["soup"]] == ["a", "b"]
+    assert meta["started_from"]["file"] == "stage.pt"
+    assert meta["total_samples"] == 8 + ca["samples"] + cb["samples"]
+    rows = evaluate(build_training(tiny_spec)[1][:2], model_from_checkpoint(ck), with_ssim=False)
+    write_summary(rows, tmp_path / "ev", {"data": "tiny"})
+    assert "weight soup" in report(tmp_path / "s.pt", [(None, tmp_path / "ev" / "summary.json")])
+    with pytest.raises(ValueError, match="at least two"):
+        soup([a], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="positive"):
+        soup([a, b], tmp_path / "x.pt", [1.0, float("nan")])
+    train(_cfg(tiny_spec, tmp_path / "c", max_steps=1, eval_every=0))  # from scratch
+    with pytest.raises(SystemExit, match=r"soup: .* starting weights"):
+        main(["soup", str(a), str(tmp_path / "c" / "last.pt"), "--out", str(tmp_path / "x.pt")])
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Command line: ``python -m training train|presets|evaluate|export|make-synthetic|report|resize``.
+"""Command line: ``python -m training COMMAND``: train, presets, evaluate, export, soup,
+make-synthetic, report or resize.
 
 Run ``python -m training <command> --help`` for the options; docs/training.md has recipes. The
 options of ``train`` (and the data options of ``make-synthetic``) are built from the config
@@ -150,6 +151,18 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soup(a: argparse.Namespace) -> int:
+    from training.soup import soup
+
+    try:
+        weights = [float(w) for w in a.weights.split(",")] if a.weights else None
+        record = soup(a.checkpoints, a.out, weights)
+    except ValueError as exc:
+        raise SystemExit(f"soup: {exc}") from None
+    print(json.dumps(record))
+    return 0
+
+
 def cmd_make_synthetic(a: argparse.Namespace) -> int:
     from training.data import synthetic_split
     from training.data.synthetic import CompositeGenerator, write_triplets
@@ -253,6 +266,14 @@ def _add_export(sub: Any) -> None:
     x.set_defaults(func=cmd_export)
 
 
+def _add_soup(sub: Any) -> None:
+    sp = sub.add_parser("soup", help="average the EMA weights of arms from the same start")
+    sp.add_argument("checkpoints", nargs="+", help="two or more training checkpoints")
+    sp.add_argument("--out", required=True, help="the soup's checkpoint (for evaluate/export)")
+    sp.add_argument("--weights", help="comma-separated, one per checkpoint (default: equal)")
+    sp.set_defaults(func=cmd_soup)
+
+
 def _add_make_synthetic(sub: Any) -> None:
     s = sub.add_parser("make-synthetic", help="write synthetic composites (iHarmony4 layout)")
     options.add_preset(s)
@@ -296,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_presets,
         _add_evaluate,
         _add_export,
+        _add_soup,
         _add_make_synthetic,
         _add_report,
         _add_resize,

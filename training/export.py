@@ -158,6 +158,7 @@ def export(
         "training_seconds": round(float(ck["elapsed"]), 1),
         "weights": "ema" if use_ema else "raw",
         "metrics": metrics,
+        **({"soup": ck["soup"]} if "soup" in ck else {}),
         **_lineage(cfg, ck),
         "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),

@@ -65,8 +65,20 @@ def report(
     ]
     if note:
         lines.append(f"- **{note}**")
+    arms = ck.get("soup", [])
+    if arms:  # steps, samples and time above are the sums over the arms
+        lines.append(
+            "- weight soup (`python -m training soup`) of "
+            + " + ".join(
+                f"{a['weight']:g} x `{a['file']}` of `{a['run']}` ({a['steps']} steps, "
+                f"{a['samples']} samples)"
+                for a in arms
+            )
+        )
     # Evaluations up to this checkpoint; a resumed run may repeat a step (keep the last one).
-    by_step = {e["step"]: e for e in _eval_events(Path(cfg["out"]) / "train.jsonl")}
+    # A soup's curve is none of its arms'.
+    log = Path(cfg["out"]) / "train.jsonl"
+    by_step = {} if arms else {e["step"]: e for e in _eval_events(log)}
     evals = [by_step[s] for s in sorted(by_step) if s <= ck["step"]]
     if evals:
         curve = ", ".join(f"{e['step']}: {e['ema']['fmse']:.0f}" for e in evals)

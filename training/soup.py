@@ -1,0 +1,93 @@
+"""Weight soups: one network from the weighted average of runs' EMA weights.
+
+``python -m training soup A/best.pt B/best.pt --weights 0.5,0.5 --out soup.pt`` writes a
+training checkpoint that ``evaluate --checkpoint``, ``export`` and ``report`` read like any
+other. Arms that started from the same weights and trained side by side on different recipes
+average into a network between them (Wortsman et al., ICML 2022: "model soups"); arms from
+different starting points do not, so a soup must share its arms' ``init_weights``.
+
+The soup's ``step``, ``samples`` and ``elapsed`` are the sums over its arms (the training that
+went into it), and ``soup`` lists each arm: ``{file, run, steps, samples, training_seconds,
+weight}``. It cannot be resumed (its optimiser state is the first arm's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import load_checkpoint, save_checkpoint
+
+
+def _average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict:
+    """Per-tensor weighted average (float64 sums, stored in each tensor's dtype); integer
+    tensors (counters) are taken from the first state."""
+    out = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            out[key] = first
+            continue
+        total = sum(w * s[key].double() for w, s in zip(weights, states, strict=True))
+        out[key] = total.to(first.dtype)
+    return out
+
+
+def _arm(path: Path, ck: dict[str, Any], weight: float) -> dict[str, Any]:
+    return {
+        "file": path.name,
+        "run": path.parent.name,
+        "steps": ck["step"],
+        "samples": ck["samples"],
+        "training_seconds": round(float(ck["elapsed"]), 1),
+        "weight": weight,
+    }
+
+
+def soup(
+    checkpoints: Sequence[str | Path],
+    out: str | Path,
+    weights: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Write the weighted average of ``checkpoints`` (two or more training checkpoints of one
+    variant, network config and starting weights) to ``out``; ``weights`` (positive, scaled to
+    sum 1) default to equal. Returns the soup's ``soup`` record (one entry per arm)."""
+    paths = [Path(p) for p in checkpoints]
+    if len(paths) < 2:
+        raise ValueError("a soup needs at least two checkpoints")
+    weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(paths):
+        raise ValueError(f"{len(weights)} weights for {len(paths)} checkpoints")
+    if not all(w > 0.0 for w in weights):  # also rejects NaN
+        raise ValueError(f"soup weights must be positive; got {weights}")
+    weights = [w / sum(weights) for w in weights]
+    cks = [load_checkpoint(p) for p in paths]
+    first = cks[0]
+    for path, ck in zip(paths[1:], cks[1:], strict=True):
+        for what, value in (
+            ("variant", lambda c: c["variant"]),
+            ("network overrides", lambda c: c["config"].get("model_overrides", {})),
+            ("starting weights (init_weights)", lambda c: c["config"].get("init_weights")),
+        ):
+            if value(ck) != value(first):
+                raise ValueError(
+                    f"{path} differs from {paths[0]} in its {what}: "
+                    f"{value(ck)!r} against {value(first)!r}"
+                )
+        if ck["ema"]["module"].keys() != first["ema"]["module"].keys():
+            raise ValueError(f"{path} holds other tensors than {paths[0]}")
+    arms = [_arm(p, ck, w) for p, ck, w in zip(paths, cks, weights, strict=True)]
+    state = {
+        **first,
+        "model": _average([ck["model"] for ck in cks], weights),
+        "ema": {**first["ema"], "module": _average([ck["ema"]["module"] for ck in cks], weights)},
+        "step": sum(ck["step"] for ck in cks),
+        "samples": sum(ck["samples"] for ck in cks),
+        "elapsed": sum(float(ck["elapsed"]) for ck in cks),
+        "soup": arms,
+    }
+    state.pop("best_fmse", None)  # no validation scored this network during training
+    save_checkpoint(Path(out), state)
+    return {"soup": arms}
