@@ -407,25 +407,10 @@ def test_a_stage_from_released_weights_carries_their_history(
     samples and time, its own earlier stages, and totals over all of them."""
     train(_cfg(tiny_spec, tmp_path / "a", max_steps=2, eval_every=0))
     first = export(tmp_path / "a" / "last.pt", tmp_path / "a.pt")
-    train(
-        _cfg(
-            tiny_spec,
-            tmp_path / "b",
-            max_steps=1,
-            eval_every=0,
-            init_weights=str(tmp_path / "a.pt"),
-        )
-    )
-    export(tmp_path / "b" / "last.pt", tmp_path / "b.pt")
-    train(
-        _cfg(
-            tiny_spec,
-            tmp_path / "c",
-            max_steps=1,
-            eval_every=0,
-            init_weights=str(tmp_path / "b.pt"),
-        )
-    )
+    for stage, parent in (("b", "a.pt"), ("c", "b.pt")):  # each from the previous file
+        start = str(tmp_path / parent)
+        train(_cfg(tiny_spec, tmp_path / stage, max_steps=1, eval_every=0, init_weights=start))
+        export(tmp_path / stage / "last.pt", tmp_path / f"{stage}.pt")
     meta = export(tmp_path / "c" / "last.pt", tmp_path / "c.pt")
     before = meta["started_from"]
     assert before["file"] == "b.pt" and before["steps"] == 1 and before["samples"] == 4
