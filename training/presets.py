@@ -102,7 +102,7 @@ SIXTH: dict[str, Any] = {
     "time_budget": 150 * 60.0,
     "first_sample": 200_000,
 }
-"""A sixth stage from the shipped stage-5 weights, on composites past those stage 5 saw."""
+"""A sixth stage from the stage-5 weights, on composites past those stage 5 saw."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -139,7 +139,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         ),
         "light-2026-12-polish": Preset(
             "a fifth stage: light-2026-12-scene-loose's recipe for 80 more minutes from its "
-            "weights (a new LR cycle): the shipped default, with damping 200 at export",
+            "weights (a new LR cycle): the default until stage 6",
             MappingProxyType(POLISH),
         ),
         "light-2026-12-polish-gentle": Preset(
@@ -148,7 +148,8 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             MappingProxyType({**POLISH, "identity_fraction": 0.2, "relative_tau": 0.0015}),
         ),
         "light-2026-12-polish-2": Preset(
-            "a sixth stage: the polish recipe for 150 more minutes from its weights",
+            "a sixth stage: the polish recipe for 150 more minutes from its weights (the "
+            "shipped default: 0.85 of it, 90 minutes, averaged with -own)",
             MappingProxyType(SIXTH),
         ),
         "light-2026-12-polish-2-wide": Preset(

@@ -46,11 +46,13 @@ def report(
         raise ValueError("report needs at least one evaluation summary")
     ck = load_checkpoint(checkpoint)
     cfg = ck["config"]
+    arms = ck.get("soup", [])
+    where = ", a weight soup of the runs below" if arms else f" of `{cfg['out']}`"
     samples, elapsed = ck["samples"], float(ck["elapsed"])
     lines = [
         "### Training run",
         "",
-        f"- checkpoint: `{Path(checkpoint).name}` of `{cfg['out']}`, EMA weights, "
+        f"- checkpoint: `{Path(checkpoint).name}`{where}, EMA weights, "
         f"report written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- variant `{ck['variant']}`"
         + (f" with overrides {cfg['model_overrides']}" if cfg.get("model_overrides") else ""),
@@ -65,13 +67,12 @@ def report(
     ]
     if note:
         lines.append(f"- **{note}**")
-    arms = ck.get("soup", [])
-    if arms:  # steps, samples and time above are the sums over the arms
+    if arms:  # steps, samples and time above are the sums over the arms; LR: the first's
         lines.append(
             "- weight soup (`python -m training soup`) of "
             + " + ".join(
                 f"{a['weight']:g} x `{a['file']}` of `{a['run']}` ({a['steps']} steps, "
-                f"{a['samples']} samples)"
+                f"{a['samples']} samples, {a['training_seconds'] / 60:.0f} min)"
                 for a in arms
             )
         )
