@@ -354,10 +354,12 @@ class CompositeGenerator:
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
         family, strong = draw_family(rng, self.strong_probability)
         # Drawn for training views only, so validation sets stay exactly what they were.
-        if self.identity_any_scene:
-            if left_as_is:
-                family, strong = "none", False
-        elif self.augment and self.identity_fraction and rng.random() < self.identity_fraction:
+        if left_as_is or (
+            not self.identity_any_scene
+            and self.augment
+            and self.identity_fraction
+            and rng.random() < self.identity_fraction
+        ):
             family, strong = "none", False
         for _ in range(4):
             if family == "none":
