@@ -39,6 +39,18 @@ BUSY_RETRY_S = 2.0
 """How long in all a request is retried, with back-off, while the daemon answers ``busy``."""
 
 
+def _send(sock: zmq.Socket, parts: list[Any], timeout: float) -> bool:
+    """Send a multipart message, waiting at most ``timeout`` s for the socket to take it; False
+    if it did not. A DEALER whose only peer failed its handshake (e.g. something that is not
+    our daemon on a stale TCP port) has no peer to queue for, and would block forever."""
+    sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+    try:
+        sock.send_multipart(parts, copy=False)
+    except zmq.Again:
+        return False
+    return True
+
+
 class Connection:
     """One connection (a DEALER socket) to a daemon. Not thread-safe: one per thread.
 
@@ -216,9 +228,9 @@ class Connection:
             if hello is None or msg_type == P.HELLO:
                 return hello
         msg_id = P.new_id()
-        sock.send_multipart(
-            P.pack(msg_type, body, frames, token=self.token, msg_id=msg_id), copy=False
-        )
+        parts = P.pack(msg_type, body, frames, token=self.token, msg_id=msg_id)
+        if not _send(sock, parts, timeout):
+            return None
         return self._wait(sock, msg_id, timeout, on_progress, cancel)
 
     def _handshake(
@@ -230,7 +242,8 @@ class Connection:
         challenge = secrets.token_hex(32)
         msg_id = P.new_id()
         body = {"client": f"harmonize-client/{_version()}", **(body or {}), "challenge": challenge}
-        sock.send_multipart(P.pack(P.HELLO, body, msg_id=msg_id))
+        if not _send(sock, P.pack(P.HELLO, body, msg_id=msg_id), timeout):
+            return None
         reply = self._wait(sock, msg_id, timeout, None, None)
         if reply is None:
             return None
