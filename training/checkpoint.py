@@ -42,6 +42,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def run_record(path: str | Path, ck: dict[str, Any]) -> dict[str, Any]:
+    """What checkpoint ``path`` had trained: ``{file, run, steps, samples, training_seconds}``
+    (``run``: its folder's name), as weights metadata and soups record it."""
+    path = Path(path)
+    return {
+        "file": path.name,
+        "run": path.parent.name,
+        "steps": ck["step"],
+        "samples": ck["samples"],
+        "training_seconds": round(float(ck["elapsed"]), 1),
+    }
+
+
 def model_from_checkpoint(ck: dict[str, Any], *, ema: bool = True) -> AICTNet:
     """The network of a checkpoint (EMA weights unless ``ema=False``), in eval mode."""
     model = create_model(ck["variant"], **ck["config"].get("model_overrides", {}))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from layer_harmonizer.model.weights import WeightsError, load_weights, save_weights
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.checkpoint import load_checkpoint, model_from_checkpoint, run_record
 
 TRAINED_ON_SYNTHETIC = (
     "synthetic composites (training/data/synthetic.py) from ../shared/data: natural_photos "
@@ -67,13 +67,7 @@ def _lineage(
         parent = load_checkpoint(parent_path)
     except (ValueError, OSError):
         return _lineage_from_weights(Path(parent_path), ck)
-    before = {
-        "file": Path(parent_path).name,
-        "run": Path(parent_path).parent.name,
-        "steps": parent["step"],
-        "samples": parent["samples"],
-        "training_seconds": round(float(parent["elapsed"]), 1),
-    }
+    before = run_record(parent_path, parent)
     earlier = _lineage(parent.get("config", {}), parent, seen | {resolved})
     if "started_from" in earlier:
         before["started_from"] = earlier["started_from"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, run_record, save_checkpoint
 
 
 def _average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict:
@@ -33,17 +33,6 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dic
         total = sum(w * s[key].double() for w, s in zip(weights, states, strict=True))
         out[key] = total.to(first.dtype)
     return out
-
-
-def _arm(path: Path, ck: dict[str, Any], weight: float) -> dict[str, Any]:
-    return {
-        "file": path.name,
-        "run": path.parent.name,
-        "steps": ck["step"],
-        "samples": ck["samples"],
-        "training_seconds": round(float(ck["elapsed"]), 1),
-        "weight": weight,
-    }
 
 
 def soup(
@@ -78,7 +67,9 @@ def soup(
                 )
         if ck["ema"]["module"].keys() != first["ema"]["module"].keys():
             raise ValueError(f"{path} holds other tensors than {paths[0]}")
-    arms = [_arm(p, ck, w) for p, ck, w in zip(paths, cks, weights, strict=True)]
+    arms = [
+        {**run_record(p, ck), "weight": w} for p, ck, w in zip(paths, cks, weights, strict=True)
+    ]
     state = {
         **first,
         "model": _average([ck["model"] for ck in cks], weights),
