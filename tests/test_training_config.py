@@ -52,6 +52,10 @@ SIXTH = (
     "--first-sample 200000"
 )
 """The sixth stage's command: the polish recipe again from its weights."""
+SEVENTH = (
+    f"{SIXTH} --time-budget 85m --init-weights {{runs}}/default-stage6.pt --first-sample 400000"
+)
+"""The seventh stage's command: the polish recipe again from the stage-6 default."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -181,6 +185,10 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-polish-2": SIXTH,
         "light-2026-12-polish-2-wide": f"{SIXTH} --max-scene-mismatch 6000",
         "light-2026-12-polish-2-own": f"{SIXTH} --identity-any-scene",
+        "light-2026-12-seventh": SEVENTH,
+        "light-2026-12-seventh-own-wide": (
+            f"{SEVENTH} --identity-any-scene --max-scene-mismatch 6000 --first-sample 300000"
+        ),
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():

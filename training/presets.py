@@ -103,6 +103,14 @@ SIXTH: dict[str, Any] = {
     "first_sample": 200_000,
 }
 """A sixth stage from the stage-5 weights, on composites past those stage 5 saw."""
+SEVENTH: dict[str, Any] = {
+    **SIXTH,
+    "init_weights": "{runs}/default-stage6.pt",
+    "time_budget": 85 * 60.0,
+    "first_sample": 400_000,
+}
+"""A seventh stage from the stage-6 default (a copy of its ``default.pt`` in the runs folder), on
+composites past those stages 6 and 7 drew."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -161,6 +169,22 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "light-2026-12-polish-2 with the pastes left as they are drawn from every view "
             "(identity_any_scene): objects of their own colours, shown unchanged",
             MappingProxyType({**SIXTH, "identity_any_scene": True}),
+        ),
+        "light-2026-12-seventh": Preset(
+            "a seventh stage: the polish recipe for 85 more minutes from the stage-6 default",
+            MappingProxyType(SEVENTH),
+        ),
+        "light-2026-12-seventh-own-wide": Preset(
+            "light-2026-12-seventh with objects of their own colours both left as they are "
+            "(identity_any_scene) and recoloured (scene limit 6,000), on composites of their own",
+            MappingProxyType(
+                {
+                    **SEVENTH,
+                    "identity_any_scene": True,
+                    "max_scene_mismatch": 6000.0,
+                    "first_sample": 300_000,
+                }
+            ),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
