@@ -123,6 +123,19 @@ def test_light_weights_are_not_the_paper_network(tmp_path: Path) -> None:
         load_weights(path)
 
 
+@pytest.mark.parametrize("damping", [-200.0, float("nan"), "200", True])
+def test_a_stored_damping_that_is_not_a_number_ge_0_is_refused(
+    tmp_path: Path, damping: object
+) -> None:
+    path = tmp_path / "w.pt"
+    save_weights(path, create_model("aict-light"), "aict-light")
+    obj = torch.load(path, weights_only=True)
+    obj["config"]["damping"] = damping
+    torch.save(obj, path)
+    with pytest.raises(WeightsError, match=r"stores damping .*must be 0 \(off\) or a positive"):
+        load_weights(path)
+
+
 class _Evil:
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (print, ("unpickled arbitrary code",))

@@ -86,6 +86,12 @@ def _config_from(meta: dict[str, Any], path: Path) -> AICTConfig:
     unknown = sorted(set(stored) - known)
     if unknown:
         raise WeightsError(f"{path} has config fields this version does not know: {unknown}")
+    damping = stored.get("damping", 0.0)
+    if isinstance(damping, bool) or not isinstance(damping, int | float) or not damping >= 0.0:
+        raise WeightsError(
+            f"{path} stores damping {damping!r}; it must be 0 (off) or a positive number "
+            "(export the file again with --damping)"
+        )
     return variant_config(variant, **stored)
 
 
