@@ -157,7 +157,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         ),
         "light-2026-12-polish-2": Preset(
             "a sixth stage: the polish recipe for 150 more minutes from its weights (the "
-            "shipped default: 0.85 of it, 90 minutes, averaged with -own)",
+            "stage-6 default: 0.85 of it, 90 minutes, averaged with -own)",
             MappingProxyType(SIXTH),
         ),
         "light-2026-12-polish-2-wide": Preset(
