@@ -28,6 +28,7 @@ from layer_harmonizer.install.common import (
     MARKER,
     InstallError,
     InstallReport,
+    PluginOptions,
     project_root,
     write_vendored_wire,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "MARKER",
     "InstallError",
     "InstallReport",
+    "PluginOptions",
     "gimp_plugin_dir",
     "gimp_profile_candidates",
     "install_krita",
@@ -91,24 +93,17 @@ def install_plugin(
     Args:
         plugin_dir: the exact folder to install into (default: from ``host_dir``; GIMP only).
         host_dir: the host's profile folder (GIMP: ``.../GIMP/3.0``); default: found.
-        deps: ``auto`` (vendor pyzmq/msgpack only if the host's Python lacks them),
-            ``host`` (trust the host's Python), ``vendor`` (always vendor).
-        host_python: the host's interpreter command (default: the platform's usual one).
-        python_version, platform: vendor for this Python (``"3.12"``, ``"win-amd64"``)
-            without running it.
-        serve_args: extra ``harmonize serve`` arguments the plugin uses when it starts the
-            daemon (e.g. ``["--weights", path]``).
-        wheel_dir: use these wheel files instead of downloading (offline installs).
         kritarc: Krita's settings file (Krita only).
+        deps, host_python, python_version, platform, serve_args, wheel_dir: how the folder is
+            filled (:class:`~.common.PluginOptions`).
     """
-    common = {"deps": deps, "host_python": host_python, "python_version": python_version,
-              "platform": platform, "serve_args": serve_args, "wheel_dir": wheel_dir}  # fmt: skip
+    options = PluginOptions(deps, host_python, python_version, platform, serve_args, wheel_dir)
     if host == "krita":
         if plugin_dir is not None:
             raise InputError("Krita plugins live in <krita dir>/pykrita: use --krita-dir")
-        return install_krita(krita_dir=host_dir, kritarc=kritarc, **common)
+        return install_krita(krita_dir=host_dir, kritarc=kritarc, options=options)
     _check_host(host)
-    return install_gimp(plugin_dir=plugin_dir, gimp_dir=host_dir, **common)
+    return install_gimp(plugin_dir=plugin_dir, gimp_dir=host_dir, options=options)
 
 
 def uninstall_plugin(

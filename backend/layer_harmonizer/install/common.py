@@ -34,6 +34,33 @@ class InstallError(HarmonizeError):
     """The plugin could not be installed or uninstalled (the message says why and what to do)."""
 
 
+@dataclass(frozen=True)
+class PluginOptions:
+    """How a plug-in folder is filled, the same for every host (``install-plugin`` options).
+
+    Args:
+        deps: ``auto`` (vendor pyzmq/msgpack only if the host's Python lacks them),
+            ``host`` (trust the host's Python), ``vendor`` (always vendor).
+        host_python: the host's interpreter command (default: the platform's usual one).
+        python_version, platform: vendor for this Python (``"3.12"``, ``"win-amd64"``)
+            without running it.
+        serve_args: extra ``harmonize serve`` arguments the plugin uses when it starts the
+            daemon (e.g. ``["--weights", path]``).
+        wheel_dir: use these wheel files instead of downloading (offline installs).
+    """
+
+    deps: str = "auto"
+    host_python: Sequence[str] | None = None
+    python_version: str | None = None
+    platform: str | None = None
+    serve_args: Sequence[str] = ()
+    wheel_dir: Path | None = None
+
+
+DEFAULT_OPTIONS = PluginOptions()
+"""``install-plugin`` without options: vendor only what the host's usual Python lacks."""
+
+
 @dataclass
 class InstallReport:
     """What an install did, for the CLI to print."""

@@ -7,12 +7,13 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from layer_harmonizer.install.common import (
+    DEFAULT_OPTIONS,
     VENDOR,
     InstallReport,
+    PluginOptions,
     check_replaceable,
     plugin_source,
     write_vendored_wire,
@@ -65,21 +66,14 @@ def install_gimp(
     *,
     plugin_dir: Path | None = None,
     gimp_dir: Path | None = None,
-    deps: str = "auto",
-    host_python: Sequence[str] | None = None,
-    python_version: str | None = None,
-    platform: str | None = None,
-    serve_args: Sequence[str] = (),
-    wheel_dir: Path | None = None,
+    options: PluginOptions = DEFAULT_OPTIONS,
 ) -> InstallReport:
     """Install (or replace) the GIMP plug-in: into ``plugin_dir``, else the plug-ins folder of
-    the profile ``gimp_dir`` (default: found). Other arguments as
-    :func:`layer_harmonizer.install.install_plugin`."""
+    the profile ``gimp_dir`` (default: found), filled as ``options`` say."""
     source = plugin_source("gimp")
     target = Path(plugin_dir) if plugin_dir else gimp_plugin_dir(gimp_dir)
     check_replaceable(target)
-    default = default_gimp_python()
-    mode, probed = resolve_deps(deps, host_python, python_version, platform, default)
+    mode, probed = resolve_deps(options, default_gimp_python())
     report = InstallReport(target, mode, host_python=probed)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".harmonize-", dir=target.parent))
@@ -88,10 +82,7 @@ def install_gimp(
         shutil.copytree(source, staging, dirs_exist_ok=True, ignore=ignore)
         (staging / "harmonize.py").chmod(0o755)  # GIMP runs it by its shebang
         write_vendored_wire(staging / VENDOR)
-        finish_plugin_folder(
-            staging, "gimp", report, serve_args,
-            python_version=python_version, platform=platform, wheel_dir=wheel_dir,
-        )  # fmt: skip
+        finish_plugin_folder(staging, "gimp", report, options)
         staging.chmod(0o755)
         if target.exists():
             shutil.rmtree(target)

@@ -4,6 +4,7 @@ Plugin from File (with wheels per Krita Python)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -13,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from layer_harmonizer.install.common import (
+    DEFAULT_OPTIONS,
     VENDOR,
     InstallReport,
+    PluginOptions,
     check_replaceable,
     plugin_source,
     write_vendored_wire,
@@ -133,20 +136,14 @@ def install_krita(
     *,
     krita_dir: Path | None = None,
     kritarc: Path | None = None,
-    deps: str = "auto",
-    host_python: Sequence[str] | None = None,
-    python_version: str | None = None,
-    platform: str | None = None,
-    serve_args: Sequence[str] = (),
-    wheel_dir: Path | None = None,
+    options: PluginOptions = DEFAULT_OPTIONS,
 ) -> InstallReport:
     """``harmonize install-plugin krita``: the plugin into Krita's resource folder
     (``pykrita/harmonize/``, ``pykrita/harmonize.desktop``, ``actions/harmonize.action``),
     enabled in ``kritarc``, with ``settings.json`` saying how to start the daemon.
 
-    Arguments as :func:`layer_harmonizer.install.install_plugin`; ``krita_dir`` is the
-    resource folder and ``kritarc`` Krita's settings file (defaults: :func:`krita_locations`).
-    Close Krita first.
+    ``krita_dir`` is the resource folder and ``kritarc`` Krita's settings file (defaults:
+    :func:`krita_locations`); the folder is filled as ``options`` say. Close Krita first.
     """
     default_dir, default_rc = krita_locations()
     resources = Path(krita_dir) if krita_dir else default_dir
@@ -154,16 +151,17 @@ def install_krita(
     target = resources / "pykrita" / KRITA_NAME
     check_replaceable(target)
     probe, default_version, default_platform = default_krita_python()
-    python_version = python_version or (None if host_python else default_version)
-    platform = platform or (None if host_python else default_platform)
-    mode, probed = resolve_deps(deps, host_python, python_version, platform, probe or [])
+    if not options.host_python:  # no interpreter named: Krita's usual version and platform
+        options = dataclasses.replace(
+            options,
+            python_version=options.python_version or default_version,
+            platform=options.platform or default_platform,
+        )
+    mode, probed = resolve_deps(options, probe or [])
     report = InstallReport(target, mode, host_python=probed)
     with tempfile.TemporaryDirectory() as tmp:
         package = _stage_krita(Path(tmp))
-        finish_plugin_folder(
-            package, "krita", report, serve_args,
-            python_version=python_version, platform=platform, wheel_dir=wheel_dir,
-        )  # fmt: skip
+        finish_plugin_folder(package, "krita", report, options)
         for folder in ("pykrita", "actions"):
             (resources / folder).mkdir(parents=True, exist_ok=True)
         if target.exists():

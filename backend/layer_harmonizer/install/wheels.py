@@ -19,6 +19,7 @@ from layer_harmonizer.install.common import (
     VENDOR,
     InstallError,
     InstallReport,
+    PluginOptions,
     write_plugin_files,
 )
 
@@ -118,13 +119,13 @@ def unpack_wheels(wheels: Sequence[Path], dest: Path) -> list[str]:
 
 
 def resolve_deps(
-    deps: str,
-    host_python: Sequence[str] | None,
-    python_version: str | None,
-    platform: str | None,
-    default_python: Sequence[str],
+    options: PluginOptions, default_python: Sequence[str]
 ) -> tuple[str, HostPython | None]:
-    """``(what to do: "host" | "assumed" | "vendor", probed interpreter)``."""
+    """``(what to do: "host" | "assumed" | "vendor", probed interpreter)`` for ``options``;
+    ``default_python`` is the host's usual interpreter, probed when ``options`` name neither
+    one nor a Python version and platform."""
+    deps, host_python = options.deps, options.host_python
+    python_version, platform = options.python_version, options.platform
     if deps not in DEPS_MODES:
         raise InputError(f"--deps must be one of {', '.join(DEPS_MODES)}; got {deps!r}")
     if deps == "host":
@@ -143,45 +144,28 @@ def resolve_deps(
     return "vendor", probed
 
 
-def vendor_wheels(
-    dest: Path,
-    *,
-    probed: HostPython | None,
-    python_version: str | None,
-    platform: str | None,
-    wheel_dir: Path | None,
-) -> list[str]:
-    """Unpack pyzmq + msgpack for the host's Python (``python_version``/``platform``, else the
-    probed interpreter's) into ``dest``: from ``wheel_dir`` when given, else downloaded.
-    Returns the wheels' names."""
-    version = python_version or probed.version  # type: ignore[union-attr]
-    plat = platform or probed.platform  # type: ignore[union-attr]
+def vendor_wheels(dest: Path, options: PluginOptions, probed: HostPython | None) -> list[str]:
+    """Unpack pyzmq + msgpack for the host's Python (``options``' version and platform, else
+    the probed interpreter's) into ``dest``: from ``options.wheel_dir`` when given, else
+    downloaded. Returns the wheels' names."""
+    version = options.python_version or probed.version  # type: ignore[union-attr]
+    plat = options.platform or probed.platform  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory() as tmp:
         wheels = (
-            sorted(Path(wheel_dir).glob("*.whl"))
-            if wheel_dir
+            sorted(Path(options.wheel_dir).glob("*.whl"))
+            if options.wheel_dir
             else download_wheels(Path(tmp), version, wheel_platforms(plat))
         )
         return unpack_wheels(wheels, dest)
 
 
 def finish_plugin_folder(
-    folder: Path,
-    host: str,
-    report: InstallReport,
-    serve_args: Sequence[str],
-    *,
-    python_version: str | None,
-    platform: str | None,
-    wheel_dir: Path | None,
+    folder: Path, host: str, report: InstallReport, options: PluginOptions
 ) -> None:
     """The last step of staging a plug-in in ``folder``: pyzmq + msgpack unpacked into
     ``folder/vendor`` when the install vendors them (``report.deps`` ``"vendor"`` becomes
     ``"vendored"``, ``report.wheels`` their names), then ``settings.json`` and the marker."""
     if report.deps == "vendor":
-        report.wheels = vendor_wheels(
-            folder / VENDOR, probed=report.host_python, python_version=python_version,
-            platform=platform, wheel_dir=wheel_dir,
-        )  # fmt: skip
+        report.wheels = vendor_wheels(folder / VENDOR, options, report.host_python)
         report.deps = "vendored"
-    write_plugin_files(folder, host, serve_args, report.deps)
+    write_plugin_files(folder, host, options.serve_args, report.deps)
