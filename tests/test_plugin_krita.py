@@ -510,8 +510,9 @@ def test_install_krita_vendors_wheels(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     fake_wheel(wheels, "pyzmq", "zmq")
     fake_wheel(wheels, "msgpack", "msgpack")
-    options = I.PluginOptions("vendor", python_version="3.10", platform="win-amd64",
-                              wheel_dir=wheels)  # fmt: skip
+    options = I.PluginOptions(
+        "vendor", python_version="3.10", platform="win-amd64", wheel_dir=wheels
+    )
     report = I.install_krita(krita_dir=tmp_path / "k", kritarc=tmp_path / "rc", options=options)
     vendor = report.plugin_dir / "vendor"
     assert report.deps == "vendored" and len(report.wheels) == 2
