@@ -56,6 +56,11 @@ SEVENTH = (
     f"{SIXTH} --time-budget 85m --init-weights {{runs}}/default-stage6.pt --first-sample 400000"
 )
 """The seventh stage's command: the polish recipe again from the stage-6 default."""
+EIGHTH = (
+    f"{SIXTH} --time-budget 75m --init-weights {{runs}}/default-stage7.pt --first-sample 500000 "
+    "--foreign-fraction 0.25"
+)
+"""The eighth stage's command: a quarter of the objects pasted from other photos."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -111,6 +116,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "strong_probability": (["--strong-probability", "0.5"], 0.5),
     "max_scene_mismatch": (["--max-scene-mismatch", "1500"], 1500.0),
     "identity_any_scene": (["--identity-any-scene"], True),
+    "foreign_fraction": (["--foreign-fraction", "0.3"], 0.3),
     "first_sample": (["--first-sample", "7"], 7),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
@@ -188,6 +194,10 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-seventh": SEVENTH,
         "light-2026-12-seventh-own-wide": (
             f"{SEVENTH} --identity-any-scene --max-scene-mismatch 6000 --first-sample 300000"
+        ),
+        "light-2026-12-eighth-foreign": EIGHTH,
+        "light-2026-12-eighth-foreign-half": (
+            f"{EIGHTH} --foreign-fraction 0.5 --first-sample 600000"
         ),
     }
     assert set(expected) == set(presets.PRESETS)
@@ -303,6 +313,7 @@ NEWER_DATA_FIELDS = {
     "strong_probability": 0.3,
     "max_scene_mismatch": None,
     "identity_any_scene": False,
+    "foreign_fraction": 0.0,
     "first_sample": 0,
 }
 """DataSpec fields added after that version, with the defaults that reproduce its data."""

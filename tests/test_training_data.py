@@ -14,12 +14,19 @@ from training.config import DataSpec
 from training.data import colour_edits as ops
 from training.data import iharmony4, mistakes
 from training.data.augment import crop_box, crop_flip, fit_size, limit_size
-from training.data.masks import feather, label_region, place_bank_mask, sides_touched
+from training.data.masks import (
+    feather,
+    label_region,
+    place_bank_mask,
+    place_cutout,
+    sides_touched,
+)
 from training.data.samples import Triplet, collate, training_example
 from training.data.sources import scan_folder, split_keys, split_photos
 from training.data.synthetic import (
     VAL_SEED_OFFSET,
     CompositeGenerator,
+    light_gap,
     scene_mismatch,
     write_triplets,
 )
@@ -190,6 +197,84 @@ def test_place_bank_mask_fits_canvas() -> None:
     assert place_bank_mask(box, (50, 90), rng) is not None
     assert place_bank_mask(box, (50, 90), rng, max_fill=0.9) is None
     assert place_bank_mask(shape, (50, 90), rng, max_fill=0.9) is None  # a filled bar, too
+
+
+def test_place_cutout_carries_the_object_pixels_with_its_mask() -> None:
+    shape = np.zeros((64, 64), np.float32)
+    shape[10:50, 20:30] = 1
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[shape > 0] = (200, 100, 30)
+    pixels[:, :5] = 255  # outside the object's box: never carried along
+    for seed in range(6):
+        placed = place_cutout(shape, (50, 90), np.random.default_rng(seed), pixels=pixels)
+        assert placed is not None
+        mask, cutout = placed
+        # The same draws as place_bank_mask: the same place for the same stream.
+        assert np.array_equal(mask, place_bank_mask(shape, (50, 90), np.random.default_rng(seed)))
+        assert cutout is not None and cutout.shape == (50, 90, 3) and cutout.dtype == np.uint8
+        inside = cutout[mask > 0]
+        assert inside.size and np.abs(inside.astype(int) - (200, 100, 30)).max() <= 1
+        assert cutout[mask == 0].max() <= 200 and not (cutout == 255).any()
+    assert place_cutout(np.zeros((8, 8), np.float32), (10, 10), np.random.default_rng(0)) is None
+
+
+def test_light_gap_tells_a_cast_and_an_exposure_apart() -> None:
+    img = smooth_photo(48, 64, 1)
+    assert light_gap(img, img) == (0.0, 0.0)
+    warm = np.clip(img * np.array([1.3, 1.0, 0.7]), 0, 255).astype(np.uint8)
+    dark = (img // 4).astype(np.uint8)
+    cast, exposure = light_gap(img, warm)
+    assert cast > 0.2 and exposure < 0.1
+    cast, exposure = light_gap(img, dark)
+    assert cast < 0.1 and exposure > 1.0
+
+
+def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
+    """Two donors (a red disc on its own photo) and two scenes without masks, all lit alike:
+    a foreign paste carries the disc into a scene; left as it is, the composite is the truth."""
+    photos, masks, bank = tmp_path / "photos", tmp_path / "masks", tmp_path / "bank"
+    for d in (photos, masks, bank):
+        d.mkdir()
+    for i in range(4):
+        img = np.full((60, 80, 3), 120, np.uint8) + np.random.default_rng(i).integers(
+            0, 8, (60, 80, 3)
+        ).astype(np.uint8)
+        if i < 2:
+            m = np.zeros((60, 80), np.uint8)
+            cv2.circle(m, (40, 30), 12, 255, -1)
+            img[m > 0] = (150, 110, 100)
+            cv2.imwrite(str(masks / f"p{i}.png"), m)
+        cv2.imwrite(str(photos / f"p{i}.png"), img[..., ::-1])
+    cv2.imwrite(str(bank / "b.png"), np.pad(np.full((20, 20), 255, np.uint8), 10))
+    found = scan_folder("t", photos, masks)
+    gen = CompositeGenerator(
+        found, sorted(bank.iterdir()), seed=1, max_side=80, foreign_fraction=1.0, augment=False
+    )
+    assert sorted(p.key for ps in gen.donors.values() for p in ps) == ["t/p0", "t/p1"]
+    out = [gen.triplet(i) for i in range(24)]
+    pasted = [t for t in out if t.meta["mask_origin"].startswith("foreign:")]
+    assert len(pasted) >= 20
+    for t in pasted:
+        donor = t.meta["mask_origin"].split(":", 1)[1]
+        assert donor != t.meta["photo"] and donor in ("t/p0", "t/p1")
+        core = cv2.erode((t.mask > 0.99).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        # The object is the donor's disc (its resampled rim aside), not the scene's grey.
+        assert np.abs(t.real[core].astype(int) - (150, 110, 100)).max() <= 3
+        assert t.meta["kind"] in ("none", "look", "light")
+        if t.meta["kind"] == "none":
+            assert np.array_equal(t.composite, t.real) and not t.meta["strong"]
+    assert {t.meta["kind"] for t in pasted} == {"none", "look", "light"}
+    assert gen.triplet(5).meta == out[5].meta  # still a function of (seed, i)
+    # Donors bright, the other scenes black: no donor is lit like a black scene, whose
+    # composites are ordinary views; a bright scene (the other donor) still gets a paste.
+    for p in found:
+        gen._cache[p.image] = np.full((60, 80, 3), 200 if p.masks else 0, np.uint8)
+    again = [gen.triplet(i).meta for i in range(24)]
+    assert {m["photo"] for m in again if m["mask_origin"].startswith("foreign")} == {
+        "t/p0",
+        "t/p1",
+    }
+    assert any(m["photo"] in ("t/p2", "t/p3") for m in again)
 
 
 def test_label_region_picks_one_mid_sized_region() -> None:
@@ -376,6 +461,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
         look_scale=2.0,
         max_scene_mismatch=900.0,
         identity_any_scene=True,
+        foreign_fraction=0.4,
         first_sample=3,
     )
     train = CompositeGenerator.from_spec(found, shapes, spec, val=False)
@@ -389,6 +475,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert (val.seed, val.max_side, val.augment) == (4 + VAL_SEED_OFFSET, 48, False)
     assert val.identity_fraction == 0.0 and train.look_scale == val.look_scale == 2.0
     assert train.max_scene_mismatch == val.max_scene_mismatch == 900.0
+    assert train.foreign_fraction == val.foreign_fraction == 0.4
     assert (train.first_index, val.first_index) == (3, 0)  # the validation set never moves
     assert train.identity_any_scene and not CompositeGenerator(found, shapes).identity_any_scene
     assert max(val.triplet(0).mask.shape) <= 48
@@ -403,6 +490,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert plain.max_bank_fill == spec.max_bank_fill
     assert plain.max_scene_mismatch is spec.max_scene_mismatch is None
     assert plain.first_index == spec.first_sample == 0
+    assert plain.foreign_fraction == spec.foreign_fraction == 0.0
 
 
 def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:

@@ -126,6 +126,12 @@ class DataSpec:
         "colours (a black horse on a bright field) are shown left as they are",
         False,
     )
+    foreign_fraction: float = opt(
+        "share of composites whose object is cut from another photo lit like the scene and "
+        "pasted as it is, then left so or given a look or another light: its own colours are "
+        "the truth (validation sets too)",
+        0.0,
+    )
     first_sample: int = opt(
         "number of the training stream's first composite: a later stage on the same recipe "
         "starts past the samples an earlier one saw, so it draws new composites",

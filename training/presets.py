@@ -111,6 +111,15 @@ SEVENTH: dict[str, Any] = {
 }
 """A seventh stage from the stage-6 default (a copy of its ``default.pt`` in the runs folder), on
 composites past those stages 6 and 7 drew."""
+EIGHTH: dict[str, Any] = {
+    **SIXTH,
+    "init_weights": "{runs}/default-stage7.pt",
+    "time_budget": 75 * 60.0,
+    "first_sample": 500_000,
+    "foreign_fraction": 0.25,
+}
+"""An eighth stage from the stage-7 default (a copy of its ``default.pt``), a quarter of the
+composites objects cut from other photos and pasted as they are (their own colours the truth)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -185,6 +194,15 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                     "first_sample": 300_000,
                 }
             ),
+        ),
+        "light-2026-12-eighth-foreign": Preset(
+            "an eighth stage from the stage-7 default: a quarter of the objects pasted from "
+            "other photos lit alike, left so or given a look or another light (foreign 0.25)",
+            MappingProxyType(EIGHTH),
+        ),
+        "light-2026-12-eighth-foreign-half": Preset(
+            "light-2026-12-eighth-foreign with half the objects pasted from other photos",
+            MappingProxyType({**EIGHTH, "foreign_fraction": 0.5, "first_sample": 600_000}),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",

@@ -52,10 +52,34 @@ def place_bank_mask(
     fully inside. Returns a float32 {0, 1} ``(H, W)`` mask, or None for an empty shape or one
     filling more than ``max_fill`` of its bounding box (boxes are poor object shapes).
     """
+    placed = place_cutout(shape_mask, size, rng, max_fill)
+    return None if placed is None else placed[0]
+
+
+def place_cutout(
+    shape_mask: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    max_fill: float = 1.0,
+    pixels: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """:func:`place_bank_mask` that also carries the object's pixels along.
+
+    Args:
+        shape_mask: ``(h, w)`` binary mask of one object.
+        size: ``(H, W)`` of the canvas.
+        pixels: ``(h, w, 3)`` uint8 image the mask cuts the object from, or None.
+
+    Returns:
+        ``(mask, placed)``: the float32 {0, 1} ``(H, W)`` mask and the ``(H, W, 3)`` uint8
+        object pixels at the same place (zero elsewhere; None without ``pixels``), or None for
+        an empty shape or one filling more than ``max_fill`` of its bounding box.
+    """
     ys, xs = np.nonzero(shape_mask > 0.5)
     if ys.size < 16:
         return None
-    obj = shape_mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    obj = shape_mask[box].astype(np.float32)
     h, w = size
     fill = max(float(obj.mean()), 0.05)  # object pixels per bounding-box pixel
     if fill > max_fill:
@@ -66,13 +90,21 @@ def place_bank_mask(
     oh, ow = max(round(obj.shape[0] * scale), 4), max(round(obj.shape[1] * scale), 4)
     oh, ow = min(oh, h), min(ow, w)
     obj = cv2.resize(obj, (ow, oh), interpolation=cv2.INTER_LINEAR)
+    patch = (
+        None if pixels is None else cv2.resize(pixels[box], (ow, oh), interpolation=cv2.INTER_AREA)
+    )
     if rng.random() < 0.5:
         obj = obj[:, ::-1]
+        patch = None if patch is None else patch[:, ::-1]
     canvas = np.zeros((h, w), np.float32)
     y0 = int(rng.integers(0, h - oh + 1))
     x0 = int(rng.integers(0, w - ow + 1))
     canvas[y0 : y0 + oh, x0 : x0 + ow] = obj >= 0.5
-    return canvas
+    if patch is None:
+        return canvas, None
+    placed = np.zeros((h, w, 3), np.uint8)
+    placed[y0 : y0 + oh, x0 : x0 + ow] = patch
+    return canvas, placed
 
 
 def label_region(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:

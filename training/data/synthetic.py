@@ -11,7 +11,9 @@ be regenerated alone, in any worker, after any resume):
    ``max_side`` (the "full-resolution" side of CPU training);
 3. a soft mask edge (anti-aliased or feathered); with ``max_scene_mismatch`` set, steps 1-3
    are redrawn (up to :data:`SCENE_TRIES` times) while the scene does not explain the object's
-   colours (:func:`scene_mismatch` above the limit: a red car in a grey street);
+   colours (:func:`scene_mismatch` above the limit: a red car in a grey street); with
+   ``foreign_fraction`` set, that share of views instead gets an object cut from another photo
+   shot in similar light (:func:`light_gap`) and pasted as it is: its own colours are the truth;
 4. (training) a random global colour change of the whole view (:func:`draw_jitter`): the ground
    truth changes with it, so no photo's own colours can be memorised;
 5. a recipe family and a recipe (:mod:`training.data.mistakes`): a transfer of another photo's
@@ -66,6 +68,26 @@ GREY_TOLERANCE = 3
 """A photo whose channels never differ by more than this (0..255) is greyscale content."""
 SCENE_TRIES = 8
 """Views drawn at most per sample while looking for one under ``max_scene_mismatch``."""
+DONOR_TRIES = 24
+"""Donor photos drawn at most per sample while looking for one lit like the scene."""
+FOREIGN_MIX: dict[str, float] = {"none": 0.3, "look": 0.35, "light": 0.35}
+"""Recipe families of pasted objects: left as they are, or a look or another light (a transfer
+of another photo's colours is not undone from the object's own: they are its truth)."""
+MAX_LIGHT_GAP = (0.12, 0.4)
+"""Largest :func:`light_gap` (colour cast, exposure) between a donor photo and the scene."""
+
+
+def light_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """How differently two photos are lit, by their grey-world averages: ``(cast, exposure)``,
+    the largest per-channel difference of the log mean colour with the log mean level taken
+    out, and the difference of the log mean levels (natural logs).
+
+    Args:
+        a, b: ``(H, W, 3)`` uint8 RGB photos (any sizes).
+    """
+    la, lb = (np.log(x[::4, ::4].reshape(-1, 3).astype(np.float32).mean(0) + 1.0) for x in (a, b))
+    cast = float(np.abs((la - la.mean()) - (lb - lb.mean())).max())
+    return cast, float(abs(la.mean() - lb.mean()))
 
 
 def scene_mismatch(real: np.ndarray, soft: np.ndarray) -> float:
@@ -114,6 +136,11 @@ class CompositeGenerator:
             every view, not only those under ``max_scene_mismatch``: the network also sees
             objects of their own colours, and learns to leave them as they are. Their share is
             ``identity_fraction``, decided on a stream of its own.
+        foreign_fraction: share of composites whose object is cut from another photo (one
+            with object masks or label regions) lit like the scene and pasted as it is, then
+            left unchanged or given a look or another light (:data:`FOREIGN_MIX`): a pasted
+            object of its own colours, which the network must not pull to the scene's. Decided
+            on a stream of its own (validation sets too, so a set of such pastes can be made).
         first_index: composite ``i`` is drawn as number ``first_index + i`` (a later training
             stage on the same recipe sees new composites).
     """
@@ -135,6 +162,7 @@ class CompositeGenerator:
         strong_probability: float = STRONG_PROBABILITY,
         max_scene_mismatch: float | None = None,
         identity_any_scene: bool = False,
+        foreign_fraction: float = 0.0,
         first_index: int = 0,
     ) -> None:
         if not photos:
@@ -155,6 +183,11 @@ class CompositeGenerator:
         self.look_scale, self.strong_probability = look_scale, strong_probability
         self.max_scene_mismatch = max_scene_mismatch
         self.identity_any_scene = identity_any_scene
+        self.foreign_fraction = foreign_fraction
+        self.donors: dict[str, list[Photo]] = {}
+        for p in photos:
+            if p.masks:
+                self.donors.setdefault(p.source, []).append(p)
         self.first_index = first_index
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
@@ -180,6 +213,7 @@ class CompositeGenerator:
             strong_probability=spec.strong_probability,
             max_scene_mismatch=spec.max_scene_mismatch,
             identity_any_scene=spec.identity_any_scene,
+            foreign_fraction=spec.foreign_fraction,
             first_index=0 if val else spec.first_sample,
         )
 
@@ -328,6 +362,37 @@ class CompositeGenerator:
         soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
         return p, real8, binary, soft, origin
 
+    def _foreign_view(
+        self, rng: np.random.Generator
+    ) -> tuple[Photo, np.ndarray, np.ndarray, np.ndarray, str] | None:
+        """:meth:`_masked_view` whose object is cut from a donor photo lit like the scene
+        (:data:`MAX_LIGHT_GAP`) and pasted as it is; mask origin ``foreign:<donor key>``.
+        None when no donor in similar light was found in :data:`DONOR_TRIES` draws."""
+        p, scene, _, _, _ = self._masked_view(rng)
+        sources = sorted(self.donors)
+        weights = np.sqrt([len(self.donors[s]) for s in sources])
+        for _ in range(DONOR_TRIES if sources else 0):  # sources weighted as in _draw_photo
+            pool = self.donors[sources[int(rng.choice(len(sources), p=weights / weights.sum()))]]
+            donor = pool[int(rng.integers(len(pool)))]
+            img = self.photo(donor)
+            if self._grey[donor.image] or donor.image == p.image:
+                continue
+            cast, exposure = light_gap(img, scene)
+            if cast > MAX_LIGHT_GAP[0] or exposure > MAX_LIGHT_GAP[1]:
+                continue
+            mask, origin = self.object_mask(donor, img.shape[:2], rng)
+            placed = (
+                None if origin == "bank" else M.place_cutout(mask, scene.shape[:2], rng, pixels=img)
+            )
+            if placed is None or not self._object_like(placed[0], M.MIN_FRACTION):
+                continue
+            binary, cutout = placed
+            soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
+            pasted = scene + soft[..., None] * (cutout.astype(np.float32) - scene)
+            real8 = np.clip(np.floor(pasted + 0.5), 0, 255).astype(np.uint8)
+            return p, real8, binary, soft, f"foreign:{donor.key}"
+        return None
+
     # -- samples ------------------------------------------------------------------------------
     def triplet(self, index: int) -> Triplet:
         """Synthetic composite number ``index`` (deterministic)."""
@@ -339,12 +404,20 @@ class CompositeGenerator:
             and self.identity_any_scene
             and np.random.default_rng([self.seed, index, 1]).random() < self.identity_fraction
         )
+        foreign = None
+        if self.foreign_fraction and (
+            np.random.default_rng([self.seed, index, 2]).random() < self.foreign_fraction
+        ):
+            foreign = self._foreign_view(rng)
         tries = 1 if self.max_scene_mismatch is None or left_as_is else SCENE_TRIES
-        for _ in range(tries):  # without a limit: one draw, so older streams are unchanged
+        for _ in range(0 if foreign else tries):  # no limit: one draw, as older streams drew
             p, real8, binary, soft, origin = self._masked_view(rng)
             real = real8.astype(np.float32) / 255.0
             if tries == 1 or scene_mismatch(real, soft) <= self.max_scene_mismatch:
                 break
+        if foreign:
+            p, real8, binary, soft, origin = foreign
+            real = real8.astype(np.float32) / 255.0
         jitter = draw_jitter(rng) if self.augment and rng.random() < JITTER_PROBABILITY else []
         if jitter:  # the ground truth changes too: the photo's own colours are not the answer
             real8 = np.clip(np.floor(apply_recipe(real, jitter) * 255.0 + 0.5), 0, 255)
@@ -353,6 +426,9 @@ class CompositeGenerator:
         weight = soft[..., None]
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
         family, strong = draw_family(rng, self.strong_probability)
+        if foreign:
+            family = str(rng.choice(list(FOREIGN_MIX), p=list(FOREIGN_MIX.values())))
+            strong = strong and family != "none"
         # Drawn for training views only, so validation sets stay exactly what they were.
         if left_as_is or (
             not self.identity_any_scene
