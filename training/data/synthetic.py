@@ -109,6 +109,22 @@ def scene_mismatch(real: np.ndarray, soft: np.ndarray) -> float:
     return float(diff.sum() / (3 * mask.sum()).clamp_min(1e-6))
 
 
+def _by_source(photos: list[Photo]) -> dict[str, list[Photo]]:
+    """Photos grouped by their source, in the order given."""
+    groups: dict[str, list[Photo]] = {}
+    for p in photos:
+        groups.setdefault(p.source, []).append(p)
+    return groups
+
+
+def _sqrt_weighted(groups: dict[str, list[Photo]]) -> tuple[list[str], np.ndarray]:
+    """``(sorted source names, probabilities)``: each source drawn in proportion to the square
+    root of its size (a large source does not crowd out the small ones)."""
+    names = sorted(groups)
+    weights = np.sqrt([len(groups[s]) for s in names])
+    return names, weights / weights.sum() if names else weights
+
+
 class CompositeGenerator:
     """Deterministic synthetic composites from a set of photos and a mask bank.
 
@@ -169,12 +185,11 @@ class CompositeGenerator:
             raise ValueError("the composite generator needs at least one photo")
         if not bank and any(p.mask_kind == "none" for p in photos):
             raise ValueError("photos without masks need an object-mask bank")
-        self.by_source: dict[str, list[Photo]] = {}
-        for p in photos:
-            self.by_source.setdefault(p.source, []).append(p)
-        self.sources = sorted(self.by_source)
-        weights = np.sqrt([len(self.by_source[s]) for s in self.sources])
-        self.source_p = weights / weights.sum()
+        self.by_source = _by_source(photos)
+        self.sources, self.source_p = _sqrt_weighted(self.by_source)
+        # Donors of pasted objects: the photos with object masks or label regions.
+        self.donors = _by_source([p for p in photos if p.masks])
+        self.donor_sources, self.donor_p = _sqrt_weighted(self.donors)
         self.bank = list(bank)
         self.seed, self.max_side, self.augment = seed, max_side, augment
         self.cache_side, self.max_bank_fill = cache_side, max_bank_fill
@@ -184,10 +199,6 @@ class CompositeGenerator:
         self.max_scene_mismatch = max_scene_mismatch
         self.identity_any_scene = identity_any_scene
         self.foreign_fraction = foreign_fraction
-        self.donors: dict[str, list[Photo]] = {}
-        for p in photos:
-            if p.masks:
-                self.donors.setdefault(p.source, []).append(p)
         self.first_index = first_index
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
@@ -369,10 +380,9 @@ class CompositeGenerator:
         (:data:`MAX_LIGHT_GAP`) and pasted as it is; mask origin ``foreign:<donor key>``.
         None when no donor in similar light was found in :data:`DONOR_TRIES` draws."""
         p, scene, _, _, _ = self._masked_view(rng)
-        sources = sorted(self.donors)
-        weights = np.sqrt([len(self.donors[s]) for s in sources])
-        for _ in range(DONOR_TRIES if sources else 0):  # sources weighted as in _draw_photo
-            pool = self.donors[sources[int(rng.choice(len(sources), p=weights / weights.sum()))]]
+        sources = self.donor_sources
+        for _ in range(DONOR_TRIES if sources else 0):
+            pool = self.donors[sources[int(rng.choice(len(sources), p=self.donor_p))]]
             donor = pool[int(rng.integers(len(pool)))]
             img = self.photo(donor)
             if self._grey[donor.image] or donor.image == p.image:
