@@ -61,6 +61,10 @@ EIGHTH = (
     "--foreign-fraction 0.25"
 )
 """The eighth stage's command: a quarter of the objects pasted from other photos."""
+NINTH = (
+    f"{SIXTH} --time-budget 100m --init-weights {{runs}}/default-stage7.pt --first-sample 700000"
+)
+"""The ninth stage's command: the polish recipe again from the stage-7 default."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -198,6 +202,11 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-eighth-foreign": EIGHTH,
         "light-2026-12-eighth-foreign-half": (
             f"{EIGHTH} --foreign-fraction 0.5 --first-sample 600000"
+        ),
+        "light-2026-12-ninth": NINTH,
+        "light-2026-12-ninth-own-foreign": (
+            f"{NINTH} --identity-any-scene --max-scene-mismatch 6000 --foreign-fraction 0.1 "
+            "--first-sample 800000"
         ),
     }
     assert set(expected) == set(presets.PRESETS)

@@ -120,6 +120,14 @@ EIGHTH: dict[str, Any] = {
 }
 """An eighth stage from the stage-7 default (a copy of its ``default.pt``), a quarter of the
 composites objects cut from other photos and pasted as they are (their own colours the truth)."""
+NINTH: dict[str, Any] = {
+    **SIXTH,
+    "init_weights": "{runs}/default-stage7.pt",
+    "time_budget": 100 * 60.0,
+    "first_sample": 700_000,
+}
+"""A ninth stage from the stage-7 default (a copy of its ``default.pt``), on composites past those
+stages 6-8 drew."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -203,6 +211,24 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "light-2026-12-eighth-foreign-half": Preset(
             "light-2026-12-eighth-foreign with half the objects pasted from other photos",
             MappingProxyType({**EIGHTH, "foreign_fraction": 0.5, "first_sample": 600_000}),
+        ),
+        "light-2026-12-ninth": Preset(
+            "a ninth stage: the polish recipe for 100 more minutes from the stage-7 default",
+            MappingProxyType(NINTH),
+        ),
+        "light-2026-12-ninth-own-foreign": Preset(
+            "light-2026-12-ninth with objects of their own colours left as they are "
+            "(identity_any_scene), recoloured (scene limit 6,000) and pasted from other photos "
+            "(foreign 0.1), on composites of their own",
+            MappingProxyType(
+                {
+                    **NINTH,
+                    "identity_any_scene": True,
+                    "max_scene_mismatch": 6000.0,
+                    "foreign_fraction": 0.1,
+                    "first_sample": 800_000,
+                }
+            ),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
