@@ -341,6 +341,11 @@ def test_an_impostor_on_a_dead_daemons_tcp_port_gets_no_token_and_no_pixels(
     with first.client(timeout=20) as client:
         genuine = harmonize_with(client)
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    # the daemon's guardian process removes the dead daemon's endpoint file; let it finish
+    # first, or it may remove the file written below (it read the old pid before the write)
+    deadline = time.monotonic() + 10
+    while first.endpoint_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     # the worst case: the endpoint file survived the crash (no clean-up could run) and names
     # the port (another pid, so that nothing that cleans up after the dead daemon removes it)
     first.endpoint_file.write_text(json.dumps({**info, "pid": 4_000_000}))
