@@ -65,6 +65,11 @@ NINTH = (
     f"{SIXTH} --time-budget 100m --init-weights {{runs}}/default-stage7.pt --first-sample 700000"
 )
 """The ninth stage's command: the polish recipe again from the stage-7 default."""
+TENTH = (
+    f"{NINTH} --time-budget 80m --first-sample 900000 --foreign-fraction 0.15 "
+    "--donor-light grey-edge"
+)
+"""The tenth stage's command: some objects pasted from other photos lit alike by grey-edge."""
 
 TRAIN_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "out": (["--out", "o"], "o"),
@@ -121,6 +126,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "max_scene_mismatch": (["--max-scene-mismatch", "1500"], 1500.0),
     "identity_any_scene": (["--identity-any-scene"], True),
     "foreign_fraction": (["--foreign-fraction", "0.3"], 0.3),
+    "donor_light": (["--donor-light", "grey-edge"], "grey-edge"),
     "first_sample": (["--first-sample", "7"], 7),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
@@ -207,6 +213,10 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-ninth-own-foreign": (
             f"{NINTH} --identity-any-scene --max-scene-mismatch 6000 --foreign-fraction 0.1 "
             "--first-sample 800000"
+        ),
+        "light-2026-12-tenth-edge": TENTH,
+        "light-2026-12-tenth-edge-third": (
+            f"{TENTH} --foreign-fraction 0.3 --first-sample 1000000"
         ),
     }
     assert set(expected) == set(presets.PRESETS)
@@ -323,6 +333,7 @@ NEWER_DATA_FIELDS = {
     "max_scene_mismatch": None,
     "identity_any_scene": False,
     "foreign_fraction": 0.0,
+    "donor_light": "grey-world",
     "first_sample": 0,
 }
 """DataSpec fields added after that version, with the defaults that reproduce its data."""

@@ -24,6 +24,8 @@ from training.data.masks import (
 from training.data.samples import Triplet, collate, training_example
 from training.data.sources import scan_folder, split_keys, split_photos
 from training.data.synthetic import (
+    DONOR_LIGHT,
+    MAX_LIGHT_GAP,
     VAL_SEED_OFFSET,
     CompositeGenerator,
     light_gap,
@@ -227,6 +229,27 @@ def test_light_gap_tells_a_cast_and_an_exposure_apart() -> None:
     assert cast > 0.2 and exposure < 0.1
     cast, exposure = light_gap(img, dark)
     assert cast < 0.1 and exposure > 1.0
+    for estimate in DONOR_LIGHT:
+        assert light_gap(img, img, estimate) == (0.0, 0.0)
+        assert light_gap(img, warm, estimate)[0] > 0.2
+    with pytest.raises(ValueError, match="unknown light estimate 'white-patch'"):
+        light_gap(img, img, "white-patch")
+
+
+def test_grey_edge_reads_the_light_not_the_content() -> None:
+    """A scene half filled with flat blue (a sky, the sea) under neutral light: its mean colour
+    is blue, its edges (where surfaces meet) are as neutral as a grey scene's."""
+    texture = np.random.default_rng(0).integers(30, 230, (32, 48)).astype(np.uint8)
+    grey = np.repeat(
+        cv2.resize(texture, (192, 128), interpolation=cv2.INTER_LINEAR)[..., None], 3, 2
+    )
+    beach = grey.copy()
+    beach[:64] = (40, 90, 200)
+    assert light_gap(grey, beach)[0] > 2 * MAX_LIGHT_GAP[0]
+    cast, _ = light_gap(grey, beach, "grey-edge")
+    assert cast < MAX_LIGHT_GAP[0] / 2
+    tinted = np.clip(beach * np.array([1.3, 1.0, 0.7]), 0, 255).astype(np.uint8)
+    assert light_gap(beach, tinted, "grey-edge")[0] > 0.2  # a real cast still shows
 
 
 def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
@@ -462,6 +485,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
         max_scene_mismatch=900.0,
         identity_any_scene=True,
         foreign_fraction=0.4,
+        donor_light="grey-edge",
         first_sample=3,
     )
     train = CompositeGenerator.from_spec(found, shapes, spec, val=False)
@@ -476,6 +500,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert val.identity_fraction == 0.0 and train.look_scale == val.look_scale == 2.0
     assert train.max_scene_mismatch == val.max_scene_mismatch == 900.0
     assert train.foreign_fraction == val.foreign_fraction == 0.4
+    assert train.donor_light == val.donor_light == "grey-edge"
     assert (train.first_index, val.first_index) == (3, 0)  # the validation set never moves
     assert train.identity_any_scene and not CompositeGenerator(found, shapes).identity_any_scene
     assert max(val.triplet(0).mask.shape) <= 48
@@ -491,6 +516,9 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert plain.max_scene_mismatch is spec.max_scene_mismatch is None
     assert plain.first_index == spec.first_sample == 0
     assert plain.foreign_fraction == spec.foreign_fraction == 0.0
+    assert plain.donor_light == spec.donor_light == "grey-world"
+    with pytest.raises(ValueError, match="unknown donor_light 'sky'"):
+        CompositeGenerator(found, shapes, donor_light="sky")
 
 
 def test_generator_skips_greyscale_photos(tmp_path: Path) -> None:

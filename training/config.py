@@ -132,6 +132,13 @@ class DataSpec:
         "the truth (validation sets too)",
         0.0,
     )
+    donor_light: str = opt(
+        "how --foreign-fraction tells a donor photo lit like the scene: by mean colour "
+        "(grey-world: content counts, a blue beach takes bluish donors) or by mean edge colour "
+        "(grey-edge: closer to the light itself)",
+        "grey-world",
+        choices=("grey-world", "grey-edge"),
+    )
     first_sample: int = opt(
         "number of the training stream's first composite: a later stage on the same recipe "
         "starts past the samples an earlier one saw, so it draws new composites",

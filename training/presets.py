@@ -128,6 +128,15 @@ NINTH: dict[str, Any] = {
 }
 """A ninth stage from the stage-7 default (a copy of its ``default.pt``), on composites past those
 stages 6-8 drew."""
+TENTH: dict[str, Any] = {
+    **NINTH,
+    "time_budget": 80 * 60.0,
+    "first_sample": 900_000,
+    "foreign_fraction": 0.15,
+    "donor_light": "grey-edge",
+}
+"""A tenth stage from the stage-7 default: the recipe of stages 5-7 with some objects pasted from
+other photos whose light (grey-edge, not the scene's mean colour) matches the scene's."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -229,6 +238,15 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                     "first_sample": 800_000,
                 }
             ),
+        ),
+        "light-2026-12-tenth-edge": Preset(
+            "a tenth stage from the stage-7 default: 15 % of the objects pasted from other "
+            "photos lit alike by grey-edge (so a blue beach also takes donors in neutral light)",
+            MappingProxyType(TENTH),
+        ),
+        "light-2026-12-tenth-edge-third": Preset(
+            "light-2026-12-tenth-edge with 30 % of the objects pasted, on composites of their own",
+            MappingProxyType({**TENTH, "foreign_fraction": 0.3, "first_sample": 1_000_000}),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",

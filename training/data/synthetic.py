@@ -77,17 +77,39 @@ MAX_LIGHT_GAP = (0.12, 0.4)
 """Largest :func:`light_gap` (colour cast, exposure) between a donor photo and the scene."""
 
 
-def light_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """How differently two photos are lit, by their grey-world averages: ``(cast, exposure)``,
-    the largest per-channel difference of the log mean colour with the log mean level taken
-    out, and the difference of the log mean levels (natural logs).
+DONOR_LIGHT = ("grey-world", "grey-edge")
+"""How :func:`light_gap` estimates a photo's light: by its mean colour (content counts: a blue
+beach reads as blue light) or by its mean edge colour (grey-edge: the colour of contrast between
+surfaces, which follows the light more than what the scene shows)."""
+
+
+def light_gap(a: np.ndarray, b: np.ndarray, estimate: str = "grey-world") -> tuple[float, float]:
+    """How differently two photos are lit: ``(cast, exposure)``, the largest per-channel
+    difference of the log light colour with its log mean level taken out, and the difference
+    of the log mean levels (natural logs; the level is the grey-world mean either way).
 
     Args:
         a, b: ``(H, W, 3)`` uint8 RGB photos (any sizes).
+        estimate: one of :data:`DONOR_LIGHT`: the light colour as the photo's mean colour
+            (grey-world) or as the mean gradient magnitude per channel of the photo blurred
+            with a Gaussian of sigma 1 (grey-edge, first order).
     """
-    la, lb = (np.log(x[::4, ::4].reshape(-1, 3).astype(np.float32).mean(0) + 1.0) for x in (a, b))
-    cast = float(np.abs((la - la.mean()) - (lb - lb.mean())).max())
-    return cast, float(abs(la.mean() - lb.mean()))
+    if estimate not in DONOR_LIGHT:
+        raise ValueError(f"unknown light estimate {estimate!r} (one of {', '.join(DONOR_LIGHT)})")
+    colours, levels = [], []
+    for x in (a, b):
+        small = x[::4, ::4].astype(np.float32)
+        level = np.log(small.reshape(-1, 3).mean(0) + 1.0)
+        if estimate == "grey-edge":
+            half = cv2.GaussianBlur(x[::2, ::2].astype(np.float32), (0, 0), 1.0)
+            edges = np.hypot(cv2.Sobel(half, cv2.CV_32F, 1, 0), cv2.Sobel(half, cv2.CV_32F, 0, 1))
+            colour = np.log(edges.reshape(-1, 3).mean(0) + 1.0)
+        else:
+            colour = level
+        colours.append(colour - colour.mean())
+        levels.append(float(level.mean()))
+    cast = float(np.abs(colours[0] - colours[1]).max())
+    return cast, abs(levels[0] - levels[1])
 
 
 def scene_mismatch(real: np.ndarray, soft: np.ndarray) -> float:
@@ -157,6 +179,9 @@ class CompositeGenerator:
             left unchanged or given a look or another light (:data:`FOREIGN_MIX`): a pasted
             object of its own colours, which the network must not pull to the scene's. Decided
             on a stream of its own (validation sets too, so a set of such pastes can be made).
+        donor_light: how a donor's light is compared with the scene's (:data:`DONOR_LIGHT`,
+            :func:`light_gap`); ``grey-edge`` lets a scene of blue content (a beach) take
+            donors under neutral light.
         first_index: composite ``i`` is drawn as number ``first_index + i`` (a later training
             stage on the same recipe sees new composites).
     """
@@ -179,6 +204,7 @@ class CompositeGenerator:
         max_scene_mismatch: float | None = None,
         identity_any_scene: bool = False,
         foreign_fraction: float = 0.0,
+        donor_light: str = "grey-world",
         first_index: int = 0,
     ) -> None:
         if not photos:
@@ -199,6 +225,9 @@ class CompositeGenerator:
         self.max_scene_mismatch = max_scene_mismatch
         self.identity_any_scene = identity_any_scene
         self.foreign_fraction = foreign_fraction
+        if donor_light not in DONOR_LIGHT:
+            raise ValueError(f"unknown donor_light {donor_light!r} (one of {DONOR_LIGHT})")
+        self.donor_light = donor_light
         self.first_index = first_index
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
@@ -225,6 +254,7 @@ class CompositeGenerator:
             max_scene_mismatch=spec.max_scene_mismatch,
             identity_any_scene=spec.identity_any_scene,
             foreign_fraction=spec.foreign_fraction,
+            donor_light=spec.donor_light,
             first_index=0 if val else spec.first_sample,
         )
 
@@ -377,7 +407,8 @@ class CompositeGenerator:
         self, rng: np.random.Generator
     ) -> tuple[Photo, np.ndarray, np.ndarray, np.ndarray, str] | None:
         """:meth:`_masked_view` whose object is cut from a donor photo lit like the scene
-        (:data:`MAX_LIGHT_GAP`) and pasted as it is; mask origin ``foreign:<donor key>``.
+        (:data:`MAX_LIGHT_GAP`, by ``donor_light``) and pasted as it is; mask origin
+        ``foreign:<donor key>``.
         None when no donor in similar light was found in :data:`DONOR_TRIES` draws."""
         p, scene, _, _, _ = self._masked_view(rng)
         sources = self.donor_sources
@@ -387,7 +418,7 @@ class CompositeGenerator:
             img = self.photo(donor)
             if self._grey[donor.image] or donor.image == p.image:
                 continue
-            cast, exposure = light_gap(img, scene)
+            cast, exposure = light_gap(img, scene, self.donor_light)
             if cast > MAX_LIGHT_GAP[0] or exposure > MAX_LIGHT_GAP[1]:
                 continue
             mask, origin = self.object_mask(donor, img.shape[:2], rng)
