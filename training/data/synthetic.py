@@ -83,33 +83,42 @@ beach reads as blue light) or by its mean edge colour (grey-edge: the colour of 
 surfaces, which follows the light more than what the scene shows)."""
 
 
-def light_gap(a: np.ndarray, b: np.ndarray, estimate: str = "grey-world") -> tuple[float, float]:
-    """How differently two photos are lit: ``(cast, exposure)``, the largest per-channel
-    difference of the log light colour with its log mean level taken out, and the difference
-    of the log mean levels (natural logs; the level is the grey-world mean either way).
+def light_estimate(x: np.ndarray, estimate: str = "grey-world") -> tuple[np.ndarray, float]:
+    """A photo's light for :func:`light_gap`: ``(colour, level)``, the ``(3,)`` log light
+    colour with its mean taken out and the log mean level (natural logs; the level is the
+    grey-world mean either way).
 
     Args:
-        a, b: ``(H, W, 3)`` uint8 RGB photos (any sizes).
+        x: ``(H, W, 3)`` uint8 RGB photo (any size).
         estimate: one of :data:`DONOR_LIGHT`: the light colour as the photo's mean colour
             (grey-world) or as the mean gradient magnitude per channel of the photo blurred
             with a Gaussian of sigma 1 (grey-edge, first order).
     """
     if estimate not in DONOR_LIGHT:
         raise ValueError(f"unknown light estimate {estimate!r} (one of {', '.join(DONOR_LIGHT)})")
-    colours, levels = [], []
-    for x in (a, b):
-        small = x[::4, ::4].astype(np.float32)
-        level = np.log(small.reshape(-1, 3).mean(0) + 1.0)
-        if estimate == "grey-edge":
-            half = cv2.GaussianBlur(x[::2, ::2].astype(np.float32), (0, 0), 1.0)
-            edges = np.hypot(cv2.Sobel(half, cv2.CV_32F, 1, 0), cv2.Sobel(half, cv2.CV_32F, 0, 1))
-            colour = np.log(edges.reshape(-1, 3).mean(0) + 1.0)
-        else:
-            colour = level
-        colours.append(colour - colour.mean())
-        levels.append(float(level.mean()))
-    cast = float(np.abs(colours[0] - colours[1]).max())
-    return cast, abs(levels[0] - levels[1])
+    level = np.log(x[::4, ::4].astype(np.float32).reshape(-1, 3).mean(0) + 1.0)
+    colour = level
+    if estimate == "grey-edge":
+        half = cv2.GaussianBlur(x[::2, ::2].astype(np.float32), (0, 0), 1.0)
+        edges = np.hypot(cv2.Sobel(half, cv2.CV_32F, 1, 0), cv2.Sobel(half, cv2.CV_32F, 0, 1))
+        colour = np.log(edges.reshape(-1, 3).mean(0) + 1.0)
+    return colour - colour.mean(), float(level.mean())
+
+
+def light_gap(a: np.ndarray, b: np.ndarray, estimate: str = "grey-world") -> tuple[float, float]:
+    """How differently two photos are lit: ``(cast, exposure)``, the largest per-channel
+    difference of their :func:`light_estimate` colours and the difference of their levels.
+
+    Args:
+        a, b: ``(H, W, 3)`` uint8 RGB photos (any sizes).
+        estimate: one of :data:`DONOR_LIGHT` (:func:`light_estimate`).
+    """
+    return _gap(light_estimate(a, estimate), light_estimate(b, estimate))
+
+
+def _gap(a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> tuple[float, float]:
+    """:func:`light_gap` of two :func:`light_estimate` results."""
+    return float(np.abs(a[0] - b[0]).max()), abs(a[1] - b[1])
 
 
 def scene_mismatch(real: np.ndarray, soft: np.ndarray) -> float:
@@ -411,6 +420,7 @@ class CompositeGenerator:
         ``foreign:<donor key>``.
         None when no donor in similar light was found in :data:`DONOR_TRIES` draws."""
         p, scene, _, _, _ = self._masked_view(rng)
+        scene_light = light_estimate(scene, self.donor_light)  # once, not per donor drawn
         sources = self.donor_sources
         for _ in range(DONOR_TRIES if sources else 0):
             pool = self.donors[sources[int(rng.choice(len(sources), p=self.donor_p))]]
@@ -418,7 +428,7 @@ class CompositeGenerator:
             img = self.photo(donor)
             if self._grey[donor.image] or donor.image == p.image:
                 continue
-            cast, exposure = light_gap(img, scene, self.donor_light)
+            cast, exposure = _gap(light_estimate(img, self.donor_light), scene_light)
             if cast > MAX_LIGHT_GAP[0] or exposure > MAX_LIGHT_GAP[1]:
                 continue
             mask, origin = self.object_mask(donor, img.shape[:2], rng)
