@@ -137,6 +137,14 @@ TENTH: dict[str, Any] = {
 }
 """A tenth stage from the stage-7 default: the recipe of stages 5-7 with some objects pasted from
 other photos whose light (grey-edge, not the scene's mean colour) matches the scene's."""
+ELEVENTH: dict[str, Any] = {
+    **TENTH,
+    "time_budget": 200 * 60.0,
+    "first_sample": 1_100_000,
+    "foreign_fraction": 0.08,
+}
+"""An eleventh stage from the stage-7 default: the tenth's grey-edge pastes at about half its share,
+trained longer."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -247,6 +255,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "light-2026-12-tenth-edge-third": Preset(
             "light-2026-12-tenth-edge with 30 % of the objects pasted, on composites of their own",
             MappingProxyType({**TENTH, "foreign_fraction": 0.3, "first_sample": 1_000_000}),
+        ),
+        "light-2026-12-eleventh-edge": Preset(
+            "an eleventh stage from the stage-7 default: 8 % of the objects pasted from other "
+            "photos lit alike by grey-edge, for up to 200 minutes",
+            MappingProxyType(ELEVENTH),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
