@@ -219,7 +219,7 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
             f"{TENTH} --foreign-fraction 0.3 --first-sample 1000000"
         ),
         "light-2026-12-eleventh-edge": (
-            f"{NINTH} --time-budget 200m --first-sample 1100000 --foreign-fraction 0.08 "
+            f"{NINTH} --time-budget 100m --first-sample 1100000 --foreign-fraction 0.08 "
             "--donor-light grey-edge"
         ),
     }

@@ -139,12 +139,12 @@ TENTH: dict[str, Any] = {
 other photos whose light (grey-edge, not the scene's mean colour) matches the scene's."""
 ELEVENTH: dict[str, Any] = {
     **TENTH,
-    "time_budget": 200 * 60.0,
+    "time_budget": 100 * 60.0,
     "first_sample": 1_100_000,
     "foreign_fraction": 0.08,
 }
 """An eleventh stage from the stage-7 default: the tenth's grey-edge pastes at about half its share,
-trained longer."""
+for 100 minutes."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -258,7 +258,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         ),
         "light-2026-12-eleventh-edge": Preset(
             "an eleventh stage from the stage-7 default: 8 % of the objects pasted from other "
-            "photos lit alike by grey-edge, for up to 200 minutes",
+            "photos lit alike by grey-edge, for 100 minutes",
             MappingProxyType(ELEVENTH),
         ),
         "light-2026-12-objects-smooth": Preset(
