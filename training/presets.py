@@ -145,6 +145,14 @@ ELEVENTH: dict[str, Any] = {
 }
 """An eleventh stage from the stage-7 default: the tenth's grey-edge pastes at about half its share,
 for 100 minutes."""
+TWELFTH: dict[str, Any] = {
+    **ELEVENTH,
+    "init_weights": "{runs}/light-2026-12-eleventh-edge8/best.pt",
+    "time_budget": 90 * 60.0,
+    "first_sample": 1_200_000,
+}
+"""A twelfth stage: the eleventh's recipe again from its ``best.pt``, a fresh LR cycle on new
+composites (does more training on pastes close the gap on recoloured objects?)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -260,6 +268,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "an eleventh stage from the stage-7 default: 8 % of the objects pasted from other "
             "photos lit alike by grey-edge, for 100 minutes",
             MappingProxyType(ELEVENTH),
+        ),
+        "light-2026-12-twelfth-edge": Preset(
+            "a twelfth stage: the eleventh's recipe again from its best.pt, 90 minutes on new "
+            "composites",
+            MappingProxyType(TWELFTH),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
