@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,9 @@ def test_light_gap_tells_a_cast_and_an_exposure_apart() -> None:
         assert light_gap(img, warm, estimate)[0] > 0.2
     with pytest.raises(ValueError, match="unknown light estimate 'white-patch'"):
         light_gap(img, img, "white-patch")
+    # The command line offers exactly the estimates the generator knows.
+    (option,) = (f for f in dataclasses.fields(DataSpec) if f.name == "donor_light")
+    assert option.metadata["choices"] == DONOR_LIGHT
 
 
 def test_grey_edge_reads_the_light_not_the_content() -> None:
