@@ -152,7 +152,7 @@ TWELFTH: dict[str, Any] = {
     "first_sample": 1_200_000,
 }
 """A twelfth stage: the eleventh's recipe again from its ``best.pt``, a fresh LR cycle on new
-composites (does more training on pastes close the gap on recoloured objects?)."""
+composites (more training on the same mix: v4 673 -> 650, docs/weights.md)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
