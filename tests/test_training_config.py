@@ -226,6 +226,10 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
             f"{NINTH} --time-budget 90m --first-sample 1200000 --foreign-fraction 0.08 "
             "--donor-light grey-edge --init-weights {runs}/light-2026-12-eleventh-edge8/best.pt"
         ),
+        "light-2026-12-thirteenth-edge": (
+            f"{NINTH} --time-budget 95m --first-sample 1300000 --foreign-fraction 0.08 "
+            "--donor-light grey-edge --init-weights {runs}/light-2026-12-twelfth-edge/best.pt"
+        ),
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():

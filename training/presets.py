@@ -153,6 +153,14 @@ TWELFTH: dict[str, Any] = {
 }
 """A twelfth stage: the eleventh's recipe again from its ``best.pt``, a fresh LR cycle on new
 composites (more training on the same mix: v4 673 -> 650, docs/weights.md)."""
+THIRTEENTH: dict[str, Any] = {
+    **TWELFTH,
+    "init_weights": "{runs}/light-2026-12-twelfth-edge/best.pt",
+    "time_budget": 95 * 60.0,
+    "first_sample": 1_300_000,
+}
+"""A thirteenth stage: the same recipe again from the twelfth's ``best.pt``, a third LR cycle on
+new composites."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -273,6 +281,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "a twelfth stage: the eleventh's recipe again from its best.pt, 90 minutes on new "
             "composites",
             MappingProxyType(TWELFTH),
+        ),
+        "light-2026-12-thirteenth-edge": Preset(
+            "a thirteenth stage: the same recipe again from the twelfth's best.pt, 95 minutes on "
+            "new composites",
+            MappingProxyType(THIRTEENTH),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",
