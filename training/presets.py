@@ -160,7 +160,8 @@ THIRTEENTH: dict[str, Any] = {
     "first_sample": 1_300_000,
 }
 """A thirteenth stage: the same recipe again from the twelfth's ``best.pt``, a third LR cycle on
-new composites."""
+new composites (v4 650 -> 608, but the pasted objects drift back towards stage 7's colours:
+docs/weights.md)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
