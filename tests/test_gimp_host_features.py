@@ -30,11 +30,10 @@ from tests import test_gimp_host as base
 from tests.test_gimp_host import (
     BABL,
     GUI_SCRIPT,
-    IMAGE_WINDOW,
     SCRIPT,
     H,
     W,
-    _press,
+    _press_for_state,
     _report,
     harmonize_run,
     scene,
@@ -145,11 +144,9 @@ def test_flat_image_is_one_undo_step_in_the_gui(gimp_run: dict[str, Any], xvfb: 
         assert [name for name, _, _ in before] == ["Background"]
         assert [name for name, _, _ in after] == ["Background (harmonized)", "Background"]
         assert after[1] == before[0]  # the photo itself is unchanged
-        _press(xvfb, IMAGE_WINDOW, "ctrl+z")
-        report = _report(out, "flat.json", lambda r: len(r["states"]) >= 3, timeout=30)
+        report = _press_for_state(xvfb, "ctrl+z", out, "flat.json", 3)
         assert report["states"][2:] == [before], "one Ctrl+Z did not undo the whole run"
-        _press(xvfb, IMAGE_WINDOW, "ctrl+y")
-        report = _report(out, "flat.json", lambda r: len(r["states"]) >= 4, timeout=30)
+        report = _press_for_state(xvfb, "ctrl+y", out, "flat.json", 4)
         assert report["states"][3:] == [after], "Ctrl+Y did not redo the whole run"
     finally:
         (out / "flat.stop").touch()
