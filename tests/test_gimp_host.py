@@ -439,9 +439,9 @@ def _press(display: str, window_name: str, keys: str, which: int = 0) -> None:
 
 def _press_for_state(display: str, keys: str, out: Path, name: str, count: int) -> dict[str, Any]:
     """Press ``keys`` in the image window until gimp_gui.py's ``name`` report holds ``count``
-    states. A press is repeated only when the layers have not changed at all for 10 s (the key
-    went to another window or was lost under load), so a step that a single press only half
-    undoes still shows as a state of its own."""
+    states (at most three presses, waiting 10, 20 and 30 s). A press is repeated only when the
+    layers have not changed at all (the key went to another window or was lost under load), so a
+    step that a single press only half undoes still shows as a state of its own."""
     report: dict[str, Any] = {}
     for attempt in range(3):
         _press(display, IMAGE_WINDOW, keys, which=attempt)
