@@ -127,6 +127,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "identity_any_scene": (["--identity-any-scene"], True),
     "foreign_fraction": (["--foreign-fraction", "0.3"], 0.3),
     "donor_light": (["--donor-light", "grey-edge"], "grey-edge"),
+    "horizon_fraction": (["--horizon-fraction", "0.05"], 0.05),
     "first_sample": (["--first-sample", "7"], 7),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
@@ -229,6 +230,11 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
         "light-2026-12-thirteenth-edge": (
             f"{NINTH} --time-budget 95m --first-sample 1300000 --foreign-fraction 0.08 "
             "--donor-light grey-edge --init-weights {runs}/light-2026-12-twelfth-edge/best.pt"
+        ),
+        "light-2026-12-fourteenth-horizon": (
+            f"{NINTH} --time-budget 80m --first-sample 1400000 --foreign-fraction 0.08 "
+            "--donor-light grey-edge --horizon-fraction 0.05 "
+            "--init-weights {runs}/light-2026-12-twelfth-edge/best.pt"
         ),
     }
     assert set(expected) == set(presets.PRESETS)
@@ -346,6 +352,7 @@ NEWER_DATA_FIELDS = {
     "identity_any_scene": False,
     "foreign_fraction": 0.0,
     "donor_light": "grey-world",
+    "horizon_fraction": 0.0,
     "first_sample": 0,
 }
 """DataSpec fields added after that version, with the defaults that reproduce its data."""

@@ -17,6 +17,7 @@ from training.data import iharmony4, mistakes
 from training.data.augment import crop_box, crop_flip, fit_size, limit_size
 from training.data.masks import (
     feather,
+    horizon_mask,
     label_region,
     place_bank_mask,
     place_cutout,
@@ -302,6 +303,51 @@ def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
         "t/p1",
     }
     assert any(m["photo"] in ("t/p2", "t/p3") for m in again)
+
+
+def test_horizon_pastes_are_the_land_of_another_photo_under_the_scene(tmp_path: Path) -> None:
+    """Four photos, each a sky (top) over land of its own colour, all lit alike: a horizon
+    paste puts another photo's land under the scene's sky; left as it is, it is the truth."""
+    photos, bank = tmp_path / "photos", tmp_path / "bank"
+    photos.mkdir(), bank.mkdir()
+    lands = [(110, 130, 100), (130, 115, 95), (100, 120, 125), (125, 125, 110)]
+    for i, land in enumerate(lands):
+        img = np.full((60, 80, 3), (150, 160, 175), np.uint8)
+        img[20:] = land
+        cv2.imwrite(str(photos / f"p{i}.png"), img[..., ::-1])
+    cv2.imwrite(str(bank / "b.png"), np.pad(np.full((20, 20), 255, np.uint8), 10))
+    found = scan_folder("t", photos)
+    gen = CompositeGenerator(
+        found, sorted(bank.iterdir()), seed=2, max_side=80, horizon_fraction=1.0, augment=False
+    )
+    out = [gen.triplet(i) for i in range(16)]
+    pasted = [t for t in out if t.meta["mask_origin"].startswith("horizon:")]
+    assert len(pasted) >= 12
+    for t in pasted:
+        donor = t.meta["mask_origin"].split(":", 1)[1]
+        assert donor != t.meta["photo"]
+        binary = t.mask > 0.99
+        # Land below a horizon: in every column the mask only grows downwards, and the sky
+        # above it is the scene's; it covers a fifth to nine tenths of the image.
+        assert np.all(np.diff((t.mask > 0).astype(int), axis=0) >= 0)
+        assert 0.15 <= float(binary.mean()) <= 0.9
+        assert np.array_equal(t.real[0], np.full((80, 3), (150, 160, 175), np.uint8))
+        core = cv2.erode(binary.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        deep = core & (np.arange(60)[:, None] >= 42)  # below the donor's own horizon too
+        assert np.abs(t.real[deep].astype(int) - lands[int(donor[-1])]).max() <= 2
+        assert t.meta["kind"] in ("none", "look", "light")
+        if t.meta["kind"] == "none":
+            assert np.array_equal(t.composite, t.real)
+    assert gen.triplet(3).meta == out[3].meta  # still a function of (seed, i)
+
+
+def test_horizon_mask_is_land_below_a_line() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        m = horizon_mask((90, 120), rng)
+        assert m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0}
+        assert np.all(np.diff(m, axis=0) >= 0) and m[-1].all() and not m[0].any()
+        assert 0.1 <= float(m.mean()) <= 0.85
 
 
 def test_label_region_picks_one_mid_sized_region() -> None:

@@ -139,6 +139,13 @@ class DataSpec:
         "grey-world",
         choices=("grey-world", "grey-edge"),
     )
+    horizon_fraction: float = opt(
+        "share of composites that are a sky replacement: the land of another photo lit like "
+        "the scene (by --donor-light) below a random horizon, pasted as it is, then left so or "
+        "given a look or another light: the land's own colours are the truth (validation sets "
+        "too)",
+        0.0,
+    )
     first_sample: int = opt(
         "number of the training stream's first composite: a later stage on the same recipe "
         "starts past the samples an earlier one saw, so it draws new composites",

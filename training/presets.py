@@ -162,6 +162,15 @@ THIRTEENTH: dict[str, Any] = {
 """A thirteenth stage: the same recipe again from the twelfth's ``best.pt``, a third LR cycle on
 new composites (v4 650 -> 608, but the pasted objects drift back towards stage 7's colours:
 docs/weights.md)."""
+FOURTEENTH: dict[str, Any] = {
+    **TWELFTH,
+    "init_weights": "{runs}/light-2026-12-twelfth-edge/best.pt",
+    "time_budget": 80 * 60.0,
+    "first_sample": 1_400_000,
+    "horizon_fraction": 0.05,
+}
+"""A fourteenth stage: the twelfth's recipe from its ``best.pt`` with a twentieth of the
+composites sky replacements (another photo's land, lit alike, under the scene's top)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -287,6 +296,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "a thirteenth stage: the same recipe again from the twelfth's best.pt, 95 minutes on "
             "new composites",
             MappingProxyType(THIRTEENTH),
+        ),
+        "light-2026-12-fourteenth-horizon": Preset(
+            "a fourteenth stage: the twelfth's recipe from its best.pt with 5 % sky "
+            "replacements, 80 minutes on new composites",
+            MappingProxyType(FOURTEENTH),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",

@@ -1,4 +1,5 @@
-"""Object masks for synthetic composites: placing bank masks, BSDS regions, feathering.
+"""Object masks for synthetic composites: placing bank masks, BSDS regions, horizons,
+feathering.
 
 All masks here are ``(H, W)`` float32 in [0, 1] unless stated otherwise.
 """
@@ -105,6 +106,30 @@ def place_cutout(
     placed = np.zeros((h, w, 3), np.uint8)
     placed[y0 : y0 + oh, x0 : x0 + ow] = patch
     return canvas, placed
+
+
+def horizon_mask(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The land of a sky replacement: everything below a random horizon line.
+
+    The line sits at 30-75 % of the height, tilts a little, rolls gently (a few low waves) and
+    sometimes carries a ragged tree line. Returns ``(H, W)`` float32 {0, 1}; each column is 0
+    above its horizon and 1 below it, and the mask covers 25-70 % of the image (about).
+
+    Args:
+        size: ``(H, W)`` of the canvas.
+    """
+    h, w = size
+    x = np.arange(w, dtype=np.float32) / max(w - 1, 1)
+    line = np.full(w, rng.uniform(0.3, 0.75), np.float32) + rng.uniform(-0.08, 0.08) * (x - 0.5)
+    for _ in range(int(rng.integers(1, 4))):
+        wave = np.sin(2 * np.pi * (rng.uniform(0.3, 3.0) * x + rng.random()))
+        line += rng.uniform(0.0, 0.04) * wave.astype(np.float32)
+    if rng.random() < 0.5:  # a tree line or rooftops: ragged, a few pixels to a tenth high
+        rough = cv2.GaussianBlur(rng.random((1, w)).astype(np.float32), (0, 0), rng.uniform(1, 6))
+        rough = (rough[0] - rough.min()) / max(float(np.ptp(rough)), 1e-6)
+        line -= rng.uniform(0.01, 0.1) * rough
+    rows = np.arange(h, dtype=np.float32)[:, None] / max(h - 1, 1)
+    return (rows >= np.clip(line, 0.2, 0.85)[None, :]).astype(np.float32)
 
 
 def label_region(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:

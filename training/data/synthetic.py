@@ -14,6 +14,8 @@ be regenerated alone, in any worker, after any resume):
    colours (:func:`scene_mismatch` above the limit: a red car in a grey street); with
    ``foreign_fraction`` set, that share of views instead gets an object cut from another photo
    shot in similar light (:func:`light_gap`) and pasted as it is: its own colours are the truth;
+   with ``horizon_fraction`` set, that share instead becomes a sky replacement: the land of
+   another photo in similar light below a random horizon (:func:`masks.horizon_mask`);
 4. (training) a random global colour change of the whole view (:func:`draw_jitter`): the ground
    truth changes with it, so no photo's own colours can be memorised;
 5. a recipe family and a recipe (:mod:`training.data.mistakes`): a transfer of another photo's
@@ -191,6 +193,11 @@ class CompositeGenerator:
         donor_light: how a donor's light is compared with the scene's (:data:`DONOR_LIGHT`,
             :func:`light_gap`); ``grey-edge`` lets a scene of blue content (a beach) take
             donors under neutral light.
+        horizon_fraction: share of composites that are a sky replacement: the scene's top
+            over the land (everything below a random horizon) of another photo lit like it,
+            pasted as it is and then treated as a pasted object (:data:`FOREIGN_MIX`): the
+            land's own colours are the truth, not the new sky's. Decided on a stream of its own,
+            after ``foreign_fraction`` (validation sets too).
         first_index: composite ``i`` is drawn as number ``first_index + i`` (a later training
             stage on the same recipe sees new composites).
     """
@@ -214,6 +221,7 @@ class CompositeGenerator:
         identity_any_scene: bool = False,
         foreign_fraction: float = 0.0,
         donor_light: str = "grey-world",
+        horizon_fraction: float = 0.0,
         first_index: int = 0,
     ) -> None:
         if not photos:
@@ -237,6 +245,7 @@ class CompositeGenerator:
         if donor_light not in DONOR_LIGHT:
             raise ValueError(f"unknown donor_light {donor_light!r} (one of {DONOR_LIGHT})")
         self.donor_light = donor_light
+        self.horizon_fraction = horizon_fraction
         self.first_index = first_index
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
@@ -264,6 +273,7 @@ class CompositeGenerator:
             identity_any_scene=spec.identity_any_scene,
             foreign_fraction=spec.foreign_fraction,
             donor_light=spec.donor_light,
+            horizon_fraction=spec.horizon_fraction,
             first_index=0 if val else spec.first_sample,
         )
 
@@ -428,8 +438,7 @@ class CompositeGenerator:
             img = self.photo(donor)
             if self._grey[donor.image] or donor.image == p.image:
                 continue
-            cast, exposure = _gap(light_estimate(img, self.donor_light), scene_light)
-            if cast > MAX_LIGHT_GAP[0] or exposure > MAX_LIGHT_GAP[1]:
+            if not self._lit_like(img, scene_light):
                 continue
             mask, origin = self.object_mask(donor, img.shape[:2], rng)
             placed = (
@@ -443,6 +452,43 @@ class CompositeGenerator:
             real8 = np.clip(np.floor(pasted + 0.5), 0, 255).astype(np.uint8)
             return p, real8, binary, soft, f"foreign:{donor.key}"
         return None
+
+    def _horizon_view(
+        self, rng: np.random.Generator
+    ) -> tuple[Photo, np.ndarray, np.ndarray, np.ndarray, str] | None:
+        """:meth:`_masked_view` made a sky replacement: the scene's top over the land (below
+        :func:`masks.horizon_mask`) of a crop of another photo lit like the scene
+        (:data:`MAX_LIGHT_GAP`, by ``donor_light``), pasted as it is; mask origin
+        ``horizon:<photo key>``. None when no photo in similar light was found in
+        :data:`DONOR_TRIES` draws."""
+        p, scene, _, _, _ = self._masked_view(rng)
+        scene_light = light_estimate(scene, self.donor_light)
+        h, w = scene.shape[:2]
+        for _ in range(DONOR_TRIES):
+            donor, img = self._draw_photo(rng)
+            if self._grey[donor.image] or donor.image == p.image:
+                continue
+            if not self._lit_like(img, scene_light):
+                continue
+            # A crop of the scene's shape, 60-100 % of the largest that fits, anywhere.
+            s = rng.uniform(0.6, 1.0) * min(img.shape[0] / h, img.shape[1] / w)
+            ch = min(max(1, round(h * s)), img.shape[0])
+            cw = min(max(1, round(w * s)), img.shape[1])
+            y0 = int(rng.integers(0, img.shape[0] - ch + 1))
+            x0 = int(rng.integers(0, img.shape[1] - cw + 1))
+            land = resize_image(img[y0 : y0 + ch, x0 : x0 + cw], (h, w))
+            binary = M.horizon_mask((h, w), rng)
+            soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
+            pasted = scene + soft[..., None] * (land.astype(np.float32) - scene)
+            real8 = np.clip(np.floor(pasted + 0.5), 0, 255).astype(np.uint8)
+            return p, real8, binary, soft, f"horizon:{donor.key}"
+        return None
+
+    def _lit_like(self, img: np.ndarray, scene_light: tuple[np.ndarray, float]) -> bool:
+        """Whether photo ``img`` (``(H, W, 3)`` uint8) is within :data:`MAX_LIGHT_GAP` of the
+        scene's :func:`light_estimate` (by ``donor_light``)."""
+        cast, exposure = _gap(light_estimate(img, self.donor_light), scene_light)
+        return cast <= MAX_LIGHT_GAP[0] and exposure <= MAX_LIGHT_GAP[1]
 
     # -- samples ------------------------------------------------------------------------------
     def triplet(self, index: int) -> Triplet:
@@ -460,6 +506,12 @@ class CompositeGenerator:
             np.random.default_rng([self.seed, index, 2]).random() < self.foreign_fraction
         ):
             foreign = self._foreign_view(rng)
+        if (
+            foreign is None
+            and self.horizon_fraction
+            and np.random.default_rng([self.seed, index, 3]).random() < self.horizon_fraction
+        ):
+            foreign = self._horizon_view(rng)
         tries = 1 if self.max_scene_mismatch is None or left_as_is else SCENE_TRIES
         for _ in range(0 if foreign else tries):  # no limit: one draw, as older streams drew
             p, real8, binary, soft, origin = self._masked_view(rng)
