@@ -328,7 +328,7 @@ def test_horizon_pastes_are_the_land_of_another_photo_under_the_scene(tmp_path: 
         assert donor != t.meta["photo"]
         binary = t.mask > 0.99
         # Land below a horizon: in every column the mask only grows downwards, and the sky
-        # above it is the scene's; it covers a fifth to nine tenths of the image.
+        # above it is the scene's; it covers about a sixth to nine tenths of the image.
         assert np.all(np.diff((t.mask > 0).astype(int), axis=0) >= 0)
         assert 0.15 <= float(binary.mean()) <= 0.9
         assert np.array_equal(t.real[0], np.full((80, 3), (150, 160, 175), np.uint8))
