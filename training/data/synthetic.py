@@ -418,9 +418,7 @@ class CompositeGenerator:
         size = fit_size(*img.shape[:2], self.max_side)
         real8 = np.ascontiguousarray(resize_image(img, size))
         binary = (resize_image(mask, size) >= 0.5).astype(np.float32)
-        # Quantised to 8 bits so a mask saved as PNG is exactly the one composited with.
-        soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
-        return p, real8, binary, soft, origin
+        return p, real8, binary, _soft_edge(binary, rng), origin
 
     def _foreign_view(
         self, rng: np.random.Generator
@@ -447,9 +445,7 @@ class CompositeGenerator:
             if placed is None or not self._object_like(placed[0], M.MIN_FRACTION):
                 continue
             binary, cutout = placed
-            soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
-            pasted = scene + soft[..., None] * (cutout.astype(np.float32) - scene)
-            real8 = np.clip(np.floor(pasted + 0.5), 0, 255).astype(np.uint8)
+            real8, soft = _paste(scene, cutout, binary, rng)
             return p, real8, binary, soft, f"foreign:{donor.key}"
         return None
 
@@ -478,9 +474,7 @@ class CompositeGenerator:
             x0 = int(rng.integers(0, img.shape[1] - cw + 1))
             land = resize_image(img[y0 : y0 + ch, x0 : x0 + cw], (h, w))
             binary = M.horizon_mask((h, w), rng)
-            soft = np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
-            pasted = scene + soft[..., None] * (land.astype(np.float32) - scene)
-            real8 = np.clip(np.floor(pasted + 0.5), 0, 255).astype(np.uint8)
+            real8, soft = _paste(scene, land, binary, rng)
             return p, real8, binary, soft, f"horizon:{donor.key}"
         return None
 
@@ -573,6 +567,23 @@ class CompositeGenerator:
         }
         name = f"{p.key.replace('/', '-')}_{index}"
         return Triplet(name, p.source, comp8, soft, real8, meta)
+
+
+def _soft_edge(binary: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The ``(H, W)`` soft mask in [0, 1] of a binary one (:func:`masks.feather`), quantised to
+    8 bits so a mask saved as PNG is exactly the one composited with."""
+    return np.round(M.feather(binary, rng) * 255.0) / np.float32(255.0)
+
+
+def _paste(
+    scene: np.ndarray, pixels: np.ndarray, binary: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pixels`` blended into ``scene`` (both ``(H, W, 3)`` uint8) through the soft edge of
+    the ``(H, W)`` mask ``binary``. Returns ``(photo, soft)``: the ``(H, W, 3)`` uint8 scene
+    with the paste, rounded, and the soft mask (:func:`_soft_edge`)."""
+    soft = _soft_edge(binary, rng)
+    pasted = scene + soft[..., None] * (pixels.astype(np.float32) - scene)
+    return np.clip(np.floor(pasted + 0.5), 0, 255).astype(np.uint8), soft
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
