@@ -128,6 +128,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "foreign_fraction": (["--foreign-fraction", "0.3"], 0.3),
     "donor_light": (["--donor-light", "grey-edge"], "grey-edge"),
     "horizon_fraction": (["--horizon-fraction", "0.05"], 0.05),
+    "vivid_fraction": (["--vivid-fraction", "0.5"], 0.5),
     "first_sample": (["--first-sample", "7"], 7),
 }
 """Every DataSpec option (``--data`` apart: iharmony4 data drops the shared folder)."""
@@ -235,6 +236,11 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
             f"{NINTH} --time-budget 80m --first-sample 1400000 --foreign-fraction 0.08 "
             "--donor-light grey-edge --horizon-fraction 0.05 "
             "--init-weights {runs}/light-2026-12-twelfth-edge/best.pt"
+        ),
+        "light-2026-12-fifteenth-vivid": (
+            f"{NINTH} --time-budget 70m --first-sample 1500000 --foreign-fraction 0.12 "
+            "--donor-light grey-edge --horizon-fraction 0.05 --vivid-fraction 0.7 "
+            "--init-weights {runs}/light-2026-12-fourteenth-horizon/best.pt"
         ),
     }
     assert set(expected) == set(presets.PRESETS)
@@ -353,6 +359,7 @@ NEWER_DATA_FIELDS = {
     "foreign_fraction": 0.0,
     "donor_light": "grey-world",
     "horizon_fraction": 0.0,
+    "vivid_fraction": 0.0,
     "first_sample": 0,
 }
 """DataSpec fields added after that version, with the defaults that reproduce its data."""

@@ -24,11 +24,12 @@ from training.data.masks import (
     sides_touched,
 )
 from training.data.samples import Triplet, collate, training_example
-from training.data.sources import scan_folder, split_keys, split_photos
+from training.data.sources import Photo, scan_folder, split_keys, split_photos
 from training.data.synthetic import (
     DONOR_LIGHT,
     MAX_LIGHT_GAP,
     VAL_SEED_OFFSET,
+    VIVID_SATURATION,
     CompositeGenerator,
     light_gap,
     scene_mismatch,
@@ -257,12 +258,14 @@ def test_grey_edge_reads_the_light_not_the_content() -> None:
     assert light_gap(beach, tinted, "grey-edge")[0] > 0.2  # a real cast still shows
 
 
-def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
-    """Two donors (a red disc on its own photo) and two scenes without masks, all lit alike:
-    a foreign paste carries the disc into a scene; left as it is, the composite is the truth."""
+def _disc_donors(
+    tmp_path: Path, disc: tuple[int, int, int], **options: Any
+) -> tuple[list[Photo], CompositeGenerator]:
+    """Four grey photos lit alike, the first two donors (a disc of colour ``disc`` with its
+    mask), and a generator of foreign pastes on them (``options`` added)."""
     photos, masks, bank = tmp_path / "photos", tmp_path / "masks", tmp_path / "bank"
     for d in (photos, masks, bank):
-        d.mkdir()
+        d.mkdir(parents=True)
     for i in range(4):
         img = np.full((60, 80, 3), 120, np.uint8) + np.random.default_rng(i).integers(
             0, 8, (60, 80, 3)
@@ -270,14 +273,26 @@ def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
         if i < 2:
             m = np.zeros((60, 80), np.uint8)
             cv2.circle(m, (40, 30), 12, 255, -1)
-            img[m > 0] = (150, 110, 100)
+            img[m > 0] = disc
             cv2.imwrite(str(masks / f"p{i}.png"), m)
         cv2.imwrite(str(photos / f"p{i}.png"), img[..., ::-1])
     cv2.imwrite(str(bank / "b.png"), np.pad(np.full((20, 20), 255, np.uint8), 10))
     found = scan_folder("t", photos, masks)
     gen = CompositeGenerator(
-        found, sorted(bank.iterdir()), seed=1, max_side=80, foreign_fraction=1.0, augment=False
+        found, sorted(bank.iterdir()), seed=1, max_side=80, augment=False, **options
     )
+    return found, gen
+
+
+def _disc_core(t: Triplet) -> np.ndarray:
+    """The pasted disc's inside, its resampled rim left out: ``(H, W)`` bool."""
+    return cv2.erode((t.mask > 0.99).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
+def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
+    """Two donors (a red disc on its own photo) and two scenes without masks, all lit alike:
+    a foreign paste carries the disc into a scene; left as it is, the composite is the truth."""
+    found, gen = _disc_donors(tmp_path, (150, 110, 100), foreign_fraction=1.0)
     assert sorted(p.key for ps in gen.donors.values() for p in ps) == ["t/p0", "t/p1"]
     out = [gen.triplet(i) for i in range(24)]
     pasted = [t for t in out if t.meta["mask_origin"].startswith("foreign:")]
@@ -285,9 +300,8 @@ def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
     for t in pasted:
         donor = t.meta["mask_origin"].split(":", 1)[1]
         assert donor != t.meta["photo"] and donor in ("t/p0", "t/p1")
-        core = cv2.erode((t.mask > 0.99).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         # The object is the donor's disc (its resampled rim aside), not the scene's grey.
-        assert np.abs(t.real[core].astype(int) - (150, 110, 100)).max() <= 3
+        assert np.abs(t.real[_disc_core(t)].astype(int) - (150, 110, 100)).max() <= 3
         assert t.meta["kind"] in ("none", "look", "light")
         if t.meta["kind"] == "none":
             assert np.array_equal(t.composite, t.real) and not t.meta["strong"]
@@ -303,6 +317,43 @@ def test_foreign_pastes_keep_the_donor_object_as_it_is(tmp_path: Path) -> None:
         "t/p1",
     }
     assert any(m["photo"] in ("t/p2", "t/p3") for m in again)
+
+
+@pytest.mark.parametrize("disc", [(200, 110, 60), (128, 120, 112)])
+def test_vivid_pastes_saturate_coloured_objects_only(
+    tmp_path: Path, disc: tuple[int, int, int]
+) -> None:
+    """With ``vivid_fraction`` 1 a coloured disc (orange) is pasted more saturated, its vivid
+    colours the truth and recorded; a greyish one (Lab chroma under the limit) as it is. The
+    pastes land where they land without the option (the draw is a stream of its own)."""
+    _, plain = _disc_donors(tmp_path / "plain", disc, foreign_fraction=1.0)
+    _, gen = _disc_donors(tmp_path / "vivid", disc, foreign_fraction=1.0, vivid_fraction=1.0)
+    coloured, pasted = disc[0] - disc[2] > 50, 0
+    for i in range(12):
+        t, before = gen.triplet(i), plain.triplet(i)
+        assert t.meta["mask_origin"] == before.meta["mask_origin"]
+        if not t.meta["mask_origin"].startswith("foreign:"):
+            continue
+        pasted += 1
+        assert np.array_equal(t.mask, before.mask)
+        assert ("vivid" in t.meta) == coloured
+        core = _disc_core(t)
+        if not coloured:
+            assert np.array_equal(t.real, before.real)
+            continue
+        (step,) = t.meta["vivid"]
+        assert (
+            step["op"] == "saturation"
+            and VIVID_SATURATION[0] <= step["factor"] <= VIVID_SATURATION[1]
+        )
+        want = ops.apply_recipe(np.float32([[disc]]) / 255, t.meta["vivid"])[0, 0] * 255
+        assert np.abs(t.real[core].astype(float) - want).max() <= 4
+        spread = np.ptp(t.real[core].astype(float).mean(0))
+        assert spread > np.ptp(before.real[core].astype(float).mean(0)) + 20
+        assert np.array_equal(t.real[t.mask == 0], before.real[t.mask == 0])  # scene untouched
+        if t.meta["kind"] == "none":
+            assert np.array_equal(t.composite, t.real)
+    assert pasted >= 8
 
 
 def test_horizon_pastes_are_the_land_of_another_photo_under_the_scene(tmp_path: Path) -> None:

@@ -146,6 +146,12 @@ class DataSpec:
         "too)",
         0.0,
     )
+    vivid_fraction: float = opt(
+        "share of the pasted objects of --foreign-fraction made more saturated before the "
+        "paste (x1.4-2.4, clipped): vivid food, toys and clothes pasted as they are; the vivid "
+        "colours are the truth (validation sets too)",
+        0.0,
+    )
     first_sample: int = opt(
         "number of the training stream's first composite: a later stage on the same recipe "
         "starts past the samples an earlier one saw, so it draws new composites",

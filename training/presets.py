@@ -171,6 +171,17 @@ FOURTEENTH: dict[str, Any] = {
 }
 """A fourteenth stage: the twelfth's recipe from its ``best.pt`` with a twentieth of the
 composites sky replacements (another photo's land, lit alike, under the scene's top)."""
+FIFTEENTH: dict[str, Any] = {
+    **FOURTEENTH,
+    "init_weights": "{runs}/light-2026-12-fourteenth-horizon/best.pt",
+    "time_budget": 70 * 60.0,
+    "first_sample": 1_500_000,
+    "foreign_fraction": 0.12,
+    "vivid_fraction": 0.7,
+}
+"""A fifteenth stage: the fourteenth's recipe from its ``best.pt`` with 12 % of the objects
+pasted from other photos, 70 % of the coloured ones among them made vivid first (saturated
+objects pasted as they are: their vivid colours are the truth)."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -301,6 +312,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "a fourteenth stage: the twelfth's recipe from its best.pt with 5 % sky "
             "replacements, 80 minutes on new composites",
             MappingProxyType(FOURTEENTH),
+        ),
+        "light-2026-12-fifteenth-vivid": Preset(
+            "a fifteenth stage: the fourteenth's recipe from its best.pt with 12 % pasted "
+            "objects, most coloured ones made vivid first, 70 minutes on new composites",
+            MappingProxyType(FIFTEENTH),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",

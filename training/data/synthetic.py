@@ -15,7 +15,9 @@ be regenerated alone, in any worker, after any resume):
    ``foreign_fraction`` set, that share of views instead gets an object cut from another photo
    shot in similar light (:func:`light_gap`) and pasted as it is: its own colours are the truth;
    with ``horizon_fraction`` set, that share instead becomes a sky replacement: the land of
-   another photo in similar light below a random horizon (:func:`masks.horizon_mask`);
+   another photo in similar light below a random horizon (:func:`masks.horizon_mask`); with
+   ``vivid_fraction`` set, that share of pasted objects is made more saturated first (food, toys
+   and clothes are vivid in their own right: the vivid colours are the truth);
 4. (training) a random global colour change of the whole view (:func:`draw_jitter`): the ground
    truth changes with it, so no photo's own colours can be memorised;
 5. a recipe family and a recipe (:mod:`training.data.mistakes`): a transfer of another photo's
@@ -39,7 +41,7 @@ from layer_harmonizer.color_stats import classical_transfer
 from layer_harmonizer.image_files import read_image
 from training.data import masks as M
 from training.data.augment import crop_box, fit_size, resize_image
-from training.data.colour_edits import Recipe, apply_recipe, region_pixels
+from training.data.colour_edits import Recipe, apply_recipe, region_lab_stats, region_pixels
 from training.data.mistakes import (
     JITTER_PROBABILITY,
     STRONG_PROBABILITY,
@@ -77,6 +79,10 @@ FOREIGN_MIX: dict[str, float] = {"none": 0.3, "look": 0.35, "light": 0.35}
 of another photo's colours is not undone from the object's own: they are its truth)."""
 MAX_LIGHT_GAP = (0.12, 0.4)
 """Largest :func:`light_gap` (colour cast, exposure) between a donor photo and the scene."""
+VIVID_SATURATION = (1.4, 2.4)
+"""Range of the saturation factor of a vivid pasted object (``vivid_fraction``)."""
+VIVID_MIN_CHROMA = 15.0
+"""Smallest mean Lab chroma of a pasted object made vivid (a greyish one is left as it is)."""
 
 
 DONOR_LIGHT = ("grey-world", "grey-edge")
@@ -198,6 +204,10 @@ class CompositeGenerator:
             pasted as it is and then treated as a pasted object (:data:`FOREIGN_MIX`): the
             land's own colours are the truth, not the new sky's. Decided on a stream of its own,
             after ``foreign_fraction`` (validation sets too).
+        vivid_fraction: share of the pasted objects of ``foreign_fraction`` whose saturation
+            is raised by a factor in :data:`VIVID_SATURATION` before the paste (clipped, as a
+            vivid object's brightest channel is in a photo): what a saturated object looks like
+            when nothing is wrong with it. Drawn from a stream of its own (validation sets too).
         first_index: composite ``i`` is drawn as number ``first_index + i`` (a later training
             stage on the same recipe sees new composites).
     """
@@ -222,6 +232,7 @@ class CompositeGenerator:
         foreign_fraction: float = 0.0,
         donor_light: str = "grey-world",
         horizon_fraction: float = 0.0,
+        vivid_fraction: float = 0.0,
         first_index: int = 0,
     ) -> None:
         if not photos:
@@ -246,6 +257,7 @@ class CompositeGenerator:
             raise ValueError(f"unknown donor_light {donor_light!r} (one of {DONOR_LIGHT})")
         self.donor_light = donor_light
         self.horizon_fraction = horizon_fraction
+        self.vivid_fraction = vivid_fraction
         self.first_index = first_index
         self._cache: dict[Path, np.ndarray] = {}
         self._pixels: dict[tuple[Path, int], np.ndarray] = {}
@@ -274,6 +286,7 @@ class CompositeGenerator:
             foreign_fraction=spec.foreign_fraction,
             donor_light=spec.donor_light,
             horizon_fraction=spec.horizon_fraction,
+            vivid_fraction=spec.vivid_fraction,
             first_index=0 if val else spec.first_sample,
         )
 
@@ -495,7 +508,11 @@ class CompositeGenerator:
             and self.identity_any_scene
             and np.random.default_rng([self.seed, index, 1]).random() < self.identity_fraction
         )
-        foreign = None
+        foreign, saturation = None, None
+        if self.vivid_fraction:
+            draw = np.random.default_rng([self.seed, index, 4])
+            if draw.random() < self.vivid_fraction:
+                saturation = round(float(draw.uniform(*VIVID_SATURATION)), 4)
         if self.foreign_fraction and (
             np.random.default_rng([self.seed, index, 2]).random() < self.foreign_fraction
         ):
@@ -512,9 +529,15 @@ class CompositeGenerator:
             real = real8.astype(np.float32) / 255.0
             if tries == 1 or scene_mismatch(real, soft) <= self.max_scene_mismatch:
                 break
+        vivid: Recipe = []
         if foreign:
             p, real8, binary, soft, origin = foreign
             real = real8.astype(np.float32) / 255.0
+            if saturation is not None and origin.startswith("foreign:"):
+                vivid = _vivid(real, binary, saturation)
+            if vivid:  # the object itself is vivid: its new colours are the truth
+                real8 = _blend8(real, apply_recipe(real, vivid), soft[..., None])
+                real = real8.astype(np.float32) / 255.0
         jitter = draw_jitter(rng) if self.augment and rng.random() < JITTER_PROBABILITY else []
         if jitter:  # the ground truth changes too: the photo's own colours are not the answer
             real8 = np.clip(np.floor(apply_recipe(real, jitter) * 255.0 + 0.5), 0, 255)
@@ -548,8 +571,7 @@ class CompositeGenerator:
             else:
                 recipe = draw_light(rng, fg_mean, strong)
             recoloured = apply_recipe(real, recipe)
-            comp = np.floor((real + weight * (recoloured - real)) * 255.0 + 0.5)
-            comp8 = np.clip(comp, 0, 255).astype(np.uint8)
+            comp8 = _blend8(real, recoloured, weight)
             diff = (comp8.astype(np.float32) - real8) ** 2
             fmse = float((diff * weight).sum() / (3 * float(soft.sum()) + 1e-6))
             if fmse >= MIN_CHANGE_FMSE:
@@ -565,8 +587,29 @@ class CompositeGenerator:
             "jitter": jitter,
             "fmse": fmse,
         }
+        if vivid:
+            meta["vivid"] = vivid
         name = f"{p.key.replace('/', '-')}_{index}"
         return Triplet(name, p.source, comp8, soft, real8, meta)
+
+
+def _blend8(real: np.ndarray, recoloured: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``real + weight * (recoloured - real)`` as ``(H, W, 3)`` uint8, rounded (images
+    ``(H, W, 3)`` float32 in [0, 1], ``weight`` the ``(H, W, 1)`` soft mask)."""
+    return np.clip(np.floor((real + weight * (recoloured - real)) * 255.0 + 0.5), 0, 255).astype(
+        np.uint8
+    )
+
+
+def _vivid(real: np.ndarray, binary: np.ndarray, factor: float) -> Recipe:
+    """The recipe that makes the object of ``binary`` (``(H, W)``) in ``real`` (``(H, W, 3)``
+    float32 in [0, 1]) vivid (``vivid_fraction``): a saturation ``factor``; none (``[]``) for
+    an object of Lab chroma under :data:`VIVID_MIN_CHROMA`, whose raised tint would read as a
+    colour cast rather than a vivid object."""
+    mean, _ = region_lab_stats(real, binary)
+    return (
+        [{"op": "saturation", "factor": factor}] if np.hypot(*mean[1:]) >= VIVID_MIN_CHROMA else []
+    )
 
 
 def _soft_edge(binary: np.ndarray, rng: np.random.Generator) -> np.ndarray:
