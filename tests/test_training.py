@@ -461,6 +461,20 @@ def test_a_soup_averages_arms_from_the_same_start(tiny_spec: DataSpec, tmp_path:
     with pytest.raises(SystemExit, match=r"soup: .* starting weights"):
         main(["soup", str(a), str(tmp_path / "c" / "last.pt"), "--out", str(tmp_path / "x.pt")])
     assert not (tmp_path / "x.pt").exists()
+    # A stage with the checkpoint it started from: its start's training is counted once, in
+    # the history (started_from), not again in the soup's own samples.
+    start = tmp_path / "stage" / "last.pt"
+    train(_cfg(tiny_spec, tmp_path / "d", max_steps=1, eval_every=0, init_weights=str(start)))
+    d = tmp_path / "d" / "last.pt"
+    soup([start, d], tmp_path / "sd.pt", [0.4, 0.6])
+    ck, cs, cd = (load_checkpoint(p) for p in (tmp_path / "sd.pt", start, d))
+    key = next(k for k, v in ck["ema"]["module"].items() if v.is_floating_point())
+    mix = 0.4 * cs["ema"]["module"][key] + 0.6 * cd["ema"]["module"][key]
+    torch.testing.assert_close(ck["ema"]["module"][key], mix)
+    assert ck["samples"] == cd["samples"] == 4 and ck["config"] == cd["config"]
+    assert [arm.get("start", False) for arm in ck["soup"]] == [True, False]
+    meta = export(tmp_path / "sd.pt", tmp_path / "sd_w.pt")
+    assert meta["started_from"]["run"] == "stage" and meta["total_samples"] == 8 + 4
 
 
 def test_evaluate_writes_tables_csv_and_contact_sheet(tiny_spec: DataSpec, tmp_path: Path) -> None:

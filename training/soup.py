@@ -4,11 +4,16 @@
 training checkpoint that ``evaluate --checkpoint``, ``export`` and ``report`` read like any
 other. Arms that started from the same weights and trained side by side on different recipes
 average into a network between them (Wortsman et al., ICML 2022: "model soups"); arms from
-different starting points do not, so a soup must share its arms' ``init_weights``.
+different starting points do not, so a soup must share its arms' ``init_weights``. That start
+itself may be an arm too (a training checkpoint named as the others' ``init_weights``): the
+average of a stage and the network it started from lies on the path the stage took (Wortsman
+et al., CVPR 2022, "robust fine-tuning": a part of the stage's change, with less of what it
+unlearned).
 
 The soup's ``step``, ``samples`` and ``elapsed`` are the sums over its arms (the training that
-went into it), and ``soup`` lists each arm: ``{file, run, steps, samples, training_seconds,
-weight}``. It cannot be resumed (its optimiser state is the first arm's).
+went into it) but the start, which the soup's ``started_from`` history already counts, and
+``soup`` lists each arm: ``{file, run, steps, samples, training_seconds, weight}``, the start's
+with ``"start": true``. It cannot be resumed (its optimiser state is the first arm's).
 """
 
 from __future__ import annotations
@@ -35,14 +40,19 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dic
     return out
 
 
+def _resolved(path: str | None) -> Path | None:
+    return Path(path).resolve() if path else None
+
+
 def soup(
     checkpoints: Sequence[str | Path],
     out: str | Path,
     weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Write the weighted average of ``checkpoints`` (two or more training checkpoints of one
-    variant, network config and starting weights) to ``out``; ``weights`` (positive, scaled to
-    sum 1) default to equal. Returns the soup's ``soup`` record (one entry per arm)."""
+    variant, network config and starting weights, or those starting weights themselves) to
+    ``out``; ``weights`` (positive, scaled to sum 1) default to equal. Returns the soup's
+    ``soup`` record (one entry per arm)."""
     paths = [Path(p) for p in checkpoints]
     if len(paths) < 2:
         raise ValueError("a soup needs at least two checkpoints")
@@ -53,30 +63,41 @@ def soup(
         raise ValueError(f"soup weights must be positive; got {weights}")
     weights = [w / sum(weights) for w in weights]
     cks = [load_checkpoint(p) for p in paths]
-    first = cks[0]
-    for path, ck in zip(paths[1:], cks[1:], strict=True):
-        for what, value in (
+    starts = {_resolved(ck["config"].get("init_weights")) for ck in cks}
+    is_start = [p.resolve() in starts for p in paths]
+    if all(is_start):
+        raise ValueError("a soup needs an arm that is not another arm's starting weights")
+    first = next(ck for ck, start in zip(cks, is_start, strict=True) if not start)
+    first_path = paths[is_start.index(False)]
+    for path, ck, start in zip(paths, cks, is_start, strict=True):
+        checks = [
             ("variant", lambda c: c["variant"]),
             ("network overrides", lambda c: c["config"].get("model_overrides", {})),
-            ("starting weights (init_weights)", lambda c: c["config"].get("init_weights")),
-        ):
+        ]
+        if not start:
+            checks.append(
+                ("starting weights (init_weights)", lambda c: c["config"].get("init_weights"))
+            )
+        for what, value in checks:
             if value(ck) != value(first):
                 raise ValueError(
-                    f"{path} differs from {paths[0]} in its {what}: "
+                    f"{path} differs from {first_path} in its {what}: "
                     f"{value(ck)!r} against {value(first)!r}"
                 )
         if ck["ema"]["module"].keys() != first["ema"]["module"].keys():
-            raise ValueError(f"{path} holds other tensors than {paths[0]}")
+            raise ValueError(f"{path} holds other tensors than {first_path}")
     arms = [
-        {**run_record(p, ck), "weight": w} for p, ck, w in zip(paths, cks, weights, strict=True)
+        {**run_record(p, ck), "weight": w, **({"start": True} if start else {})}
+        for p, ck, w, start in zip(paths, cks, weights, is_start, strict=True)
     ]
+    trained = [ck for ck, start in zip(cks, is_start, strict=True) if not start]
     state = {
         **first,
         "model": _average([ck["model"] for ck in cks], weights),
         "ema": {**first["ema"], "module": _average([ck["ema"]["module"] for ck in cks], weights)},
-        "step": sum(ck["step"] for ck in cks),
-        "samples": sum(ck["samples"] for ck in cks),
-        "elapsed": sum(float(ck["elapsed"]) for ck in cks),
+        "step": sum(ck["step"] for ck in trained),
+        "samples": sum(ck["samples"] for ck in trained),
+        "elapsed": sum(float(ck["elapsed"]) for ck in trained),
         "soup": arms,
     }
     state.pop("best_fmse", None)  # no validation scored this network during training
