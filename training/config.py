@@ -148,8 +148,8 @@ class DataSpec:
     )
     vivid_fraction: float = opt(
         "share of the pasted objects of --foreign-fraction made more saturated before the "
-        "paste (x1.4-2.4, clipped): vivid food, toys and clothes pasted as they are; the vivid "
-        "colours are the truth (validation sets too)",
+        "paste (x1.4-2.4, clipped; objects of Lab chroma >= 15 only): vivid food, toys and "
+        "clothes pasted as they are; the vivid colours are the truth (validation sets too)",
         0.0,
     )
     first_sample: int = opt(

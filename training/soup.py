@@ -6,14 +6,13 @@ other. Arms that started from the same weights and trained side by side on diffe
 average into a network between them (Wortsman et al., ICML 2022: "model soups"); arms from
 different starting points do not, so a soup must share its arms' ``init_weights``. That start
 itself may be an arm too (a training checkpoint named as the others' ``init_weights``): the
-average of a stage and the network it started from lies on the path the stage took (Wortsman
-et al., CVPR 2022, "robust fine-tuning": a part of the stage's change, with less of what it
-unlearned).
+average of a stage and the network it started from lies between the two (Wortsman et al., CVPR
+2022, "robust fine-tuning": a part of the stage's change, with less of what it unlearned).
 
 The soup's ``step``, ``samples`` and ``elapsed`` are the sums over its arms (the training that
 went into it) but the start, which the soup's ``started_from`` history already counts, and
 ``soup`` lists each arm: ``{file, run, steps, samples, training_seconds, weight}``, the start's
-with ``"start": true``. It cannot be resumed (its optimiser state is the first arm's).
+with ``"start": true``. It cannot be resumed (its optimiser state is the first trained arm's).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dic
 
 
 def _resolved(path: str | None) -> Path | None:
+    """``path`` made absolute with links resolved (None for a run from scratch)."""
     return Path(path).resolve() if path else None
 
 

@@ -206,7 +206,8 @@ class CompositeGenerator:
             after ``foreign_fraction`` (validation sets too).
         vivid_fraction: share of the pasted objects of ``foreign_fraction`` whose saturation
             is raised by a factor in :data:`VIVID_SATURATION` before the paste (clipped, as a
-            vivid object's brightest channel is in a photo): what a saturated object looks like
+            vivid object's brightest channel is in a photo; objects of mean Lab chroma under
+            :data:`VIVID_MIN_CHROMA` are left as they are): what a saturated object looks like
             when nothing is wrong with it. Drawn from a stream of its own (validation sets too).
         first_index: composite ``i`` is drawn as number ``first_index + i`` (a later training
             stage on the same recipe sees new composites).
