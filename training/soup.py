@@ -67,8 +67,7 @@ def soup(
     is_start = [p.resolve() in starts for p in paths]
     if all(is_start):
         raise ValueError("a soup needs an arm that is not another arm's starting weights")
-    first = next(ck for ck, start in zip(cks, is_start, strict=True) if not start)
-    first_path = paths[is_start.index(False)]
+    first_path, first = paths[is_start.index(False)], cks[is_start.index(False)]
     for path, ck, start in zip(paths, cks, is_start, strict=True):
         checks = [
             ("variant", lambda c: c["variant"]),

@@ -541,8 +541,7 @@ class CompositeGenerator:
                 real = real8.astype(np.float32) / 255.0
         jitter = draw_jitter(rng) if self.augment and rng.random() < JITTER_PROBABILITY else []
         if jitter:  # the ground truth changes too: the photo's own colours are not the answer
-            real8 = np.clip(np.floor(apply_recipe(real, jitter) * 255.0 + 0.5), 0, 255)
-            real8 = real8.astype(np.uint8)
+            real8 = _round8(apply_recipe(real, jitter) * 255.0)
             real = real8.astype(np.float32) / 255.0
         weight = soft[..., None]
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
@@ -594,12 +593,15 @@ class CompositeGenerator:
         return Triplet(name, p.source, comp8, soft, real8, meta)
 
 
+def _round8(values: np.ndarray) -> np.ndarray:
+    """Values on the 0..255 scale rounded half up and clipped, as uint8 (same shape)."""
+    return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
+
+
 def _blend8(real: np.ndarray, recoloured: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """``real + weight * (recoloured - real)`` as ``(H, W, 3)`` uint8, rounded (images
     ``(H, W, 3)`` float32 in [0, 1], ``weight`` the ``(H, W, 1)`` soft mask)."""
-    return np.clip(np.floor((real + weight * (recoloured - real)) * 255.0 + 0.5), 0, 255).astype(
-        np.uint8
-    )
+    return _round8((real + weight * (recoloured - real)) * 255.0)
 
 
 def _vivid(real: np.ndarray, binary: np.ndarray, factor: float) -> Recipe:
@@ -627,7 +629,7 @@ def _paste(
     with the paste, rounded, and the soft mask (:func:`_soft_edge`)."""
     soft = _soft_edge(binary, rng)
     pasted = scene + soft[..., None] * (pixels.astype(np.float32) - scene)
-    return np.clip(np.floor(pasted + 0.5), 0, 255).astype(np.uint8), soft
+    return _round8(pasted), soft
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
