@@ -123,6 +123,7 @@ DATA_OPTIONS: dict[str, tuple[list[str], Any]] = {
     "max_object_sides": (["--max-object-sides", "2"], 2),
     "look_scale": (["--look-scale", "2"], 2.0),
     "strong_probability": (["--strong-probability", "0.5"], 0.5),
+    "family_mix": (["--family-mix", "0.5", "0.3", "0.2"], (0.5, 0.3, 0.2)),
     "max_scene_mismatch": (["--max-scene-mismatch", "1500"], 1500.0),
     "identity_any_scene": (["--identity-any-scene"], True),
     "foreign_fraction": (["--foreign-fraction", "0.3"], 0.3),
@@ -242,6 +243,11 @@ def test_presets_are_the_commands_behind_the_shipped_weights(
             "--donor-light grey-edge --horizon-fraction 0.05 --vivid-fraction 0.7 "
             "--init-weights {runs}/light-2026-12-fourteenth-horizon/best.pt"
         ),
+        "light-2026-12-sixteenth-transfer": (
+            f"{NINTH} --time-budget 60m --first-sample 1600000 --foreign-fraction 0.12 "
+            "--donor-light grey-edge --horizon-fraction 0.05 --vivid-fraction 0.7 "
+            "--family-mix 0.55 0.25 0.20 --init-weights {runs}/default-stage15.pt"
+        ),
     }
     assert set(expected) == set(presets.PRESETS)
     for name, text in expected.items():
@@ -296,6 +302,16 @@ def test_missing_init_weights_is_one_line_unless_the_run_resumes(
     Path(cfg.init_weights).parent.mkdir(parents=True)
     Path(cfg.init_weights).write_bytes(b"")
     options.check_init_weights(dataclasses.replace(cfg, resume=False))
+
+
+@pytest.mark.parametrize("mix", [("0", "0", "0"), ("1", "-1", "0.5")])
+def test_a_family_mix_no_stream_can_draw_is_one_line(mix: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        config_of(["--out", "o", "--family-mix", *mix])
+    assert str(exc.value) == (
+        f"--family-mix {' '.join(f'{float(w):g}' for w in mix)}: the three weights must be "
+        ">= 0, one of them > 0"
+    )
 
 
 # -- configs of older versions -------------------------------------------------------------------
@@ -354,6 +370,7 @@ NEWER_DATA_FIELDS = {
     "max_object_sides": 4,
     "look_scale": 1.0,
     "strong_probability": 0.3,
+    "family_mix": (0.35, 0.35, 0.30),
     "max_scene_mismatch": None,
     "identity_any_scene": False,
     "foreign_fraction": 0.0,

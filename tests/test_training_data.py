@@ -451,6 +451,38 @@ def test_generator_jitters_the_photo_and_labels_families(
     assert any(m["jitter"] for m in metas) and any(m["strong"] for m in metas)
 
 
+def test_family_mix_changes_the_recipe_not_the_view(folder: tuple[Path, Path, Path]) -> None:
+    photos, masks, bank = folder
+
+    def make(mix: dict[str, float]) -> CompositeGenerator:
+        return CompositeGenerator(
+            scan_folder("test", photos, masks),
+            sorted(bank.iterdir()),
+            seed=3,
+            max_side=80,
+            family_mix=mix,
+        )
+
+    default, only_transfer = make(mistakes.FAMILY_MIX), make({"transfer": 2, "look": 0, "light": 0})
+    plain = CompositeGenerator(
+        scan_folder("test", photos, masks), sorted(bank.iterdir()), seed=3, max_side=80
+    )
+    kinds = []
+    for i in range(12):
+        a, b, c = plain.triplet(i), default.triplet(i), only_transfer.triplet(i)
+        assert np.array_equal(a.composite, b.composite) and a.meta == b.meta
+        # The same photo, view and object (the family is one draw whatever the mix) ...
+        assert np.array_equal(a.real, c.real) and np.array_equal(a.mask, c.mask)
+        assert c.meta["kind"] == "transfer"  # ... recoloured by the family asked for
+        kinds.append(a.meta["kind"])
+    assert set(kinds) - {"transfer"}  # the default mix drew other families on these views
+    for bad in ({"transfer": 1, "look": 1}, {"transfer": -1, "look": 1, "light": 1}):
+        with pytest.raises(ValueError, match="family_mix needs non-negative weights"):
+            make(bad)
+    with pytest.raises(ValueError, match="family_mix needs a positive weight"):
+        make({"transfer": 0, "look": 0, "light": 0})
+
+
 def test_identity_share_leaves_the_object_as_it_is(folder: tuple[Path, Path, Path]) -> None:
     photos, masks, bank = folder
     make = lambda augment: CompositeGenerator(  # noqa: E731
@@ -587,6 +619,7 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
         identity_any_scene=True,
         foreign_fraction=0.4,
         donor_light="grey-edge",
+        family_mix=(0.5, 0.3, 0.2),
         first_sample=3,
     )
     train = CompositeGenerator.from_spec(found, shapes, spec, val=False)
@@ -602,6 +635,8 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert train.max_scene_mismatch == val.max_scene_mismatch == 900.0
     assert train.foreign_fraction == val.foreign_fraction == 0.4
     assert train.donor_light == val.donor_light == "grey-edge"
+    mix = {"transfer": 0.5, "look": 0.3, "light": 0.2}
+    assert train.family_mix == val.family_mix == mix  # validation sets follow the mix too
     assert (train.first_index, val.first_index) == (3, 0)  # the validation set never moves
     assert train.identity_any_scene and not CompositeGenerator(found, shapes).identity_any_scene
     assert max(val.triplet(0).mask.shape) <= 48
@@ -618,6 +653,8 @@ def test_generators_from_a_data_spec(folder: tuple[Path, Path, Path]) -> None:
     assert plain.first_index == spec.first_sample == 0
     assert plain.foreign_fraction == spec.foreign_fraction == 0.0
     assert plain.donor_light == spec.donor_light == "grey-world"
+    assert plain.family_mix == dict(zip(mistakes.FAMILY_MIX, spec.family_mix, strict=True))
+    assert plain.family_mix == mistakes.FAMILY_MIX
     with pytest.raises(ValueError, match="unknown donor_light 'sky'"):
         CompositeGenerator(found, shapes, donor_light="sky")
 

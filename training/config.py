@@ -116,6 +116,13 @@ class DataSpec:
     strong_probability: float = opt(
         "share of composites whose magnitudes come from the wide ('strong') distributions", 0.3
     )
+    family_mix: tuple[float, float, float] = opt(
+        "weights of the transfer, look and light recipe families (normalised; the pasted "
+        "objects of --foreign-fraction and --horizon-fraction keep their own mix)",
+        (0.35, 0.35, 0.30),
+        nargs=3,
+        metavar=("TRANSFER", "LOOK", "LIGHT"),
+    )
     max_scene_mismatch: float | None = opt(
         "redraw views whose object the scene does not explain: the classical statistics "
         "match's foreground MSE (0..255) on the untouched photo above this (default: keep all)",

@@ -136,6 +136,9 @@ def data_spec(ns: argparse.Namespace) -> DataSpec:
     from training.data import default_shared_data
 
     spec = DataSpec(**_pick(DataSpec, _values(ns)))
+    if min(spec.family_mix) < 0 or sum(spec.family_mix) <= 0:
+        shown = " ".join(f"{w:g}" for w in spec.family_mix)
+        sys.exit(f"--family-mix {shown}: the three weights must be >= 0, one of them > 0")
     shared = None
     if not ns.no_shared_data and spec.kind == "synthetic":
         beside = default_shared_data()

@@ -182,6 +182,17 @@ FIFTEENTH: dict[str, Any] = {
 """A fifteenth stage: the fourteenth's recipe from its ``best.pt`` with 12 % of the objects
 pasted from other photos, 70 % of the coloured ones among them made vivid first (saturated
 objects pasted as they are: their vivid colours are the truth)."""
+SIXTEENTH: dict[str, Any] = {
+    **FIFTEENTH,
+    "init_weights": "{runs}/default-stage15.pt",
+    "time_budget": 60 * 60.0,
+    "first_sample": 1_600_000,
+    "family_mix": (0.55, 0.25, 0.20),
+}
+"""A sixteenth stage from the stage-15 default (a copy of its ``default.pt``): the fifteenth's
+recipe with the transfer family drawn 55 % of the time instead of 35 % (the look and light
+families 25 % and 20 %), for the objects recoloured with another photo's statistics that
+stage 15 corrected less well."""
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
@@ -317,6 +328,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "a fifteenth stage: the fourteenth's recipe from its best.pt with 12 % pasted "
             "objects, most coloured ones made vivid first, 70 minutes on new composites",
             MappingProxyType(FIFTEENTH),
+        ),
+        "light-2026-12-sixteenth-transfer": Preset(
+            "a sixteenth stage: the fifteenth's recipe from the stage-15 default with the "
+            "transfer family drawn 55 % of the time, 60 minutes on new composites",
+            MappingProxyType(SIXTEENTH),
         ),
         "light-2026-12-objects-smooth": Preset(
             "light-2026-12-objects with PCT-Net's smoothness penalty (0.1)",

@@ -24,6 +24,7 @@ Every drawing function returns a JSON-serialisable recipe (:mod:`training.data.c
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -208,11 +209,15 @@ def draw_light(rng: np.random.Generator, fg_mean: float, strong: bool) -> Recipe
 
 
 def draw_family(
-    rng: np.random.Generator, strong_probability: float = STRONG_PROBABILITY
+    rng: np.random.Generator,
+    strong_probability: float = STRONG_PROBABILITY,
+    mix: Mapping[str, float] = FAMILY_MIX,
 ) -> tuple[str, bool]:
-    """``(family, strong)`` drawn with :data:`FAMILY_MIX`; strong with ``strong_probability``."""
-    names = list(FAMILY_MIX)
-    p = np.array([FAMILY_MIX[n] for n in names])
+    """``(family, strong)``: the family drawn with the shares ``mix`` (by default
+    :data:`FAMILY_MIX`; normalised, so any non-negative weights of positive sum), strong with
+    ``strong_probability``. One uniform draw each, whatever the mix."""
+    names = list(mix)
+    p = np.array([mix[n] for n in names], dtype=np.float64)
     family = names[int(rng.choice(len(names), p=p / p.sum()))]
     return family, bool(rng.random() < strong_probability)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from training.data import masks as M
 from training.data.augment import crop_box, fit_size, resize_image
 from training.data.colour_edits import Recipe, apply_recipe, region_lab_stats, region_pixels
 from training.data.mistakes import (
+    FAMILY_MIX,
     JITTER_PROBABILITY,
     STRONG_PROBABILITY,
     draw_family,
@@ -184,6 +186,8 @@ class CompositeGenerator:
             (a sky or ground segment touches three: a region of the scene, not an object).
         look_scale: multiplies the magnitudes of the ``look`` family's edits.
         strong_probability: share of composites drawn from the strong distributions.
+        family_mix: weights of the recipe families (:data:`FAMILY_MIX` by default; any
+            non-negative weights of positive sum). Pasted objects keep :data:`FOREIGN_MIX`.
         max_scene_mismatch: redraw views whose :func:`scene_mismatch` exceeds this (None: keep
             every view). Real composites' objects mostly follow their scene's light; a stream
             full of objects the scene does not explain teaches the network to distrust it.
@@ -228,6 +232,7 @@ class CompositeGenerator:
         max_object_sides: int = 4,
         look_scale: float = 1.0,
         strong_probability: float = STRONG_PROBABILITY,
+        family_mix: Mapping[str, float] = FAMILY_MIX,
         max_scene_mismatch: float | None = None,
         identity_any_scene: bool = False,
         foreign_fraction: float = 0.0,
@@ -251,6 +256,11 @@ class CompositeGenerator:
         self.identity_fraction = identity_fraction
         self.max_object_area, self.max_object_sides = max_object_area, max_object_sides
         self.look_scale, self.strong_probability = look_scale, strong_probability
+        if set(family_mix) != set(FAMILY_MIX) or min(family_mix.values()) < 0:
+            raise ValueError(f"family_mix needs non-negative weights of {sorted(FAMILY_MIX)}")
+        if sum(family_mix.values()) <= 0:
+            raise ValueError("family_mix needs a positive weight")
+        self.family_mix = {name: float(family_mix[name]) for name in FAMILY_MIX}
         self.max_scene_mismatch = max_scene_mismatch
         self.identity_any_scene = identity_any_scene
         self.foreign_fraction = foreign_fraction
@@ -282,6 +292,7 @@ class CompositeGenerator:
             max_object_sides=spec.max_object_sides,
             look_scale=spec.look_scale,
             strong_probability=spec.strong_probability,
+            family_mix=dict(zip(FAMILY_MIX, spec.family_mix, strict=True)),
             max_scene_mismatch=spec.max_scene_mismatch,
             identity_any_scene=spec.identity_any_scene,
             foreign_fraction=spec.foreign_fraction,
@@ -545,7 +556,7 @@ class CompositeGenerator:
             real = real8.astype(np.float32) / 255.0
         weight = soft[..., None]
         fg_mean = float((real * weight).sum() / max(3 * float(soft.sum()), 1e-6))
-        family, strong = draw_family(rng, self.strong_probability)
+        family, strong = draw_family(rng, self.strong_probability, self.family_mix)
         if foreign:
             family = str(rng.choice(list(FOREIGN_MIX), p=list(FOREIGN_MIX.values())))
             strong = strong and family != "none"
