@@ -425,8 +425,9 @@ def test_a_stage_from_released_weights_carries_their_history(
 
 def test_a_soup_averages_arms_from_the_same_start(tiny_spec: DataSpec, tmp_path: Path) -> None:
     """``soup``: the weighted mean of the arms' EMA weights, steps/samples/time summed, each arm
-    recorded; export and report name it; arms from other starts, one arm and bad weights are
-    refused in one line."""
+    recorded; export and report name it; the arms' start may be an arm, also as a weights file;
+    arms from other starts, one arm, bad weights and files that are no arm are refused in one
+    line."""
     from training.__main__ import main
     from training.report import report
     from training.soup import soup
@@ -461,6 +462,23 @@ def test_a_soup_averages_arms_from_the_same_start(tiny_spec: DataSpec, tmp_path:
     with pytest.raises(SystemExit, match=r"soup: .* starting weights"):
         main(["soup", str(a), str(tmp_path / "c" / "last.pt"), "--out", str(tmp_path / "x.pt")])
     assert not (tmp_path / "x.pt").exists()
+    # The start may be a released weights file (a stage continued the shipped default.pt).
+    soup([tmp_path / "stage.pt", a], tmp_path / "sw.pt", [0.5, 0.5])
+    ck, released = load_checkpoint(tmp_path / "sw.pt"), load_weights(start)[0].state_dict()
+    key = next(k for k, v in ck["ema"]["module"].items() if v.is_floating_point())
+    torch.testing.assert_close(
+        ck["ema"]["module"][key], 0.5 * released[key] + 0.5 * ca["ema"]["module"][key]
+    )
+    assert ck["samples"] == ca["samples"] and ck["soup"][0]["start"]
+    assert export(tmp_path / "sw.pt", tmp_path / "sw_w.pt")["total_samples"] == 8 + ca["samples"]
+    export(a, tmp_path / "a.pt")
+    with pytest.raises(ValueError, match=r"a\.pt is a weights file: only the arms. starting"):
+        soup([tmp_path / "a.pt", b], tmp_path / "x.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not torch")
+    with pytest.raises(ValueError, match=r"junk\.pt is neither a training checkpoint nor"):
+        soup([tmp_path / "junk.pt", b], tmp_path / "x.pt")
+    with pytest.raises(SystemExit, match=r"soup: .*gone\.pt: no such file"):
+        main(["soup", str(a), str(tmp_path / "gone.pt"), "--out", str(tmp_path / "x.pt")])
     # A stage with the checkpoint it started from: its start's training is counted once, in
     # the history (started_from), not again in the soup's own samples.
     start = tmp_path / "stage" / "last.pt"

@@ -268,7 +268,12 @@ def _add_export(sub: Any) -> None:
 
 def _add_soup(sub: Any) -> None:
     sp = sub.add_parser("soup", help="average the EMA weights of arms from the same start")
-    sp.add_argument("checkpoints", nargs="+", help="two or more training checkpoints")
+    sp.add_argument(
+        "checkpoints",
+        nargs="+",
+        help="two or more training checkpoints (their starting weights may be one more arm, "
+        "also as a weights file)",
+    )
     sp.add_argument("--out", required=True, help="the soup's checkpoint (for evaluate/export)")
     sp.add_argument("--weights", help="comma-separated, one per checkpoint (default: equal)")
     sp.set_defaults(func=cmd_soup)

@@ -5,9 +5,10 @@ training checkpoint that ``evaluate --checkpoint``, ``export`` and ``report`` re
 other. Arms that started from the same weights and trained side by side on different recipes
 average into a network between them (Wortsman et al., ICML 2022: "model soups"); arms from
 different starting points do not, so a soup must share its arms' ``init_weights``. That start
-itself may be an arm too (a training checkpoint named as the others' ``init_weights``): the
-average of a stage and the network it started from lies between the two (Wortsman et al., CVPR
-2022, "robust fine-tuning": a part of the stage's change, with less of what it unlearned).
+itself may be an arm too (the training checkpoint or weights file named as the others'
+``init_weights``, e.g. the shipped ``default.pt`` a stage continued): the average of a stage and
+the network it started from lies between the two (Wortsman et al., CVPR 2022, "robust
+fine-tuning": a part of the stage's change, with less of what it unlearned).
 
 The soup's ``step``, ``samples`` and ``elapsed`` are the sums over its arms (the training that
 went into it) but the start, which the soup's ``started_from`` history already counts, and
@@ -17,12 +18,15 @@ with ``"start": true``. It cannot be resumed (its optimiser state is the first t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from layer_harmonizer.model import AICTConfig, variant_config
+from layer_harmonizer.model.weights import WeightsError, load_weights
 from training.checkpoint import load_checkpoint, run_record, save_checkpoint
 
 
@@ -37,6 +41,47 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dic
         total = sum(w * s[key].double() for w, s in zip(weights, states, strict=True))
         out[key] = total.to(first.dtype)
     return out
+
+
+def _arm(path: Path) -> dict[str, Any]:
+    """The training checkpoint at ``path``, or a weights file read as one (:func:`_weights_arm`)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        return load_checkpoint(path)
+    except Exception:  # not one of our checkpoints: perhaps a released weights file
+        return _weights_arm(path)
+
+
+def _weights_arm(path: Path) -> dict[str, Any]:
+    """A released weights file as a soup arm: its weights stand for both the EMA and the raw
+    network, with what its metadata says it trained (``step``/``samples``/``elapsed``: those
+    of its last stage) and its network config under ``network``. ValueError when ``path`` is
+    neither a training checkpoint nor a weights file."""
+    try:
+        model, meta = load_weights(path)
+    except WeightsError as exc:
+        raise ValueError(
+            f"{path} is neither a training checkpoint nor a weights file: {exc}"
+        ) from None
+    state = model.state_dict()
+    return {
+        "variant": meta["variant"],
+        "config": {},
+        "network": dataclasses.replace(model.config, damping=0.0),
+        "model": state,
+        "ema": {"module": state},
+        "step": meta.get("steps", 0),
+        "samples": meta.get("samples", 0),
+        "elapsed": meta.get("training_seconds", 0.0),
+    }
+
+
+def _network(ck: dict[str, Any]) -> AICTConfig:
+    """The network config an arm's weights belong to (inference-only damping left out)."""
+    if "network" in ck:
+        return ck["network"]
+    return variant_config(ck["variant"], **ck["config"].get("model_overrides", {}))
 
 
 def _resolved(path: str | None) -> Path | None:
@@ -62,16 +107,22 @@ def soup(
     if not all(w > 0.0 for w in weights):  # also rejects NaN
         raise ValueError(f"soup weights must be positive; got {weights}")
     weights = [w / sum(weights) for w in weights]
-    cks = [load_checkpoint(p) for p in paths]
+    cks = [_arm(p) for p in paths]
     starts = {_resolved(ck["config"].get("init_weights")) for ck in cks}
     is_start = [p.resolve() in starts for p in paths]
     if all(is_start):
         raise ValueError("a soup needs an arm that is not another arm's starting weights")
+    for path, ck, start in zip(paths, cks, is_start, strict=True):
+        if "network" in ck and not start:
+            raise ValueError(
+                f"{path} is a weights file: only the arms' starting weights may be one "
+                "(the others are training checkpoints)"
+            )
     first_path, first = paths[is_start.index(False)], cks[is_start.index(False)]
     for path, ck, start in zip(paths, cks, is_start, strict=True):
         checks = [
             ("variant", lambda c: c["variant"]),
-            ("network overrides", lambda c: c["config"].get("model_overrides", {})),
+            ("network config", _network),
         ]
         if not start:
             checks.append(
