@@ -112,14 +112,14 @@ def soup(
     is_start = [p.resolve() in starts for p in paths]
     if all(is_start):
         raise ValueError("a soup needs an arm that is not another arm's starting weights")
+    first_at = is_start.index(False)
+    first_path, first = paths[first_at], cks[first_at]
     for path, ck, start in zip(paths, cks, is_start, strict=True):
         if "network" in ck and not start:
             raise ValueError(
                 f"{path} is a weights file: only the arms' starting weights may be one "
                 "(the others are training checkpoints)"
             )
-    first_path, first = paths[is_start.index(False)], cks[is_start.index(False)]
-    for path, ck, start in zip(paths, cks, is_start, strict=True):
         checks = [
             ("variant", lambda c: c["variant"]),
             ("network config", _network),
